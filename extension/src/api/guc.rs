@@ -1,0 +1,33 @@
+//! Session settings.
+//!
+//! - `tributary.origin`: the origin stamped on every change this session
+//!   makes. Empty (the default) means a local change. The worker and
+//!   `sync_apply` set it so that a peer's own writes are not echoed back.
+//! - `tributary.retention`: how long tombstones are kept by `sync_cleanup()`,
+//!   as an interval (default `7 days`).
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+pub static ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RETENTION: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"7 days"));
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"tributary.origin",
+        c"Origin tag stamped on the changes this session makes.",
+        c"Empty means a local change. Peers and the worker set it so their writes are not echoed back to them.",
+        &ORIGIN,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"tributary.retention",
+        c"How long sync_cleanup() keeps tombstones (an interval).",
+        c"A reader whose version is older than the purged tombstones is told to resync in full.",
+        &RETENTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}

@@ -1,0 +1,54 @@
+//! Tributary: commit-safe change tracking for PostgreSQL.
+//!
+//! ```text
+//!  INSERT/UPDATE ──> zzz_tributary_track (Rust, BEFORE ROW) ── stamps sync_version, sync_xid,
+//!                                                             per-column versions, origin
+//!  DELETE / key change ──> tributary._on_delete (AFTER ROW) ──> tributary.tombstones
+//!  TRUNCATE ──> tributary._on_truncate ──> raises tributary.tracked.min_valid
+//!
+//!  reader: v := sync_current_version()            -- xmin horizon of its snapshot
+//!          sync_changes_since(last, v)            -- net changes stamped in [last, v)
+//! ```
+//!
+//! This file holds only the module list and the order of the SQL files; see
+//! `docs/architecture.md` for the version design.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod api;
+pub mod colvers;
+
+// Order of the install script: schema and tables first, then the Rust
+// functions pgrx generates, then the SQL API that refers to them.
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../../sql/tracking.sql",
+    name = "tracking",
+    requires = ["schema", api::trigger::tributary::row_trigger]
+);
+extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["tracking"]);
+extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
+
+/// Called once per backend when the library is loaded.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    api::guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    include!("../tests/pg_tests.rs");
+}
+
+/// Hooks for `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["wal_level = 'logical'"]
+    }
+}

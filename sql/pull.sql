@@ -1,0 +1,196 @@
+-- The pull API: sync_changes_since and sync_payload.
+--
+-- A version is an xid horizon. A change is stamped with the top-level xid of
+-- its transaction; the window [since, until) holds the changes whose stamp
+-- falls in it. Because until is always at most the xmin of a snapshot, every
+-- transaction in the window has finished when it is read: a late commit is
+-- read in the window of its xid, which no reader has passed yet.
+
+-- Checks a window and the tables it covers; returns the tables, oldest oid
+-- first. Errors carry a SQLSTATE, a DETAIL and a HINT.
+CREATE FUNCTION tributary._window_tables(since bigint, until bigint, tables regclass[])
+RETURNS SETOF oid
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    cur bigint := @extschema@.sync_current_version();
+    t regclass;
+    tr tributary.tracked;
+BEGIN
+    IF since IS NULL THEN
+        PERFORM tributary._raise('22004', 'since must not be NULL',
+            'The version passed as since is NULL.',
+            'Pass 0 for a first, full sync, or the version returned by your previous sync.');
+    END IF;
+    IF since < 0 OR until < 0 THEN
+        PERFORM tributary._raise('22023', 'a version must not be negative',
+            format('since = %s, until = %s.', since, coalesce(until::text, 'NULL')),
+            'Versions come from sync_current_version(); 0 means a full sync.');
+    END IF;
+    IF since > cur OR until > cur THEN
+        PERFORM tributary._raise('TB001', 'version is from the future',
+            format('Asked for [%s, %s) but the current version is %s.', since, coalesce(until::text, 'current'), cur),
+            'Only pass versions returned by sync_current_version() or sync_payload(); after a restore, resync in full.');
+    END IF;
+    IF until < since THEN
+        PERFORM tributary._raise('TB005', 'until is before since',
+            format('since = %s, until = %s.', since, until),
+            'Pass until >= since, or NULL for the current version.');
+    END IF;
+
+    IF tables IS NOT NULL THEN
+        FOREACH t IN ARRAY tables LOOP
+            PERFORM tributary._tracked(t);
+        END LOOP;
+    END IF;
+
+    FOR tr IN SELECT * FROM tributary.tracked
+              WHERE active AND (tables IS NULL OR relid = ANY (tables::oid[]))
+              ORDER BY relid LOOP
+        IF since > 0 AND since < tr.min_valid THEN
+            PERFORM tributary._raise('TB002', format('version %s is too old for table %s', since, tr.relid::regclass),
+                format('The oldest version a diff of %s can be served from is %s (reason: %s).',
+                       tr.relid::regclass, tr.min_valid, coalesce(tr.min_valid_reason, 'tracking started')),
+                format('Resync the table in full: sync_changes_since(0, tables => ARRAY[%L::regclass]) or sync_payload(%L, 0).',
+                       tr.relid::regclass::text, tr.relid::regclass::text));
+        END IF;
+        RETURN NEXT tr.relid;
+    END LOOP;
+END $$;
+
+-- The SQL that reads the net changes of one table in a window.
+-- $1 since, $2 until, $3 skip_origin, $4 after_pk, $5 limit.
+CREATE FUNCTION tributary._changes_query(rel oid, since bigint, paged boolean) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    pk text[] := (SELECT pk_columns FROM tributary.tracked WHERE relid = rel);
+    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colvers,sync_colxids}';
+    attnums int[];
+    names text[];
+    pk_expr text;
+    pk_match text;
+    q text;
+BEGIN
+    SELECT array_agg(a.attnum::int ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum)
+      INTO attnums, names
+      FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> ALL (meta);
+    SELECT 'jsonb_build_object(' || string_agg(format('%L, t.%I', c, c), ', ') || ')',
+           string_agg(format('t.%1$I = k.%1$I', c), ' AND ')
+      INTO pk_expr, pk_match FROM unnest(pk) c;
+
+    q := format($q$
+        SELECT %1$s::oid::regclass AS tbl,
+               CASE WHEN t.sync_created_xid >= $1 THEN 'I' ELSE 'U' END AS op,
+               %2$s AS pk,
+               to_jsonb(t) - %3$L::text[] AS data,
+               t.sync_version AS row_version,
+               t.sync_origin AS origin,
+               CASE WHEN t.sync_created_xid >= $1 THEN %4$L::text[]
+                    ELSE ARRAY(SELECT c.n FROM unnest(%5$L::int[], %4$L::text[]) AS c(a, n)
+                               WHERE coalesce(t.sync_colxids[c.a], t.sync_created_xid) >= $1) END AS changed_columns
+          FROM %6$s AS t
+         WHERE t.sync_xid >= $1 AND t.sync_xid < $2
+           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)$q$,
+        rel, pk_expr, meta, names, attnums, rel::regclass);
+    -- Deletes: not owed to a first (full) sync, and superseded when the key
+    -- is live again (the live row is delivered instead).
+    IF since > 0 THEN
+        q := q || format($q$
+        UNION ALL
+        SELECT %1$s::oid::regclass, 'D', d.pk, NULL::jsonb, d.version, d.origin, NULL::text[]
+          FROM tributary.tombstones d
+         WHERE d.relid = %1$s AND d.xid >= $1 AND d.xid < $2
+           AND ($3::text IS NULL OR d.origin IS DISTINCT FROM $3)
+           AND NOT EXISTS (SELECT 1 FROM jsonb_populate_record(NULL::%2$s, d.pk) AS k
+                           JOIN %2$s AS t ON %3$s)$q$,
+            rel, rel::regclass, pk_match);
+    END IF;
+    IF paged THEN
+        q := 'SELECT * FROM (' || q || ') AS w WHERE $4::jsonb IS NULL OR w.pk > $4 ORDER BY w.pk LIMIT $5';
+    END IF;
+    RETURN q;
+END $$;
+
+CREATE FUNCTION sync_changes_since(
+    since bigint,
+    until bigint DEFAULT NULL,
+    tables regclass[] DEFAULT NULL,
+    skip_origin text DEFAULT NULL,
+    page_size integer DEFAULT NULL,
+    after_tbl regclass DEFAULT NULL,
+    after_pk jsonb DEFAULT NULL)
+RETURNS TABLE (tbl regclass, op text, pk jsonb, data jsonb, row_version bigint, origin text,
+               changed_columns text[])
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    upto bigint := coalesce(until, @extschema@.sync_current_version());
+    rel oid;
+    left_rows bigint := page_size;
+    got bigint;
+BEGIN
+    IF page_size IS NOT NULL AND page_size < 1 THEN
+        PERFORM tributary._raise('22023', 'page_size must be at least 1',
+            format('page_size = %s.', page_size), 'Pass NULL for no paging, or a positive row count.');
+    END IF;
+    IF (after_tbl IS NULL) <> (after_pk IS NULL) THEN
+        PERFORM tributary._raise('22023', 'after_tbl and after_pk go together',
+            format('after_tbl = %s, after_pk = %s.', coalesce(after_tbl::text, 'NULL'), coalesce(after_pk::text, 'NULL')),
+            'Pass both, taken from the tbl and pk of the last row of the previous page.');
+    END IF;
+    IF after_tbl IS NOT NULL AND page_size IS NULL THEN
+        PERFORM tributary._raise('22023', 'a continuation needs page_size',
+            'after_tbl/after_pk were given without page_size.', 'Pass the same page_size as the first page.');
+    END IF;
+    FOR rel IN SELECT * FROM tributary._window_tables(since, upto, tables) LOOP
+        CONTINUE WHEN after_tbl IS NOT NULL AND rel < after_tbl::oid;
+        IF page_size IS NULL THEN
+            RETURN QUERY EXECUTE tributary._changes_query(rel, since, false)
+                USING since, upto, skip_origin, NULL::jsonb, NULL::bigint;
+        ELSE
+            RETURN QUERY EXECUTE tributary._changes_query(rel, since, true)
+                USING since, upto, skip_origin,
+                      CASE WHEN rel = after_tbl::oid THEN after_pk END, left_rows;
+            GET DIAGNOSTICS got = ROW_COUNT;
+            left_rows := left_rows - got;
+            EXIT WHEN left_rows <= 0;
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION sync_changes_since(bigint, bigint, regclass[], text, integer, regclass, jsonb) IS
+  'Net changes stamped in [since, until). Protocol: v := sync_current_version(); read sync_changes_since(last, v); last := v.';
+
+CREATE FUNCTION sync_payload(tbl regclass, from_version bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v bigint := @extschema@.sync_current_version();
+    t tributary.tracked := tributary._tracked(tbl);
+    kind text := 'Diff';
+    reason int := 0;
+    since bigint := from_version;
+    rows jsonb;
+BEGIN
+    IF from_version IS NULL THEN
+        PERFORM tributary._raise('22004', 'from_version must not be NULL',
+            'The version passed as from_version is NULL.', 'Pass 0 for a first sync, or the Version of your last payload.');
+    END IF;
+    IF from_version = 0 THEN
+        kind := 'Full'; reason := 1;
+    ELSIF from_version > 0 AND from_version <= v AND from_version < t.min_valid THEN
+        kind := 'Full';
+        reason := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4 ELSE 2 END;
+        since := 0;
+    END IF;
+    SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data END
+                              || jsonb_build_object('$operation', c.op)), '[]'::jsonb)
+      INTO rows
+      FROM @extschema@.sync_changes_since(since, v, ARRAY[tbl]) AS c;
+    RETURN jsonb_build_object(
+        'Metadata', jsonb_build_object('Sync', jsonb_build_object('Version', v, 'Type', kind, 'ReasonCode', reason)),
+        'Data', rows);
+END $$;
+COMMENT ON FUNCTION sync_payload(regclass, bigint) IS
+  'Offline-client payload. ReasonCode: 0 diff, 1 first sync, 2 older than retention, 3 truncated, 4 re-tracked.';

@@ -1,0 +1,324 @@
+-- Change tracking: sync_track / sync_untrack and the triggers they install.
+-- The hot INSERT/UPDATE trigger is tributary.row_trigger (Rust); deletes,
+-- key changes and truncates are rarer and handled here.
+
+-- The version a reader may safely ask up to: every transaction with a lower
+-- top-level xid has finished (committed or aborted). It is the xmin of the
+-- caller's snapshot, so a later read in any isolation level sees all of it.
+CREATE FUNCTION sync_current_version() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint $$;
+COMMENT ON FUNCTION sync_current_version() IS
+  'Every change stamped below this version is final. Store it and pass it as since next time.';
+
+CREATE FUNCTION tributary._xid() RETURNS bigint
+LANGUAGE sql VOLATILE
+AS $$ SELECT pg_current_xact_id()::text::bigint $$;
+
+-- Raises a Tributary error. All user-facing errors go through here so that
+-- every one has a SQLSTATE, a message, a DETAIL and a HINT.
+CREATE FUNCTION tributary._raise(code text, msg text, detail text, hint text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg, DETAIL = detail, HINT = hint; END $$;
+
+-- The primary key columns of a table, in key order.
+CREATE FUNCTION tributary._pk_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE
+AS $$
+    SELECT array_agg(a.attname::text ORDER BY k.ord)
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = tbl AND i.indisprimary
+$$;
+
+-- The tracked-table row, or an error naming the table.
+CREATE FUNCTION tributary._tracked(tbl regclass) RETURNS tributary.tracked
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE t tributary.tracked;
+BEGIN
+    IF tbl IS NULL THEN
+        PERFORM tributary._raise('22004', 'table must not be NULL',
+            'A NULL regclass was passed.', 'Pass a tracked table, e.g. ''public.orders''.');
+    END IF;
+    SELECT * INTO t FROM tributary.tracked WHERE relid = tbl AND active;
+    IF NOT FOUND THEN
+        PERFORM tributary._raise('TB003', format('table %s is not tracked', tbl),
+            format('Table %s has no active change tracking.', tbl),
+            format('Run SELECT sync_track(%L) first, or see sync_tracked_tables().', tbl::text));
+    END IF;
+    RETURN t;
+END $$;
+
+-- Tombstone for a deleted row, or for the old key of a row whose key changed.
+-- TG_ARGV holds the primary key column names. SECURITY DEFINER because the
+-- writer of the user table may not write tributary.tombstones.
+CREATE FUNCTION tributary._on_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    img jsonb := to_jsonb(OLD);
+    key jsonb;
+BEGIN
+    SELECT jsonb_object_agg(c, img -> c) INTO key FROM unnest(TG_ARGV) AS c;
+    INSERT INTO tributary.tombstones AS t (relid, pk, xid, version, origin, deleted_at)
+    VALUES (TG_RELID, key, pg_current_xact_id()::text::bigint,
+            coalesce((img ->> 'sync_version')::bigint, 0) + 1,
+            nullif(current_setting('tributary.origin', true), ''), now())
+    ON CONFLICT (relid, pk) DO UPDATE
+        SET xid = excluded.xid, version = excluded.version,
+            origin = excluded.origin, deleted_at = excluded.deleted_at;
+    RETURN NULL;
+END $$;
+
+-- TRUNCATE deletes rows without tombstones, so every reader older than it
+-- must resync in full: raise the table's minimum valid version past it.
+CREATE FUNCTION tributary._on_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE tributary.tracked
+       SET min_valid = greatest(min_valid, pg_current_xact_id()::text::bigint + 1),
+           min_valid_reason = 'truncate'
+     WHERE relid = TG_RELID AND active;
+    -- Tombstones stay: deletes committed just before the truncate may still
+    -- be owed to readers whose version is already past it.
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION sync_track(tbl regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE
+    pk text[];
+    reserved record;
+    x bigint := tributary._xid();
+    prev tributary.tracked;
+    pk_cond text;
+    rel record;
+BEGIN
+    IF tbl IS NULL THEN
+        PERFORM tributary._raise('22004', 'table must not be NULL',
+            'A NULL regclass was passed.', 'Pass the table to track, e.g. ''public.orders''.');
+    END IF;
+    SELECT c.relkind, c.relpersistence INTO rel FROM pg_class c WHERE c.oid = tbl;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        PERFORM tributary._raise('42809', format('%s is not a table', tbl),
+            format('Relation %s has relkind %L; only ordinary and partitioned tables can be tracked.', tbl, rel.relkind),
+            'Track the underlying table instead.');
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        PERFORM tributary._raise('42809', format('%s is a temporary table', tbl),
+            'Temporary tables are private to one session and cannot be synced.', 'Track a permanent table.');
+    END IF;
+
+    -- Take the lock first so the key and columns cannot change under us.
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+
+    pk := tributary._pk_columns(tbl);
+    IF pk IS NULL THEN
+        PERFORM tributary._raise('TB004', format('table %s has no primary key', tbl),
+            format('Table %s cannot be tracked: changes are identified by primary key.', tbl),
+            format('Add one, e.g. ALTER TABLE %s ADD PRIMARY KEY (id).', tbl));
+    END IF;
+
+    -- The tracking columns must be ours if they exist already.
+    FOR reserved IN
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS have, w.want
+        FROM (VALUES ('sync_version', 'bigint'), ('sync_xid', 'bigint'), ('sync_created_xid', 'bigint'),
+                     ('sync_origin', 'text'), ('sync_colvers', 'bigint[]'), ('sync_colxids', 'bigint[]')) AS w(name, want)
+        JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = w.name AND NOT a.attisdropped
+        WHERE format_type(a.atttypid, a.atttypmod) <> w.want
+    LOOP
+        PERFORM tributary._raise('42701', format('column %I of %s is reserved by Tributary', reserved.attname, tbl),
+            format('It has type %s; Tributary needs %s.', reserved.have, reserved.want),
+            format('Rename the column, e.g. ALTER TABLE %s RENAME COLUMN %I TO %I.', tbl, reserved.attname, reserved.attname || '_app'));
+    END LOOP;
+
+    -- Existing rows get the tracking xid as their stamp without a table
+    -- rewrite (constant defaults are stored once in the catalog).
+    EXECUTE format(
+        'ALTER TABLE %s
+            ADD COLUMN IF NOT EXISTS sync_version bigint NOT NULL DEFAULT 1,
+            ADD COLUMN IF NOT EXISTS sync_xid bigint NOT NULL DEFAULT %s,
+            ADD COLUMN IF NOT EXISTS sync_created_xid bigint NOT NULL DEFAULT %s,
+            ADD COLUMN IF NOT EXISTS sync_origin text,
+            ADD COLUMN IF NOT EXISTS sync_colvers bigint[],
+            ADD COLUMN IF NOT EXISTS sync_colxids bigint[]', tbl, x, x);
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN sync_xid DROP DEFAULT, ALTER COLUMN sync_created_xid DROP DEFAULT', tbl);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (sync_xid)', 'sync_xid_' || tbl::oid, tbl);
+
+    -- Triggers: dropped and recreated so that a changed key is picked up.
+    -- The row trigger is named to fire after the application's own BEFORE
+    -- triggers (they fire in name order), so it sees their final values.
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_delete AFTER DELETE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
+                   tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+    SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') INTO pk_cond FROM unnest(pk) c;
+    EXECUTE format('CREATE TRIGGER zzz_tributary_rekey AFTER UPDATE ON %s
+                    FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)',
+                   tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+    EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._on_truncate()', tbl);
+    -- ALWAYS: changes applied with session_replication_role = replica are
+    -- changes too, and must never be skipped.
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_delete,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_rekey,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_truncate', tbl);
+
+    -- The publication the worker reads.
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'tributary') THEN
+        CREATE PUBLICATION tributary;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                   WHERE p.pubname = 'tributary' AND pr.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION tributary ADD TABLE %s', tbl);
+    END IF;
+
+    SELECT * INTO prev FROM tributary.tracked WHERE relid = tbl;
+    IF NOT FOUND THEN
+        INSERT INTO tributary.tracked (relid, pk_columns, tracked_xid) VALUES (tbl, pk, x);
+    ELSIF prev.active THEN
+        UPDATE tributary.tracked SET pk_columns = pk WHERE relid = tbl;
+    ELSE
+        -- Tracked before: readers may hold rows from that epoch, and deletes
+        -- made while untracked left no tombstones. They must resync.
+        UPDATE tributary.tracked
+           SET pk_columns = pk, active = true, tracked_xid = x, tracked_at = now(),
+               min_valid = greatest(min_valid, x + 1), min_valid_reason = 'retrack'
+         WHERE relid = tbl;
+    END IF;
+END $$;
+COMMENT ON FUNCTION sync_track(regclass) IS
+  'Start change tracking on a table with a primary key. Idempotent.';
+
+CREATE FUNCTION sync_untrack(tbl regclass, drop_columns boolean DEFAULT true) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+BEGIN
+    PERFORM tributary._tracked(tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+               WHERE p.pubname = 'tributary' AND pr.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION tributary DROP TABLE %s', tbl);
+    END IF;
+    IF drop_columns THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS sync_version, DROP COLUMN IF EXISTS sync_xid,
+                        DROP COLUMN IF EXISTS sync_created_xid, DROP COLUMN IF EXISTS sync_origin,
+                        DROP COLUMN IF EXISTS sync_colvers, DROP COLUMN IF EXISTS sync_colxids', tbl);
+    END IF;
+    DELETE FROM tributary.tombstones WHERE relid = tbl;
+    UPDATE tributary.tracked SET active = false WHERE relid = tbl;
+END $$;
+COMMENT ON FUNCTION sync_untrack(regclass, boolean) IS
+  'Stop change tracking. Readers of the table must resync in full if it is tracked again.';
+
+CREATE FUNCTION sync_tracked_tables()
+RETURNS TABLE (tbl regclass, pk_columns text[], tracked_since bigint, min_valid_version bigint,
+               min_valid_reason text, tracked_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.relid::regclass, t.pk_columns, t.tracked_xid, t.min_valid, t.min_valid_reason, t.tracked_at
+    FROM tributary.tracked t WHERE t.active ORDER BY t.relid
+$$;
+
+CREATE FUNCTION sync_min_valid_version(tbl regclass) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$ SELECT (tributary._tracked(tbl)).min_valid $$;
+COMMENT ON FUNCTION sync_min_valid_version(regclass) IS
+  'The oldest version from which a diff of this table can still be served; below it, resync in full.';
+
+-- A dropped table takes its tracking state with it.
+CREATE FUNCTION tributary._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE o record;
+BEGIN
+    FOR o IN SELECT objid FROM pg_event_trigger_dropped_objects()
+             WHERE object_type = 'table' AND classid = 'pg_class'::regclass LOOP
+        DELETE FROM tributary.tombstones WHERE relid = o.objid;
+        DELETE FROM tributary.tracked WHERE relid = o.objid;
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop EXECUTE FUNCTION tributary._on_sql_drop();
+
+-- Retention: purge tombstones older than tributary.retention and raise each
+-- table's minimum valid version past the newest purged one, so no reader is
+-- ever handed a diff with a hole in it.
+CREATE FUNCTION sync_cleanup() RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    keep interval;
+    cutoff timestamptz;
+    purged bigint := 0;
+    n bigint;
+    r record;
+BEGIN
+    BEGIN
+        keep := current_setting('tributary.retention')::interval;
+    EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR syntax_error THEN
+        PERFORM tributary._raise('22023', 'tributary.retention is not a valid interval',
+            format('tributary.retention = %L.', current_setting('tributary.retention')),
+            'Set it to an interval, e.g. SET tributary.retention = ''7 days''.');
+    END;
+    IF keep < interval '0' THEN
+        PERFORM tributary._raise('22023', 'tributary.retention must not be negative',
+            format('tributary.retention = %L.', keep), 'Use a positive interval, e.g. ''7 days''.');
+    END IF;
+    cutoff := now() - keep;
+    FOR r IN SELECT ts.relid, max(ts.xid) + 1 AS horizon
+             FROM tributary.tombstones ts WHERE ts.deleted_at < cutoff GROUP BY ts.relid LOOP
+        DELETE FROM tributary.tombstones WHERE relid = r.relid AND xid < r.horizon;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        purged := purged + n;
+        UPDATE tributary.tracked
+           SET min_valid = r.horizon, min_valid_reason = 'retention'
+         WHERE relid = r.relid AND min_valid < r.horizon;
+    END LOOP;
+    RETURN purged;
+END $$;
+COMMENT ON FUNCTION sync_cleanup() IS
+  'Purge tombstones older than tributary.retention; returns rows purged and raises min valid versions.';
+
+-- What holds the version back: every transaction that has an xid, oldest
+-- first. The first row is the one the current version waits for.
+CREATE FUNCTION sync_version_lag()
+RETURNS TABLE (current_version bigint, next_xid bigint, held_back_by bigint, kind text, pid integer,
+               usename name, application_name text, state text, xact_start timestamptz,
+               xact_age interval, query text)
+LANGUAGE sql STABLE
+AS $$
+    WITH v AS (SELECT @extschema@.sync_current_version() AS cur,
+                      pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nxt),
+    holders AS (
+        SELECT 'backend'::text AS kind, a.pid, a.usename, a.application_name, a.state, a.xact_start,
+               a.query, a.backend_xid AS x
+        FROM pg_stat_activity a WHERE a.backend_xid IS NOT NULL
+        UNION ALL
+        SELECT 'prepared', NULL, p.owner, p.gid, 'prepared', p.prepared, NULL, p.transaction
+        FROM pg_prepared_xacts p
+    )
+    SELECT v.cur, v.nxt,
+           -- widen the 32-bit xid with the epoch of the current version: a
+           -- running xid is never below it, so a smaller value has wrapped
+           ((v.cur >> 32) << 32) + h.x::text::bigint
+             + CASE WHEN h.x::text::bigint < (v.cur & 4294967295) THEN 4294967296 ELSE 0 END,
+           h.kind, h.pid, h.usename, h.application_name, h.state, h.xact_start,
+           now() - h.xact_start, h.query
+    FROM v LEFT JOIN holders h ON true
+    ORDER BY 3 NULLS LAST
+$$;
+COMMENT ON FUNCTION sync_version_lag() IS
+  'Transactions holding sync_current_version() back, oldest first. Only they delay delivery.';
