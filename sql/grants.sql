@@ -13,5 +13,7 @@ GRANT EXECUTE ON FUNCTION
     tributary._raise(text, text, text, text),
     tributary._tracked(regclass),
     tributary._window_tables(bigint, bigint, regclass[]),
-    tributary._changes_query(oid, bigint, boolean)
+    tributary._changes_query(oid, bigint, boolean),
+    tributary.changed_columns(bytea, bigint, bigint, smallint[], text[]),
+    tributary.colmeta_entries(bytea)
   TO PUBLIC;

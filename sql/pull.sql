@@ -65,14 +65,14 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     pk text[] := (SELECT pk_columns FROM tributary.tracked WHERE relid = rel);
-    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colvers,sync_colxids}';
-    attnums int[];
+    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';
+    attnums int2[];
     names text[];
     pk_expr text;
     pk_match text;
     q text;
 BEGIN
-    SELECT array_agg(a.attnum::int ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum)
+    SELECT array_agg(a.attnum ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum)
       INTO attnums, names
       FROM pg_attribute a
      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> ALL (meta);
@@ -88,8 +88,8 @@ BEGIN
                t.sync_version AS row_version,
                t.sync_origin AS origin,
                CASE WHEN t.sync_created_xid >= $1 THEN %4$L::text[]
-                    ELSE ARRAY(SELECT c.n FROM unnest(%5$L::int[], %4$L::text[]) AS c(a, n)
-                               WHERE coalesce(t.sync_colxids[c.a], t.sync_created_xid) >= $1) END AS changed_columns
+                    ELSE tributary.changed_columns(t.sync_colmeta, t.sync_created_xid, $1, %5$L::int2[], %4$L::text[])
+               END AS changed_columns
           FROM %6$s AS t
          WHERE t.sync_xid >= $1 AND t.sync_xid < $2
            AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)$q$,

@@ -127,7 +127,7 @@ BEGIN
     FOR reserved IN
         SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS have, w.want
         FROM (VALUES ('sync_version', 'bigint'), ('sync_xid', 'bigint'), ('sync_created_xid', 'bigint'),
-                     ('sync_origin', 'text'), ('sync_colvers', 'bigint[]'), ('sync_colxids', 'bigint[]')) AS w(name, want)
+                     ('sync_origin', 'text'), ('sync_colmeta', 'bytea')) AS w(name, want)
         JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = w.name AND NOT a.attisdropped
         WHERE format_type(a.atttypid, a.atttypmod) <> w.want
     LOOP
@@ -144,8 +144,7 @@ BEGIN
             ADD COLUMN IF NOT EXISTS sync_xid bigint NOT NULL DEFAULT %s,
             ADD COLUMN IF NOT EXISTS sync_created_xid bigint NOT NULL DEFAULT %s,
             ADD COLUMN IF NOT EXISTS sync_origin text,
-            ADD COLUMN IF NOT EXISTS sync_colvers bigint[],
-            ADD COLUMN IF NOT EXISTS sync_colxids bigint[]', tbl, x, x);
+            ADD COLUMN IF NOT EXISTS sync_colmeta bytea', tbl, x, x);
     EXECUTE format('ALTER TABLE %s ALTER COLUMN sync_xid DROP DEFAULT, ALTER COLUMN sync_created_xid DROP DEFAULT', tbl);
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (sync_xid)', 'sync_xid_' || tbl::oid, tbl);
 
@@ -216,7 +215,7 @@ BEGIN
     IF drop_columns THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS sync_version, DROP COLUMN IF EXISTS sync_xid,
                         DROP COLUMN IF EXISTS sync_created_xid, DROP COLUMN IF EXISTS sync_origin,
-                        DROP COLUMN IF EXISTS sync_colvers, DROP COLUMN IF EXISTS sync_colxids', tbl);
+                        DROP COLUMN IF EXISTS sync_colmeta', tbl);
     END IF;
     DELETE FROM tributary.tombstones WHERE relid = tbl;
     UPDATE tributary.tracked SET active = false WHERE relid = tbl;

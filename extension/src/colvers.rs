@@ -1,65 +1,118 @@
-//! Per-column change versions, kept in two `bigint[]` columns of a tracked row.
+//! Per-column change versions, packed into one `bytea` column of a tracked
+//! row, `sync_colmeta`.
 //!
 //! ```text
-//!  sync_colvers[attnum] = the row revision (sync_version) at which the column last changed
-//!  sync_colxids[attnum] = the top-level xid stamp of the transaction that last changed it
+//!  sync_colmeta = entry*            one entry per column changed since the row was created
+//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE     (18 bytes)
 //! ```
 //!
-//! Both arrays are indexed by attribute number, so adding or dropping a
-//! column never shifts another column's entry. A NULL array, or a missing
-//! or NULL element, means "unchanged since the row was created": revision 1
-//! and the row's `sync_created_xid`. A freshly inserted row therefore stores
-//! no arrays at all.
+//! `revision` is the row's `sync_version` at which the column last changed
+//! (what the resolver compares with a writer's base version); `xid` is the
+//! top-level xid stamp of that change (what `sync_changes_since` compares
+//! with `since`). A column with no entry is unchanged since the row was
+//! created: revision 1 and the row's `sync_created_xid`. A freshly inserted
+//! row stores NULL. Entries are keyed by attribute number, so adding or
+//! dropping a column never shifts another column's entry.
+//!
+//! Packing matters: a tracked UPDATE is not HOT (the `sync_xid` index
+//! changes), so every byte of the row is written to WAL again. Two
+//! `bigint[]` arrays cost about 100 bytes a row; this costs 18 per changed
+//! column.
 //!
 //! This module is pure logic, with no pgrx, so it is tested with `#[test]`.
 
-/// Returns the per-column array after a change.
-///
-/// - `old`: the stored array (element `i` is attnum `i + 1`); may be shorter
-///   than `natts` when columns were added since.
-/// - `changed`: a mask of length `natts`, `true` where the column changed.
-/// - `value`: what a changed column gets (the new revision, or the xid).
-///
-/// Entries of unchanged columns are copied; columns past the end of `old`
-/// stay NULL (their default). Returns `None` when nothing would be stored,
-/// so that rows whose columns never changed keep a NULL array.
-pub fn bump(old: &[Option<i64>], changed: &[bool], value: i64) -> Option<Vec<Option<i64>>> {
-    if old.is_empty() && !changed.iter().any(|c| *c) {
+pub const ENTRY: usize = 18;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColVersion {
+    pub attnum: u16,
+    pub revision: i64,
+    pub xid: i64,
+}
+
+/// Decodes the packed entries. A trailing partial entry (which the trigger
+/// never writes) is ignored rather than trusted.
+pub fn decode(bytes: &[u8]) -> Vec<ColVersion> {
+    bytes
+        .chunks_exact(ENTRY)
+        .map(|e| ColVersion {
+            attnum: u16::from_le_bytes([e[0], e[1]]),
+            revision: i64::from_le_bytes(e[2..10].try_into().unwrap()),
+            xid: i64::from_le_bytes(e[10..18].try_into().unwrap()),
+        })
+        .collect()
+}
+
+pub fn encode(entries: &[ColVersion]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY);
+    for e in entries {
+        out.extend_from_slice(&e.attnum.to_le_bytes());
+        out.extend_from_slice(&e.revision.to_le_bytes());
+        out.extend_from_slice(&e.xid.to_le_bytes());
+    }
+    out
+}
+
+/// The entries after a change of the columns `changed` (attnums, any
+/// order) at `revision` by `xid`. Entries stay sorted by attnum. Returns
+/// `None` when there is nothing to store.
+pub fn bump(
+    old: &[ColVersion],
+    changed: &[u16],
+    revision: i64,
+    xid: i64,
+) -> Option<Vec<ColVersion>> {
+    if old.is_empty() && changed.is_empty() {
         return None;
     }
-    let len = changed.len().max(old.len());
-    let mut out = Vec::with_capacity(len);
-    for i in 0..len {
-        if changed.get(i).copied().unwrap_or(false) {
-            out.push(Some(value));
-        } else {
-            out.push(old.get(i).copied().flatten());
-        }
-    }
+    let mut out: Vec<ColVersion> = old
+        .iter()
+        .filter(|e| !changed.contains(&e.attnum))
+        .copied()
+        .collect();
+    out.extend(changed.iter().map(|a| ColVersion {
+        attnum: *a,
+        revision,
+        xid,
+    }));
+    out.sort_by_key(|e| e.attnum);
+    out.dedup_by_key(|e| e.attnum);
     Some(out)
 }
 
-/// The version of column `attnum` (1-based), given the stored array and the
-/// default for columns that never changed.
-pub fn version_of(stored: &[Option<i64>], attnum: usize, default: i64) -> i64 {
-    attnum
-        .checked_sub(1)
-        .and_then(|i| stored.get(i).copied().flatten())
-        .unwrap_or(default)
+/// The (revision, xid) of column `attnum`, given the row's creation stamp.
+pub fn version_of(entries: &[ColVersion], attnum: u16, created_xid: i64) -> (i64, i64) {
+    entries
+        .iter()
+        .find(|e| e.attnum == attnum)
+        .map(|e| (e.revision, e.xid))
+        .unwrap_or((1, created_xid))
 }
 
-/// Columns (1-based attnums, among `candidates`) whose version is strictly
-/// greater than `base`: what changed since a given revision or xid.
-pub fn changed_since(
-    stored: &[Option<i64>],
-    candidates: &[usize],
-    base: i64,
-    default: i64,
+/// Indexes into `attnums` of the columns whose change xid is at least
+/// `since`: the columns changed in a window starting at `since`.
+pub fn changed_since_xid(
+    entries: &[ColVersion],
+    attnums: &[u16],
+    since: i64,
+    created_xid: i64,
 ) -> Vec<usize> {
-    candidates
+    attnums
         .iter()
-        .copied()
-        .filter(|a| version_of(stored, *a, default) > base)
+        .enumerate()
+        .filter(|(_, a)| version_of(entries, **a, created_xid).1 >= since)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Indexes into `attnums` of the columns changed after revision `base`:
+/// what the hub changed since the revision a writer edited.
+pub fn changed_since_revision(entries: &[ColVersion], attnums: &[u16], base: i64) -> Vec<usize> {
+    attnums
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| version_of(entries, **a, 0).0 > base)
+        .map(|(i, _)| i)
         .collect()
 }
 
@@ -67,47 +120,74 @@ pub fn changed_since(
 mod tests {
     use super::*;
 
+    fn cv(attnum: u16, revision: i64, xid: i64) -> ColVersion {
+        ColVersion {
+            attnum,
+            revision,
+            xid,
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let e = vec![cv(1, 2, 700), cv(3, 9, i64::MAX), cv(u16::MAX, i64::MIN, 0)];
+        let bytes = encode(&e);
+        assert_eq!(bytes.len(), 3 * ENTRY);
+        assert_eq!(decode(&bytes), e);
+    }
+
+    #[test]
+    fn a_truncated_entry_is_ignored() {
+        let mut bytes = encode(&[cv(2, 3, 4)]);
+        bytes.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decode(&bytes), vec![cv(2, 3, 4)]);
+    }
+
     #[test]
     fn first_change_of_a_fresh_row_stores_only_the_changed_column() {
-        let out = bump(&[], &[false, true, false], 2).unwrap();
-        assert_eq!(out, vec![None, Some(2), None]);
+        assert_eq!(bump(&[], &[3], 2, 800), Some(vec![cv(3, 2, 800)]));
     }
 
     #[test]
-    fn no_change_on_a_fresh_row_keeps_the_array_null() {
-        assert_eq!(bump(&[], &[false, false], 2), None);
+    fn no_change_on_a_fresh_row_stores_nothing() {
+        assert_eq!(bump(&[], &[], 2, 800), None);
     }
 
     #[test]
-    fn unchanged_columns_keep_their_version() {
-        let out = bump(&[Some(3), None, Some(2)], &[false, true, false], 4).unwrap();
-        assert_eq!(out, vec![Some(3), Some(4), Some(2)]);
+    fn unchanged_columns_keep_their_version_and_order_is_by_attnum() {
+        let old = vec![cv(2, 3, 10), cv(5, 4, 11)];
+        let out = bump(&old, &[4, 2], 6, 20).unwrap();
+        assert_eq!(out, vec![cv(2, 6, 20), cv(4, 6, 20), cv(5, 4, 11)]);
     }
 
     #[test]
-    fn an_added_column_extends_the_array() {
-        let out = bump(&[Some(3)], &[false, false, true], 5).unwrap();
-        assert_eq!(out, vec![Some(3), None, Some(5)]);
+    fn a_no_op_update_keeps_the_entries() {
+        let old = vec![cv(2, 3, 10)];
+        assert_eq!(bump(&old, &[], 6, 20), Some(old.clone()));
     }
 
     #[test]
-    fn a_longer_stored_array_is_not_truncated() {
-        let out = bump(&[Some(3), Some(4), Some(2)], &[true], 5).unwrap();
-        assert_eq!(out, vec![Some(5), Some(4), Some(2)]);
+    fn version_of_falls_back_to_creation() {
+        assert_eq!(version_of(&[cv(2, 5, 50)], 2, 7), (5, 50));
+        assert_eq!(version_of(&[cv(2, 5, 50)], 3, 7), (1, 7));
     }
 
     #[test]
-    fn version_of_falls_back_to_the_default() {
-        assert_eq!(version_of(&[], 2, 1), 1);
-        assert_eq!(version_of(&[None, Some(7)], 2, 1), 7);
-        assert_eq!(version_of(&[None, Some(7)], 0, 1), 1);
+    fn changed_since_xid_includes_the_window_start() {
+        let e = [cv(2, 5, 50), cv(3, 6, 60)];
+        assert_eq!(changed_since_xid(&e, &[1, 2, 3], 50, 10), vec![1, 2]);
+        assert_eq!(
+            changed_since_xid(&e, &[1, 2, 3], 61, 10),
+            Vec::<usize>::new()
+        );
+        assert_eq!(changed_since_xid(&e, &[1, 2, 3], 10, 10), vec![0, 1, 2]);
     }
 
     #[test]
-    fn changed_since_compares_strictly() {
-        let stored = [Some(2), None, Some(5)];
-        assert_eq!(changed_since(&stored, &[1, 2, 3], 2, 1), vec![3]);
-        assert_eq!(changed_since(&stored, &[1, 2, 3], 1, 1), vec![1, 3]);
-        assert_eq!(changed_since(&stored, &[1, 2, 3], 0, 1), vec![1, 2, 3]);
+    fn changed_since_revision_is_strict() {
+        let e = [cv(2, 5, 50), cv(3, 6, 60)];
+        assert_eq!(changed_since_revision(&e, &[1, 2, 3], 5), vec![2]);
+        assert_eq!(changed_since_revision(&e, &[1, 2, 3], 1), vec![1, 2]);
+        assert_eq!(changed_since_revision(&e, &[1, 2, 3], 0), vec![0, 1, 2]);
     }
 }

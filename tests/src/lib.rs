@@ -48,7 +48,9 @@ fn pg_cmd(bin: &str) -> Command {
 }
 
 fn run(mut c: Command, what: &str) {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -58,12 +60,19 @@ fn run(mut c: Command, what: &str) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let dir = tempfile::Builder::new().prefix("tributary-pg-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-pg-")
+            .tempdir()
+            .unwrap();
         if is_root() {
             run(
                 {
@@ -76,7 +85,15 @@ impl Cluster {
         }
         let data = dir.path().join("data");
         let mut c = pg_cmd("initdb");
-        c.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"]);
+        c.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]);
         run(c, "initdb");
         // A free port can be taken by someone else before we bind it: retry.
         for _ in 0..5 {
@@ -94,9 +111,17 @@ impl Cluster {
                 std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
             }
             let mut c = pg_cmd("pg_ctl");
-            c.arg("-D").arg(&data).arg("-l").arg(dir.path().join("server.log")).args(["-w", "start"]);
+            c.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("server.log"))
+                .args(["-w", "start"]);
             if c.output().map(|o| o.status.success()).unwrap_or(false) {
-                return Cluster { dir, port, next_db: AtomicU32::new(0) };
+                return Cluster {
+                    dir,
+                    port,
+                    next_db: AtomicU32::new(0),
+                };
             }
         }
         let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
@@ -108,7 +133,10 @@ impl Cluster {
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 
     pub fn connect(&self, db: &str) -> Client {
@@ -120,21 +148,41 @@ impl Cluster {
         let n = self.next_db.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{n}");
         let mut admin = self.connect("postgres");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
         let mut c = self.connect(&name);
-        c.batch_execute("CREATE EXTENSION tributary").expect("CREATE EXTENSION tributary (run `cargo pgrx install` first)");
-        Db { cluster: self, name }
+        c.batch_execute("CREATE EXTENSION tributary")
+            .expect("CREATE EXTENSION tributary (run `cargo pgrx install` first)");
+        Db {
+            cluster: self,
+            name,
+        }
     }
 
     pub fn psql(&self, db: &str) -> Command {
         let mut c = Command::new(format!("{PGBIN}/psql"));
-        c.args(["-X", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db]);
+        c.args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ]);
         c
     }
 
     pub fn pg_ctl(&self, args: &[&str]) {
         let mut c = pg_cmd("pg_ctl");
-        c.arg("-D").arg(self.dir.path().join("data")).arg("-l").arg(self.dir.path().join("server.log")).args(args);
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(args);
         run(c, "pg_ctl");
     }
 
@@ -146,7 +194,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let mut c = pg_cmd("pg_ctl");
-        c.arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "-w", "stop"]);
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
         let _ = c.output();
     }
 }
@@ -172,7 +222,9 @@ pub struct PgErr {
 }
 
 pub fn db_error(e: postgres::Error) -> PgErr {
-    let d = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
     PgErr {
         code: d.code().code().to_string(),
         message: d.message().to_string(),
@@ -188,8 +240,14 @@ pub fn expect_error(c: &mut Client, sql: &str, code: &str) -> PgErr {
         Err(e) => db_error(e),
     };
     assert_eq!(e.code, code, "wrong SQLSTATE for {sql}: {e:?}");
-    assert!(e.detail.as_deref().is_some_and(|d| !d.is_empty()), "no DETAIL for {sql}: {e:?}");
-    assert!(e.hint.as_deref().is_some_and(|h| !h.is_empty()), "no HINT for {sql}: {e:?}");
+    assert!(
+        e.detail.as_deref().is_some_and(|d| !d.is_empty()),
+        "no DETAIL for {sql}: {e:?}"
+    );
+    assert!(
+        e.hint.as_deref().is_some_and(|h| !h.is_empty()),
+        "no HINT for {sql}: {e:?}"
+    );
     e
 }
 
@@ -208,7 +266,13 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(client: Client, isolation: &'static str) -> Reader {
-        Reader { client, last: 0, isolation, state: Default::default(), delivered: vec![] }
+        Reader {
+            client,
+            last: 0,
+            isolation,
+            state: Default::default(),
+            delivered: vec![],
+        }
     }
 
     /// One poll. Returns how many changes arrived.
@@ -223,7 +287,10 @@ impl Reader {
             })
             .start()
             .unwrap();
-        let v: i64 = tx.query_one("SELECT sync_current_version()", &[]).unwrap().get(0);
+        let v: i64 = tx
+            .query_one("SELECT sync_current_version()", &[])
+            .unwrap()
+            .get(0);
         let rows = tx
             .query(
                 "SELECT tbl::text, op, pk::text, data::text FROM sync_changes_since($1, $2)",
@@ -239,7 +306,8 @@ impl Reader {
             let data = data.map(|d| serde_json::from_str::<serde_json::Value>(&d).unwrap());
             match op.as_str() {
                 "I" | "U" => {
-                    self.state.insert((tbl.clone(), pk.clone()), data.clone().unwrap());
+                    self.state
+                        .insert((tbl.clone(), pk.clone()), data.clone().unwrap());
                 }
                 "D" => {
                     self.state.remove(&(tbl.clone(), pk.clone()));

@@ -4,7 +4,18 @@
 
 use tributary_e2e::*;
 
-fn changes(c: &mut Client, sql: &str) -> Vec<(String, String, String, Option<String>, i64, Option<String>, Option<Vec<String>>)> {
+fn changes(
+    c: &mut Client,
+    sql: &str,
+) -> Vec<(
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<Vec<String>>,
+)> {
     c.query(
         &format!(
             "SELECT tbl::text, op, pk::text, data::text, row_version, origin, changed_columns FROM ({sql}) s"
@@ -18,7 +29,9 @@ fn changes(c: &mut Client, sql: &str) -> Vec<(String, String, String, Option<Str
 }
 
 fn version(c: &mut Client) -> i64 {
-    c.query_one("SELECT sync_current_version()", &[]).unwrap().get(0)
+    c.query_one("SELECT sync_current_version()", &[])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
@@ -28,19 +41,42 @@ fn sync_version_counts_revisions_and_works_as_an_etag() {
     let mut c = db.connect();
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT sync_track('t'); INSERT INTO t VALUES (1, 'a')")
         .unwrap();
-    let v: i64 = c.query_one("SELECT sync_version FROM t", &[]).unwrap().get(0);
+    let v: i64 = c
+        .query_one("SELECT sync_version FROM t", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(v, 1);
     for i in 2..=4 {
         c.batch_execute("UPDATE t SET v = v || 'x'").unwrap();
-        let v: i64 = c.query_one("SELECT sync_version FROM t", &[]).unwrap().get(0);
+        let v: i64 = c
+            .query_one("SELECT sync_version FROM t", &[])
+            .unwrap()
+            .get(0);
         assert_eq!(v, i);
     }
     // ETag: the update with a stale revision changes nothing.
-    assert_eq!(c.execute("UPDATE t SET v = 'stale' WHERE id = 1 AND sync_version = 3", &[]).unwrap(), 0);
-    assert_eq!(c.execute("UPDATE t SET v = 'fresh' WHERE id = 1 AND sync_version = 4", &[]).unwrap(), 1);
+    assert_eq!(
+        c.execute(
+            "UPDATE t SET v = 'stale' WHERE id = 1 AND sync_version = 3",
+            &[]
+        )
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.execute(
+            "UPDATE t SET v = 'fresh' WHERE id = 1 AND sync_version = 4",
+            &[]
+        )
+        .unwrap(),
+        1
+    );
     // The tracking columns cannot be forged.
-    c.batch_execute("UPDATE t SET sync_version = 100, sync_xid = 1, sync_origin = 'forged'").unwrap();
-    let r = c.query_one("SELECT sync_version, sync_origin FROM t", &[]).unwrap();
+    c.batch_execute("UPDATE t SET sync_version = 100, sync_xid = 1, sync_origin = 'forged'")
+        .unwrap();
+    let r = c
+        .query_one("SELECT sync_version, sync_origin FROM t", &[])
+        .unwrap();
     assert_eq!(r.get::<_, i64>(0), 6);
     assert_eq!(r.get::<_, Option<String>>(1), None);
 }
@@ -50,9 +86,11 @@ fn net_changes_collapse_within_a_window() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text, b text); SELECT sync_track('t');
-                     INSERT INTO t VALUES (1, 'a', 'b'), (2, 'a', 'b');")
-        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b text); SELECT sync_track('t');
+                     INSERT INTO t VALUES (1, 'a', 'b'), (2, 'a', 'b');",
+    )
+    .unwrap();
     let since = version(&mut c);
     c.batch_execute(
         "INSERT INTO t VALUES (3, 'x', 'y'); UPDATE t SET a = 'z' WHERE id = 3;   -- insert+update: one I
@@ -61,17 +99,32 @@ fn net_changes_collapse_within_a_window() {
          DELETE FROM t WHERE id = 2; INSERT INTO t VALUES (2, 'again', 'b');       -- delete+reinsert: live row",
     )
     .unwrap();
-    let got = changes(&mut c, &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"));
+    let got = changes(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"),
+    );
     let summary: Vec<(&str, &str)> = got.iter().map(|r| (r.1.as_str(), r.2.as_str())).collect();
     assert_eq!(
         summary,
-        vec![("U", r#"{"id": 1}"#), ("I", r#"{"id": 2}"#), ("I", r#"{"id": 3}"#), ("D", r#"{"id": 4}"#)]
+        vec![
+            ("U", r#"{"id": 1}"#),
+            ("I", r#"{"id": 2}"#),
+            ("I", r#"{"id": 3}"#),
+            ("D", r#"{"id": 4}"#)
+        ]
     );
     let u = &got[0];
     assert_eq!(u.4, 3, "row_version after two updates");
-    assert_eq!(u.6.as_deref(), Some(&["b".to_string()][..]), "only b changed");
+    assert_eq!(
+        u.6.as_deref(),
+        Some(&["b".to_string()][..]),
+        "only b changed"
+    );
     assert!(u.3.as_deref().unwrap().contains(r#""b": "BB""#));
-    assert!(!u.3.as_deref().unwrap().contains("sync_"), "tracking columns stay out of data");
+    assert!(
+        !u.3.as_deref().unwrap().contains("sync_"),
+        "tracking columns stay out of data"
+    );
     assert!(got[2].3.as_deref().unwrap().contains(r#""a": "z""#));
     assert_eq!(got[3].3, None);
 }
@@ -85,7 +138,10 @@ fn a_key_change_is_a_delete_of_the_old_key_and_an_insert_of_the_new() {
         .unwrap();
     let since = version(&mut c);
     c.batch_execute("UPDATE t SET id = 2 WHERE id = 1").unwrap();
-    let got = changes(&mut c, &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"));
+    let got = changes(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"),
+    );
     let summary: Vec<(&str, &str)> = got.iter().map(|r| (r.1.as_str(), r.2.as_str())).collect();
     assert_eq!(summary, vec![("D", r#"{"id": 1}"#), ("I", r#"{"id": 2}"#)]);
 }
@@ -95,7 +151,8 @@ fn origin_tags_changes_and_skip_origin_filters_them() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT sync_track('t');").unwrap();
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT sync_track('t');")
+        .unwrap();
     let since = version(&mut c);
     c.batch_execute(
         "SET tributary.origin = 'crm'; INSERT INTO t VALUES (1, 'from crm'); DELETE FROM t WHERE id = 1;
@@ -103,10 +160,20 @@ fn origin_tags_changes_and_skip_origin_filters_them() {
          RESET tributary.origin; INSERT INTO t VALUES (3, 'local');",
     )
     .unwrap();
-    let all = changes(&mut c, &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"));
-    let origins: Vec<(&str, Option<&str>)> = all.iter().map(|r| (r.1.as_str(), r.5.as_deref())).collect();
-    assert_eq!(origins, vec![("D", Some("crm")), ("I", Some("crm")), ("I", None)]);
-    let skipped = changes(&mut c, &format!("SELECT * FROM sync_changes_since({since}, skip_origin => 'crm')"));
+    let all = changes(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"),
+    );
+    let origins: Vec<(&str, Option<&str>)> =
+        all.iter().map(|r| (r.1.as_str(), r.5.as_deref())).collect();
+    assert_eq!(
+        origins,
+        vec![("D", Some("crm")), ("I", Some("crm")), ("I", None)]
+    );
+    let skipped = changes(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since({since}, skip_origin => 'crm')"),
+    );
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].2, r#"{"id": 3}"#);
 }
@@ -125,12 +192,17 @@ fn keyset_paging_reads_a_window_exactly_across_tables() {
     .unwrap();
     let since = 1i64;
     let until = version(&mut c);
-    c.batch_execute("DELETE FROM a WHERE id IN (5, 6); UPDATE b SET n = n WHERE n = 1").unwrap();
+    c.batch_execute("DELETE FROM a WHERE id IN (5, 6); UPDATE b SET n = n WHERE n = 1")
+        .unwrap();
     let since2 = until;
-    c.batch_execute("DELETE FROM a WHERE id = 7; INSERT INTO a VALUES (100, 'new')").unwrap();
+    c.batch_execute("DELETE FROM a WHERE id = 7; INSERT INTO a VALUES (100, 'new')")
+        .unwrap();
     let until2 = version(&mut c);
     for (s, u) in [(since, until), (since2, until2), (since, until2)] {
-        let whole = changes(&mut c, &format!("SELECT * FROM sync_changes_since({s}, {u}) ORDER BY tbl::oid, pk"));
+        let whole = changes(
+            &mut c,
+            &format!("SELECT * FROM sync_changes_since({s}, {u}) ORDER BY tbl::oid, pk"),
+        );
         assert!(!whole.is_empty());
         for page in [1, 4, 10, 1000] {
             let mut got = vec![];
@@ -142,7 +214,9 @@ fn keyset_paging_reads_a_window_exactly_across_tables() {
                 };
                 let rows = changes(
                     &mut c,
-                    &format!("SELECT * FROM sync_changes_since({s}, {u}, page_size => {page}{cont})"),
+                    &format!(
+                        "SELECT * FROM sync_changes_since({s}, {u}, page_size => {page}{cont})"
+                    ),
                 );
                 assert!(rows.len() <= page);
                 let done = rows.len() < page;
@@ -177,24 +251,62 @@ fn bad_input_gets_a_specific_sqlstate_detail_and_hint() {
     expect_error(&mut c, "SELECT sync_track('vw')", "42809");
     let e = expect_error(&mut c, "SELECT sync_track('clash')", "42701");
     assert!(e.message.contains("sync_version"));
-    expect_error(&mut c, "SELECT * FROM sync_changes_since(0, tables => ARRAY['untracked'::regclass])", "TB003");
-    expect_error(&mut c, "SELECT sync_min_valid_version('untracked')", "TB003");
+    expect_error(
+        &mut c,
+        "SELECT * FROM sync_changes_since(0, tables => ARRAY['untracked'::regclass])",
+        "TB003",
+    );
+    expect_error(
+        &mut c,
+        "SELECT sync_min_valid_version('untracked')",
+        "TB003",
+    );
     expect_error(&mut c, "SELECT sync_payload('untracked', 0)", "TB003");
     expect_error(&mut c, "SELECT sync_untrack('untracked')", "TB003");
     expect_error(&mut c, "SELECT * FROM sync_changes_since(NULL)", "22004");
     expect_error(&mut c, "SELECT sync_payload('t', NULL)", "22004");
     expect_error(&mut c, "SELECT * FROM sync_changes_since(-1)", "22023");
     expect_error(&mut c, "SELECT sync_payload('t', -5)", "22023");
-    let e = expect_error(&mut c, &format!("SELECT * FROM sync_changes_since({})", cur + 1000), "TB001");
-    assert!(e.detail.unwrap().contains(&(cur + 1000).to_string()), "DETAIL names the offending version");
-    expect_error(&mut c, &format!("SELECT * FROM sync_changes_since(1, {})", cur + 1000), "TB001");
-    expect_error(&mut c, &format!("SELECT sync_payload('t', {})", cur + 1000), "TB001");
+    let e = expect_error(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since({})", cur + 1000),
+        "TB001",
+    );
+    assert!(
+        e.detail.unwrap().contains(&(cur + 1000).to_string()),
+        "DETAIL names the offending version"
+    );
+    expect_error(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since(1, {})", cur + 1000),
+        "TB001",
+    );
+    expect_error(
+        &mut c,
+        &format!("SELECT sync_payload('t', {})", cur + 1000),
+        "TB001",
+    );
     expect_error(&mut c, "SELECT * FROM sync_changes_since(5, 3)", "TB005");
-    expect_error(&mut c, "SELECT * FROM sync_changes_since(1, page_size => 0)", "22023");
-    expect_error(&mut c, "SELECT * FROM sync_changes_since(1, page_size => 5, after_tbl => 't')", "22023");
-    expect_error(&mut c, "SET tributary.retention = 'forever'; SELECT sync_cleanup()", "22023");
+    expect_error(
+        &mut c,
+        "SELECT * FROM sync_changes_since(1, page_size => 0)",
+        "22023",
+    );
+    expect_error(
+        &mut c,
+        "SELECT * FROM sync_changes_since(1, page_size => 5, after_tbl => 't')",
+        "22023",
+    );
+    expect_error(
+        &mut c,
+        "SET tributary.retention = 'forever'; SELECT sync_cleanup()",
+        "22023",
+    );
     // Nothing was half-done by the failed calls.
-    let n: i64 = c.query_one("SELECT count(*) FROM sync_tracked_tables()", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sync_tracked_tables()", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     let cols: i64 = c
         .query_one("SELECT count(*) FROM pg_attribute WHERE attrelid = 'nopk'::regclass AND attname LIKE 'sync_%'", &[])
@@ -222,14 +334,20 @@ fn hostile_identifiers_work_end_to_end() {
            DELETE FROM "we""ird"."tab'le" WHERE "]" = 2;"#,
     )
     .unwrap();
-    let got = changes(&mut c, &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"));
+    let got = changes(
+        &mut c,
+        &format!("SELECT * FROM sync_changes_since({since}) ORDER BY pk"),
+    );
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].0, r#""we""ird"."tab'le""#);
     assert_eq!((got[0].1.as_str(), got[0].2.as_str()), ("U", r#"{"]": 1}"#));
     assert_eq!(got[0].6.as_deref(), Some(&["col\"q".to_string()][..]));
     assert_eq!((got[1].1.as_str(), got[1].2.as_str()), ("D", r#"{"]": 2}"#));
     let p: String = c
-        .query_one(r#"SELECT sync_payload('"we""ird"."tab''le"', 0)::text"#, &[])
+        .query_one(
+            r#"SELECT sync_payload('"we""ird"."tab''le"', 0)::text"#,
+            &[],
+        )
         .unwrap()
         .get(0);
     let p: serde_json::Value = serde_json::from_str(&p).unwrap();
@@ -244,9 +362,13 @@ fn hostile_identifiers_work_end_to_end() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
-    c.batch_execute(r#"SELECT sync_untrack('"we""ird"."tab''le"')"#).unwrap();
+    c.batch_execute(r#"SELECT sync_untrack('"we""ird"."tab''le"')"#)
+        .unwrap();
     let n: i64 = c
-        .query_one(r#"SELECT count(*) FROM pg_publication_tables WHERE pubname = 'tributary'"#, &[])
+        .query_one(
+            r#"SELECT count(*) FROM pg_publication_tables WHERE pubname = 'tributary'"#,
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
@@ -267,23 +389,42 @@ fn readers_need_select_on_the_table_and_admin_functions_are_not_public() {
     .unwrap();
     let since = 1i64;
     let mut app = postgres::Client::connect(
-        &format!("host=127.0.0.1 port={} user=app dbname={}", cluster.port, db.name),
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname={}",
+            cluster.port, db.name
+        ),
         NoTls,
     )
     .unwrap();
     let rows = app
-        .query("SELECT pk::text FROM sync_changes_since($1, tables => ARRAY['open_t'::regclass])", &[&since])
+        .query(
+            "SELECT pk::text FROM sync_changes_since($1, tables => ARRAY['open_t'::regclass])",
+            &[&since],
+        )
         .unwrap();
     assert_eq!(rows.len(), 1);
-    let e = db_error(app.query("SELECT * FROM sync_changes_since($1)", &[&since]).unwrap_err());
+    let e = db_error(
+        app.query("SELECT * FROM sync_changes_since($1)", &[&since])
+            .unwrap_err(),
+    );
     assert_eq!(e.code, "42501", "reading an unreadable table is refused");
-    let n: i64 = app.query_one("SELECT count(*) FROM tributary.tombstones", &[]).unwrap().get(0);
+    let n: i64 = app
+        .query_one("SELECT count(*) FROM tributary.tombstones", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "tombstones of unreadable tables are hidden");
-    for f in ["SELECT sync_track('open_t')", "SELECT sync_untrack('open_t')", "SELECT sync_cleanup()"] {
+    for f in [
+        "SELECT sync_track('open_t')",
+        "SELECT sync_untrack('open_t')",
+        "SELECT sync_cleanup()",
+    ] {
         let e = db_error(app.batch_execute(f).unwrap_err());
         assert_eq!(e.code, "42501", "{f} must not be executable by PUBLIC");
     }
-    let e = db_error(app.batch_execute("INSERT INTO tributary.tombstones VALUES (1, '{}', 1, 1)").unwrap_err());
+    let e = db_error(
+        app.batch_execute("INSERT INTO tributary.tombstones VALUES (1, '{}', 1, 1)")
+            .unwrap_err(),
+    );
     assert_eq!(e.code, "42501");
     // SECURITY DEFINER functions pin their search_path.
     let n: i64 = c

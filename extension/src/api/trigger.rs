@@ -5,7 +5,7 @@
 //!  INSERT:  sync_version = 1, sync_xid = sync_created_xid = top-level xid,
 //!           sync_origin = tributary.origin, per-column arrays NULL
 //!  UPDATE:  sync_version = OLD + 1, sync_xid = xid, changed columns get
-//!           (revision, xid) in sync_colvers / sync_colxids;
+//!           (revision, xid) entries in sync_colmeta (see colvers.rs);
 //!           a primary-key change starts a new row identity (created = xid)
 //! ```
 //!
@@ -19,13 +19,12 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// The tracking columns, by name, in the order they are replaced.
-pub const META_COLUMNS: [&str; 6] = [
+pub const META_COLUMNS: [&str; 5] = [
     "sync_version",
     "sync_xid",
     "sync_created_xid",
     "sync_origin",
-    "sync_colvers",
-    "sync_colxids",
+    "sync_colmeta",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +54,16 @@ pub mod tributary {
 
 /// Attribute numbers (1-based) of the tracking columns.
 struct Meta {
-    att: [i32; 6],
+    att: [i32; 5],
 }
 
 impl Meta {
     const VERSION: usize = 0;
     const CREATED: usize = 2;
-    const COLVERS: usize = 4;
-    const COLXIDS: usize = 5;
+    const COLMETA: usize = 4;
 
     unsafe fn find(tupdesc: pg_sys::TupleDesc) -> Result<Self, TrackError> {
-        let mut att = [0i32; 6];
+        let mut att = [0i32; 5];
         let natts = unsafe { (*tupdesc).natts };
         for i in 0..natts {
             let a = unsafe { tupdesc_attr(tupdesc, i) };
@@ -74,7 +72,10 @@ impl Meta {
             }
             // SAFETY: attname is a NUL-terminated NameData.
             let name = unsafe { std::ffi::CStr::from_ptr(a.attname.data.as_ptr()) };
-            if let Some(k) = META_COLUMNS.iter().position(|m| m.as_bytes() == name.to_bytes()) {
+            if let Some(k) = META_COLUMNS
+                .iter()
+                .position(|m| m.as_bytes() == name.to_bytes())
+            {
                 att[k] = i + 1;
             }
         }
@@ -91,7 +92,10 @@ impl Meta {
     }
 }
 
-unsafe fn tupdesc_attr<'a>(tupdesc: pg_sys::TupleDesc, i: i32) -> &'a pg_sys::FormData_pg_attribute {
+unsafe fn tupdesc_attr<'a>(
+    tupdesc: pg_sys::TupleDesc,
+    i: i32,
+) -> &'a pg_sys::FormData_pg_attribute {
     // SAFETY: i < natts, and attrs is a trailing array of natts entries.
     unsafe { &*(*tupdesc).attrs.as_ptr().add(i as usize) }
 }
@@ -99,7 +103,11 @@ unsafe fn tupdesc_attr<'a>(tupdesc: pg_sys::TupleDesc, i: i32) -> &'a pg_sys::Fo
 /// Binary equality of two non-null datums of one attribute, as
 /// `datumIsEqual` does: false positives ("changed" when equal in value)
 /// are possible, false negatives are not.
-unsafe fn datum_image_equal(a: pg_sys::Datum, b: pg_sys::Datum, attr: &pg_sys::FormData_pg_attribute) -> bool {
+unsafe fn datum_image_equal(
+    a: pg_sys::Datum,
+    b: pg_sys::Datum,
+    attr: &pg_sys::FormData_pg_attribute,
+) -> bool {
     if attr.attbyval {
         return a == b;
     }
@@ -115,7 +123,8 @@ unsafe fn datum_image_equal(a: pg_sys::Datum, b: pg_sys::Datum, attr: &pg_sys::F
                         == std::slice::from_raw_parts(pb as *const u8, lb)
             }
             -2 => {
-                std::ffi::CStr::from_ptr(a.cast_mut_ptr()) == std::ffi::CStr::from_ptr(b.cast_mut_ptr())
+                std::ffi::CStr::from_ptr(a.cast_mut_ptr())
+                    == std::ffi::CStr::from_ptr(b.cast_mut_ptr())
             }
             n => {
                 let n = n as usize;
@@ -130,14 +139,17 @@ fn int8(v: i64) -> (pg_sys::Datum, bool) {
     (pg_sys::Datum::from(v), false)
 }
 
-fn array_datum(v: Option<Vec<Option<i64>>>) -> (pg_sys::Datum, bool) {
-    match v.and_then(|v| v.into_datum()) {
+fn colmeta_datum(v: Option<Vec<colvers::ColVersion>>) -> (pg_sys::Datum, bool) {
+    match v.and_then(|v| colvers::encode(&v).into_datum()) {
         Some(d) => (d, false),
         None => (pg_sys::Datum::from(0), true),
     }
 }
 
-unsafe fn deform(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+unsafe fn deform(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+) -> (Vec<pg_sys::Datum>, Vec<bool>) {
     let natts = unsafe { (*tupdesc).natts } as usize;
     let mut values = vec![pg_sys::Datum::from(0); natts];
     let mut nulls = vec![true; natts];
@@ -165,65 +177,89 @@ unsafe fn stamp<'a>(
         }
     };
 
-    let (tuple, stamped): (pg_sys::HeapTuple, [(pg_sys::Datum, bool); 6]) = if event
+    let (tuple, stamped): (pg_sys::HeapTuple, [(pg_sys::Datum, bool); 5]) = if event
         == pg_sys::TRIGGER_EVENT_INSERT
     {
         let null = (pg_sys::Datum::from(0), true);
-        (td.tg_trigtuple, [int8(1), int8(xid), int8(xid), origin, null, null])
+        (
+            td.tg_trigtuple,
+            [int8(1), int8(xid), int8(xid), origin, null],
+        )
     } else if event == pg_sys::TRIGGER_EVENT_UPDATE {
         let (old, old_null) = unsafe { deform(td.tg_trigtuple, tupdesc) };
         let (new, new_null) = unsafe { deform(td.tg_newtuple, tupdesc) };
         let natts = old.len();
         let at = |k: usize| (meta.att[k] - 1) as usize;
-        let old_version =
-            if old_null[at(Meta::VERSION)] { 0 } else { old[at(Meta::VERSION)].value() as i64 };
+        let old_version = if old_null[at(Meta::VERSION)] {
+            0
+        } else {
+            old[at(Meta::VERSION)].value() as i64
+        };
         let version = old_version + 1;
 
-        let mut changed = vec![false; natts];
+        let mut changed: Vec<u16> = Vec::new();
         for i in 0..natts {
             let attr = unsafe { tupdesc_attr(tupdesc, i as i32) };
             if attr.attisdropped || meta.is_meta(i as i32 + 1) {
                 continue;
             }
-            changed[i] = match (old_null[i], new_null[i]) {
+            let differs = match (old_null[i], new_null[i]) {
                 (true, true) => false,
                 (false, false) => unsafe { !datum_image_equal(old[i], new[i], attr) },
                 _ => true,
             };
+            if differs {
+                changed.push(i as u16 + 1);
+            }
         }
 
-        let pk_changed = unsafe {
-            let pk = pg_sys::RelationGetIndexAttrBitmap(
-                rel,
-                pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
-            );
-            changed.iter().enumerate().any(|(i, c)| {
-                *c && pg_sys::bms_is_member(
-                    i as i32 + 1 - pg_sys::FirstLowInvalidHeapAttributeNumber,
-                    pk,
-                )
-            })
-        };
+        let pk_changed = !changed.is_empty()
+            && unsafe {
+                let pk = pg_sys::RelationGetIndexAttrBitmap(
+                    rel,
+                    pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+                );
+                changed.iter().any(|a| {
+                    pg_sys::bms_is_member(
+                        i32::from(*a) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                        pk,
+                    )
+                })
+            };
 
         if pk_changed {
             // A new key is a new row identity: its old key gets a tombstone
-            // from the AFTER UPDATE trigger, and the row counts as created now,
-            // with every column changed at this revision.
-            let all = Some(vec![Some(version); natts]);
+            // from the AFTER UPDATE trigger, and the row counts as created now.
             (
                 td.tg_newtuple,
-                [int8(version), int8(xid), int8(xid), origin, array_datum(all), (pg_sys::Datum::from(0), true)],
+                [
+                    int8(version),
+                    int8(xid),
+                    int8(xid),
+                    origin,
+                    (pg_sys::Datum::from(0), true),
+                ],
             )
         } else {
-            let created = if old_null[at(Meta::CREATED)] { xid } else { old[at(Meta::CREATED)].value() as i64 };
-            let read = |k: usize| -> Vec<Option<i64>> {
-                unsafe { Vec::<Option<i64>>::from_datum(old[at(k)], old_null[at(k)]) }.unwrap_or_default()
+            let created = if old_null[at(Meta::CREATED)] {
+                xid
+            } else {
+                old[at(Meta::CREATED)].value() as i64
             };
-            let colvers = colvers::bump(&read(Meta::COLVERS), &changed, version);
-            let colxids = colvers::bump(&read(Meta::COLXIDS), &changed, xid);
+            let entries =
+                unsafe { <&[u8]>::from_datum(old[at(Meta::COLMETA)], old_null[at(Meta::COLMETA)]) }
+                    .map(colvers::decode)
+                    .unwrap_or_default();
+            let next = colvers::bump(&entries, &changed, version, xid);
             (
                 td.tg_newtuple,
-                [int8(version), int8(xid), int8(created), origin, array_datum(colvers), array_datum(colxids)],
+                [
+                    int8(version),
+                    int8(xid),
+                    int8(created),
+                    origin,
+                    colmeta_datum(next),
+                ],
             )
         }
     } else {
@@ -243,5 +279,7 @@ unsafe fn stamp<'a>(
             nulls.as_mut_ptr(),
         )
     };
-    Ok(Some(unsafe { PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), out) }))
+    Ok(Some(unsafe {
+        PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), out)
+    }))
 }
