@@ -24,7 +24,7 @@ BEGIN
     END IF;
     IF since < 0 OR until < 0 THEN
         PERFORM tributary._raise('22023', 'a version must not be negative',
-            format('since = %s, until = %s.', since, coalesce(until::text, 'NULL')),
+            CASE WHEN since < 0 THEN format('since = %s.', since) ELSE format('until = %s.', until) END,
             'Versions come from sync_current_version(); 0 means a full sync.');
     END IF;
     IF since > cur OR until > cur THEN
@@ -185,7 +185,7 @@ BEGIN
         since := 0;
     END IF;
     SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data END
-                              || jsonb_build_object('$operation', c.op)), '[]'::jsonb)
+                              || jsonb_build_object('$operation', c.op) ORDER BY c.pk), '[]'::jsonb)
       INTO rows
       FROM @extschema@.sync_changes_since(since, v, ARRAY[tbl]) AS c;
     RETURN jsonb_build_object(

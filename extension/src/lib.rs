@@ -40,7 +40,7 @@ pub extern "C-unwind" fn _PG_init() {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    include!("../tests/pg_tests.rs");
+    include!("pg_tests.rs");
 }
 
 /// Hooks for `cargo pgrx test`.

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, the extension's unit and in-backend
+# tests (cargo pgrx test), the pg_regress golden files and the end-to-end
+# tests against throwaway clusters. Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+./scripts/setup.sh
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "extension: unit tests and #[pg_test] (cargo pgrx test)"
+if [ "$(id -u)" = 0 ]; then
+  # initdb refuses root: pgrx runs the test cluster as the postgres user.
+  mkdir -p /tmp/tributary-pgrx-test && chown postgres:postgres /tmp/tributary-pgrx-test
+  export CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA=/tmp/tributary-pgrx-test/data
+fi
+(cd extension && cargo pgrx test pg15)
+
+# cargo pgrx test installed its test build; put the release build back.
+./scripts/setup.sh >/dev/null
+
+say "end-to-end tests and pg_regress (throwaway clusters)"
+cargo test -p tributary-e2e -- --test-threads=2
