@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+LOG=$(mktemp /tmp/tributary-test-XXXX.log)
+trap 'rm -f "$LOG"' EXIT
 
 ./scripts/setup.sh
 
@@ -20,10 +22,13 @@ if [ "$(id -u)" = 0 ]; then
   mkdir -p /tmp/tributary-pgrx-test && chown postgres:postgres /tmp/tributary-pgrx-test
   export CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA=/tmp/tributary-pgrx-test/data
 fi
-(cd extension && cargo pgrx test pg15)
+(cd extension && cargo pgrx test pg15) 2>&1 | tee -a "$LOG"
 
 # cargo pgrx test installed its test build; put the release build back.
 ./scripts/setup.sh >/dev/null
 
 say "end-to-end tests and pg_regress (throwaway clusters)"
-cargo test -p tributary-e2e -- --test-threads=2
+cargo test -p tributary-e2e -- --test-threads=2 2>&1 | tee -a "$LOG"
+
+# One closing line over every runner above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tiers: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$LOG"

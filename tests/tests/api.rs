@@ -4,10 +4,8 @@
 
 use tributary_e2e::*;
 
-fn changes(
-    c: &mut Client,
-    sql: &str,
-) -> Vec<(
+/// One change row: tbl, op, pk, data, row_version, origin, changed_columns.
+type Change = (
     String,
     String,
     String,
@@ -15,7 +13,9 @@ fn changes(
     i64,
     Option<String>,
     Option<Vec<String>>,
-)> {
+);
+
+fn changes(c: &mut Client, sql: &str) -> Vec<Change> {
     c.query(
         &format!(
             "SELECT tbl::text, op, pk::text, data::text, row_version, origin, changed_columns FROM ({sql}) s"

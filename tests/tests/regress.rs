@@ -12,19 +12,36 @@ const TESTS: &[&str] = &["tracking", "errors", "pull"];
 fn pg_regress_golden_files_match() {
     let cluster = Cluster::start();
     let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE DATABASE tributary_regress").unwrap();
-    cluster.connect("tributary_regress").batch_execute("CREATE EXTENSION tributary").unwrap();
+    admin
+        .batch_execute("CREATE DATABASE tributary_regress")
+        .unwrap();
+    cluster
+        .connect("tributary_regress")
+        .batch_execute("CREATE EXTENSION tributary")
+        .unwrap();
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../extension/tests/pg_regress");
     let out = cluster.dir().join("regress-out");
     std::fs::create_dir_all(out.join("results")).unwrap();
-    let pgxs = Command::new(format!("{PGBIN}/pg_config")).arg("--pgxs").output().unwrap();
+    let pgxs = Command::new(format!("{PGBIN}/pg_config"))
+        .arg("--pgxs")
+        .output()
+        .unwrap();
     let pgxs = PathBuf::from(String::from_utf8(pgxs.stdout).unwrap().trim());
-    let pg_regress = pgxs.parent().unwrap().parent().unwrap().join("test/regress/pg_regress");
+    let pg_regress = pgxs
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("test/regress/pg_regress");
 
     let status = Command::new(&pg_regress)
         .arg("--use-existing")
-        .args(["--host=127.0.0.1", &format!("--port={}", cluster.port), "--user=postgres"])
+        .args([
+            "--host=127.0.0.1",
+            &format!("--port={}", cluster.port),
+            "--user=postgres",
+        ])
         .arg(format!("--bindir={PGBIN}"))
         .arg(format!("--inputdir={}", root.display()))
         .arg(format!("--outputdir={}", out.display()))
@@ -35,7 +52,11 @@ fn pg_regress_golden_files_match() {
 
     if std::env::var_os("TRIBUTARY_REGRESS_BLESS").is_some() {
         for t in TESTS {
-            std::fs::copy(out.join(format!("results/{t}.out")), root.join(format!("expected/{t}.out"))).unwrap();
+            std::fs::copy(
+                out.join(format!("results/{t}.out")),
+                root.join(format!("expected/{t}.out")),
+            )
+            .unwrap();
         }
         return;
     }
