@@ -15,5 +15,6 @@ GRANT EXECUTE ON FUNCTION
     tributary._window_tables(bigint, bigint, regclass[]),
     tributary._changes_query(oid, bigint, boolean),
     tributary.changed_columns(bytea, bigint, bigint, smallint[], text[]),
-    tributary.colmeta_entries(bytea)
+    tributary.colmeta_entries(bytea),
+    tributary.row_json(anyelement)
   TO PUBLIC;

@@ -65,7 +65,7 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     pk text[] := (SELECT pk_columns FROM tributary.tracked WHERE relid = rel);
-    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';
+    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';  -- never in data
     attnums int2[];
     names text[];
     pk_expr text;
@@ -84,7 +84,7 @@ BEGIN
         SELECT %1$s::oid::regclass AS tbl,
                CASE WHEN t.sync_created_xid >= $1 THEN 'I' ELSE 'U' END AS op,
                %2$s AS pk,
-               to_jsonb(t) - %3$L::text[] AS data,
+               tributary.row_json(t) AS data,
                t.sync_version AS row_version,
                t.sync_origin AS origin,
                CASE WHEN t.sync_created_xid >= $1 THEN %4$L::text[]
@@ -93,13 +93,13 @@ BEGIN
           FROM %6$s AS t
          WHERE t.sync_xid >= $1 AND t.sync_xid < $2
            AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)$q$,
-        rel, pk_expr, meta, names, attnums, rel::regclass);
+        rel, pk_expr, NULL, names, attnums, rel::regclass);
     -- Deletes: not owed to a first (full) sync, and superseded when the key
     -- is live again (the live row is delivered instead).
     IF since > 0 THEN
         q := q || format($q$
         UNION ALL
-        SELECT %1$s::oid::regclass, 'D', d.pk, NULL::jsonb, d.version, d.origin, NULL::text[]
+        SELECT %1$s::oid::regclass, 'D', d.pk, NULL::json, d.version, d.origin, NULL::text[]
           FROM tributary.tombstones d
          WHERE d.relid = %1$s AND d.xid >= $1 AND d.xid < $2
            AND ($3::text IS NULL OR d.origin IS DISTINCT FROM $3)
@@ -121,7 +121,7 @@ CREATE FUNCTION sync_changes_since(
     page_size integer DEFAULT NULL,
     after_tbl regclass DEFAULT NULL,
     after_pk jsonb DEFAULT NULL)
-RETURNS TABLE (tbl regclass, op text, pk jsonb, data jsonb, row_version bigint, origin text,
+RETURNS TABLE (tbl regclass, op text, pk jsonb, data json, row_version bigint, origin text,
                changed_columns text[])
 LANGUAGE plpgsql STABLE
 AS $$
@@ -184,7 +184,7 @@ BEGIN
         reason := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4 ELSE 2 END;
         since := 0;
     END IF;
-    SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data END
+    SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data::jsonb END
                               || jsonb_build_object('$operation', c.op) ORDER BY c.pk), '[]'::jsonb)
       INTO rows
       FROM @extschema@.sync_changes_since(since, v, ARRAY[tbl]) AS c;

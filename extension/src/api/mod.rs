@@ -3,4 +3,5 @@
 
 pub mod colmeta;
 pub mod guc;
+pub mod rowjson;
 pub mod trigger;
