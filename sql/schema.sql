@@ -26,6 +26,12 @@ CREATE TABLE tributary.tombstones (
     version     bigint NOT NULL,   -- the revision the delete produced (last sync_version + 1)
     origin      text,              -- tributary.origin of the deleting session, NULL = local
     deleted_at  timestamptz NOT NULL DEFAULT now(),
+    -- The deleted row, for the resolver: a newer update of the key brings
+    -- the row back with these values under its own (see docs/architecture.md).
+    data        jsonb,             -- the row's columns, without Tributary's
+    colmeta     bytea,             -- its sync_colmeta
+    row_origin  text,              -- its sync_origin
+    created_xid bigint,            -- its sync_created_xid
     PRIMARY KEY (relid, pk)
 );
 CREATE INDEX tombstones_window ON tributary.tombstones (relid, xid);

@@ -62,13 +62,17 @@ DECLARE
     key jsonb;
 BEGIN
     SELECT jsonb_object_agg(c, img -> c) INTO key FROM unnest(TG_ARGV) AS c;
-    INSERT INTO tributary.tombstones AS t (relid, pk, xid, version, origin, deleted_at)
+    INSERT INTO tributary.tombstones AS t
+           (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid)
     VALUES (TG_RELID, key, pg_current_xact_id()::text::bigint,
             coalesce((img ->> 'sync_version')::bigint, 0) + 1,
-            nullif(current_setting('tributary.origin', true), ''), now())
+            nullif(current_setting('tributary.origin', true), ''), now(),
+            img - '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[],
+            OLD.sync_colmeta, OLD.sync_origin, OLD.sync_created_xid)
     ON CONFLICT (relid, pk) DO UPDATE
-        SET xid = excluded.xid, version = excluded.version,
-            origin = excluded.origin, deleted_at = excluded.deleted_at;
+        SET xid = excluded.xid, version = excluded.version, origin = excluded.origin,
+            deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
+            row_origin = excluded.row_origin, created_xid = excluded.created_xid;
     RETURN NULL;
 END $$;
 

@@ -1,66 +1,89 @@
-//! Per-column change versions, packed into one `bytea` column of a tracked
+//! Per-column change stamps, packed into one `bytea` column of a tracked
 //! row, `sync_colmeta`.
 //!
 //! ```text
-//!  sync_colmeta = entry*            one entry per column changed since the row was created
-//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE     (18 bytes)
+//!  sync_colmeta = entry*
+//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE | origin_len u8 | origin bytes
 //! ```
 //!
-//! `revision` is the row's `sync_version` at which the column last changed
-//! (what the resolver compares with a writer's base version); `xid` is the
-//! top-level xid stamp of that change (what `sync_changes_since` compares
-//! with `since`). A column with no entry is unchanged since the row was
-//! created: revision 1 and the row's `sync_created_xid`. A freshly inserted
-//! row stores NULL. Entries are keyed by attribute number, so adding or
-//! dropping a column never shifts another column's entry.
+//! - `revision`: the row's `sync_version` at which the column last changed;
+//!   what the resolver compares with a writer's version.
+//! - `xid`: the top-level xid stamp of that change; what
+//!   `sync_changes_since` compares with `since`.
+//! - `origin`: who made that change (`tributary.origin`); empty = local.
+//!
+//! A column with no entry is unchanged since the row was created. Its stamp
+//! is then the **creation entry** (attnum 0) when there is one, else
+//! revision 1, the row's `sync_created_xid`, and a local origin. A row never
+//! updated stores NULL; the first update of a row created by a non-local
+//! origin adds the creation entry, since `sync_origin` is about to change.
+//! Entries are keyed by attribute number, so adding or dropping a column
+//! never shifts another column's entry.
 //!
 //! Packing matters: a tracked UPDATE is not HOT (the `sync_xid` index
-//! changes), so every byte of the row is written to WAL again. Two
-//! `bigint[]` arrays cost about 100 bytes a row; this costs 18 per changed
-//! column.
+//! changes), so every byte of the row is written to WAL again.
 //!
 //! This module is pure logic, with no pgrx, so it is tested with `#[test]`.
 
-pub const ENTRY: usize = 18;
+/// The attribute number of the creation entry.
+pub const CREATION: u16 = 0;
+const FIXED: usize = 2 + 8 + 8 + 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColVersion {
     pub attnum: u16,
     pub revision: i64,
     pub xid: i64,
+    /// Empty means local.
+    pub origin: String,
 }
 
-/// Decodes the packed entries. A trailing partial entry (which the trigger
-/// never writes) is ignored rather than trusted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OriginTooLong(pub usize);
+
+/// Decodes the packed entries. A trailing partial entry (which is never
+/// written) ends the decoding rather than being trusted.
 pub fn decode(bytes: &[u8]) -> Vec<ColVersion> {
-    bytes
-        .chunks_exact(ENTRY)
-        .map(|e| ColVersion {
-            attnum: u16::from_le_bytes([e[0], e[1]]),
-            revision: i64::from_le_bytes(e[2..10].try_into().unwrap()),
-            xid: i64::from_le_bytes(e[10..18].try_into().unwrap()),
-        })
-        .collect()
-}
-
-pub fn encode(entries: &[ColVersion]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * ENTRY);
-    for e in entries {
-        out.extend_from_slice(&e.attnum.to_le_bytes());
-        out.extend_from_slice(&e.revision.to_le_bytes());
-        out.extend_from_slice(&e.xid.to_le_bytes());
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= FIXED {
+        let olen = rest[18] as usize;
+        if rest.len() < FIXED + olen {
+            break;
+        }
+        out.push(ColVersion {
+            attnum: u16::from_le_bytes([rest[0], rest[1]]),
+            revision: i64::from_le_bytes(rest[2..10].try_into().unwrap()),
+            xid: i64::from_le_bytes(rest[10..18].try_into().unwrap()),
+            origin: String::from_utf8_lossy(&rest[FIXED..FIXED + olen]).into_owned(),
+        });
+        rest = &rest[FIXED + olen..];
     }
     out
 }
 
-/// The entries after a change of the columns `changed` (attnums, any
-/// order) at `revision` by `xid`. Entries stay sorted by attnum. Returns
-/// `None` when there is nothing to store.
+pub fn encode(entries: &[ColVersion]) -> Result<Vec<u8>, OriginTooLong> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| FIXED + e.origin.len()).sum());
+    for e in entries {
+        let olen = u8::try_from(e.origin.len()).map_err(|_| OriginTooLong(e.origin.len()))?;
+        out.extend_from_slice(&e.attnum.to_le_bytes());
+        out.extend_from_slice(&e.revision.to_le_bytes());
+        out.extend_from_slice(&e.xid.to_le_bytes());
+        out.push(olen);
+        out.extend_from_slice(e.origin.as_bytes());
+    }
+    Ok(out)
+}
+
+/// The entries after a change of the columns `changed` (attnums, any order)
+/// at `revision` by `xid` from `origin`. Entries stay sorted by attnum.
+/// Returns `None` when there is nothing to store.
 pub fn bump(
     old: &[ColVersion],
     changed: &[u16],
     revision: i64,
     xid: i64,
+    origin: &str,
 ) -> Option<Vec<ColVersion>> {
     if old.is_empty() && changed.is_empty() {
         return None;
@@ -68,25 +91,40 @@ pub fn bump(
     let mut out: Vec<ColVersion> = old
         .iter()
         .filter(|e| !changed.contains(&e.attnum))
-        .copied()
+        .cloned()
         .collect();
     out.extend(changed.iter().map(|a| ColVersion {
         attnum: *a,
         revision,
         xid,
+        origin: origin.to_string(),
     }));
     out.sort_by_key(|e| e.attnum);
     out.dedup_by_key(|e| e.attnum);
     Some(out)
 }
 
-/// The (revision, xid) of column `attnum`, given the row's creation stamp.
-pub fn version_of(entries: &[ColVersion], attnum: u16, created_xid: i64) -> (i64, i64) {
+/// The stamp of column `attnum`: its entry, else the creation entry, else
+/// revision 1 at `created_xid` by a local writer.
+pub fn stamp_of<'a>(
+    entries: &'a [ColVersion],
+    attnum: u16,
+    created_xid: i64,
+) -> std::borrow::Cow<'a, ColVersion> {
+    use std::borrow::Cow;
     entries
         .iter()
         .find(|e| e.attnum == attnum)
-        .map(|e| (e.revision, e.xid))
-        .unwrap_or((1, created_xid))
+        .or_else(|| entries.iter().find(|e| e.attnum == CREATION))
+        .map(Cow::Borrowed)
+        .unwrap_or_else(|| {
+            Cow::Owned(ColVersion {
+                attnum,
+                revision: 1,
+                xid: created_xid,
+                origin: String::new(),
+            })
+        })
 }
 
 /// Indexes into `attnums` of the columns whose change xid is at least
@@ -100,18 +138,11 @@ pub fn changed_since_xid(
     attnums
         .iter()
         .enumerate()
-        .filter(|(_, a)| version_of(entries, **a, created_xid).1 >= since)
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// Indexes into `attnums` of the columns changed after revision `base`:
-/// what the hub changed since the revision a writer edited.
-pub fn changed_since_revision(entries: &[ColVersion], attnums: &[u16], base: i64) -> Vec<usize> {
-    attnums
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| version_of(entries, **a, 0).0 > base)
+        .filter(|(_, a)| {
+            // A creation entry carries the creation xid as well.
+            let e = entries.iter().find(|e| e.attnum == **a);
+            e.map(|e| e.xid).unwrap_or(created_xid) >= since
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -120,74 +151,82 @@ pub fn changed_since_revision(entries: &[ColVersion], attnums: &[u16], base: i64
 mod tests {
     use super::*;
 
-    fn cv(attnum: u16, revision: i64, xid: i64) -> ColVersion {
+    fn cv(attnum: u16, revision: i64, xid: i64, origin: &str) -> ColVersion {
         ColVersion {
             attnum,
             revision,
             xid,
+            origin: origin.to_string(),
         }
     }
 
     #[test]
-    fn encoding_round_trips() {
-        let e = vec![cv(1, 2, 700), cv(3, 9, i64::MAX), cv(u16::MAX, i64::MIN, 0)];
-        let bytes = encode(&e);
-        assert_eq!(bytes.len(), 3 * ENTRY);
+    fn encoding_round_trips_with_and_without_origin() {
+        let e = vec![
+            cv(0, 1, 5, "crm"),
+            cv(1, 2, 700, ""),
+            cv(3, 9, i64::MAX, "tab'le\"]"),
+            cv(u16::MAX, i64::MIN, 0, "é"),
+        ];
+        let bytes = encode(&e).unwrap();
+        assert_eq!(bytes.len(), 4 * 19 + 3 + 8 + 2);
         assert_eq!(decode(&bytes), e);
     }
 
     #[test]
     fn a_truncated_entry_is_ignored() {
-        let mut bytes = encode(&[cv(2, 3, 4)]);
-        bytes.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(decode(&bytes), vec![cv(2, 3, 4)]);
+        let mut bytes = encode(&[cv(2, 3, 4, "x")]).unwrap();
+        bytes.extend_from_slice(&encode(&[cv(5, 6, 7, "long origin")]).unwrap()[..25]);
+        assert_eq!(decode(&bytes), vec![cv(2, 3, 4, "x")]);
+    }
+
+    #[test]
+    fn an_origin_longer_than_255_bytes_is_refused() {
+        assert_eq!(
+            encode(&[cv(1, 1, 1, &"o".repeat(256))]),
+            Err(OriginTooLong(256))
+        );
     }
 
     #[test]
     fn first_change_of_a_fresh_row_stores_only_the_changed_column() {
-        assert_eq!(bump(&[], &[3], 2, 800), Some(vec![cv(3, 2, 800)]));
+        assert_eq!(
+            bump(&[], &[3], 2, 800, "erp"),
+            Some(vec![cv(3, 2, 800, "erp")])
+        );
     }
 
     #[test]
     fn no_change_on_a_fresh_row_stores_nothing() {
-        assert_eq!(bump(&[], &[], 2, 800), None);
+        assert_eq!(bump(&[], &[], 2, 800, ""), None);
     }
 
     #[test]
-    fn unchanged_columns_keep_their_version_and_order_is_by_attnum() {
-        let old = vec![cv(2, 3, 10), cv(5, 4, 11)];
-        let out = bump(&old, &[4, 2], 6, 20).unwrap();
-        assert_eq!(out, vec![cv(2, 6, 20), cv(4, 6, 20), cv(5, 4, 11)]);
+    fn unchanged_columns_keep_their_stamp_and_order_is_by_attnum() {
+        let old = vec![cv(2, 3, 10, "a"), cv(5, 4, 11, "b")];
+        let out = bump(&old, &[4, 2], 6, 20, "c").unwrap();
+        assert_eq!(
+            out,
+            vec![cv(2, 6, 20, "c"), cv(4, 6, 20, "c"), cv(5, 4, 11, "b")]
+        );
     }
 
     #[test]
-    fn a_no_op_update_keeps_the_entries() {
-        let old = vec![cv(2, 3, 10)];
-        assert_eq!(bump(&old, &[], 6, 20), Some(old.clone()));
-    }
-
-    #[test]
-    fn version_of_falls_back_to_creation() {
-        assert_eq!(version_of(&[cv(2, 5, 50)], 2, 7), (5, 50));
-        assert_eq!(version_of(&[cv(2, 5, 50)], 3, 7), (1, 7));
+    fn stamp_falls_back_to_the_creation_entry_then_to_local_revision_one() {
+        let e = [cv(0, 1, 7, "crm"), cv(2, 5, 50, "erp")];
+        assert_eq!(*stamp_of(&e, 2, 7), cv(2, 5, 50, "erp"));
+        assert_eq!(*stamp_of(&e, 3, 7), cv(0, 1, 7, "crm"));
+        assert_eq!(*stamp_of(&[], 3, 7), cv(3, 1, 7, ""));
     }
 
     #[test]
     fn changed_since_xid_includes_the_window_start() {
-        let e = [cv(2, 5, 50), cv(3, 6, 60)];
+        let e = [cv(2, 5, 50, ""), cv(3, 6, 60, "")];
         assert_eq!(changed_since_xid(&e, &[1, 2, 3], 50, 10), vec![1, 2]);
         assert_eq!(
             changed_since_xid(&e, &[1, 2, 3], 61, 10),
             Vec::<usize>::new()
         );
         assert_eq!(changed_since_xid(&e, &[1, 2, 3], 10, 10), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn changed_since_revision_is_strict() {
-        let e = [cv(2, 5, 50), cv(3, 6, 60)];
-        assert_eq!(changed_since_revision(&e, &[1, 2, 3], 5), vec![2]);
-        assert_eq!(changed_since_revision(&e, &[1, 2, 3], 1), vec![1, 2]);
-        assert_eq!(changed_since_revision(&e, &[1, 2, 3], 0), vec![0, 1, 2]);
     }
 }

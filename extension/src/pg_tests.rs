@@ -132,10 +132,10 @@ fn row_json_equals_to_jsonb_for_every_common_type() {
 
 #[pg_test]
 fn changed_columns_lists_the_columns_changed_in_the_window() {
-    // One entry: attnum 3 changed at revision 2 by xid 100; the row was
-    // created by xid 50. (In a pg_test every write shares one xid, so the
-    // entry is spelled out: 18 bytes, little-endian.)
-    let meta = "decode('0300' || '0200000000000000' || '6400000000000000', 'hex')";
+    // One entry: attnum 3 changed at revision 2 by xid 100, locally; the
+    // row was created by xid 50. (In a pg_test every write shares one xid,
+    // so the entry is spelled out: 19 bytes, little-endian.)
+    let meta = "decode('0300' || '0200000000000000' || '6400000000000000' || '00', 'hex')";
     let names = "'{1,2,3}'::int2[], '{id,a,b}'::text[]";
     let cc = |since: i64| {
         one::<Vec<String>>(&format!("SELECT tributary.changed_columns({meta}, 50, {since}, {names})")).unwrap()

@@ -11,8 +11,8 @@ pub mod tributary {
     use crate::colvers;
     use pgrx::prelude::*;
 
-    /// The packed per-column versions as JSON, for inspection:
-    /// `[{"attnum": 3, "revision": 5, "xid": 812}, …]`.
+    /// The packed per-column stamps, for inspection. attnum 0 is the
+    /// creation entry; an empty origin is local.
     /// IMMUTABLE, STRICT, PARALLEL SAFE, not SECURITY DEFINER.
     #[pg_extern(immutable, strict, parallel_safe)]
     fn colmeta_entries(

@@ -9,6 +9,10 @@
 //!           a primary-key change starts a new row identity (created = xid)
 //! ```
 //!
+//! In **apply mode** (set by `sync_apply` through [`ApplyMode`]) the
+//! statement's own sync_version, sync_origin and sync_colmeta are kept, as
+//! the resolver computed them; entries with xid 0 get the current xid.
+//!
 //! Stamping in-row, rather than in a side table, is what keeps tracked
 //! writes near the cost of untracked ones (see bench/write_overhead).
 //! Whatever a statement writes into the tracking columns is overwritten:
@@ -27,8 +31,34 @@ pub const META_COLUMNS: [&str; 5] = [
     "sync_colmeta",
 ];
 
+thread_local! {
+    static APPLY_MODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, the row trigger keeps the stamps the statement wrote (the
+/// resolver's) instead of computing them. Dropping it, also on error
+/// unwinding, ends apply mode, so a session can never stay in it.
+#[allow(dead_code)] // entered by sync_apply, which lands with the resolver (issue #3)
+pub struct ApplyMode(());
+
+#[allow(dead_code)]
+impl ApplyMode {
+    pub fn enter() -> ApplyMode {
+        APPLY_MODE.with(|m| m.set(true));
+        ApplyMode(())
+    }
+}
+
+impl Drop for ApplyMode {
+    fn drop(&mut self) {
+        APPLY_MODE.with(|m| m.set(false));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
+    #[error("tributary.origin is {0} bytes long; at most 255 are allowed")]
+    OriginTooLong(usize),
     #[error("tributary row trigger fired on a table without its tracking column \"{0}\"")]
     MissingColumn(&'static str),
     #[error("tributary row trigger must be a BEFORE INSERT OR UPDATE row trigger")]
@@ -60,6 +90,7 @@ struct Meta {
 impl Meta {
     const VERSION: usize = 0;
     const CREATED: usize = 2;
+    const ORIGIN: usize = 3;
     const COLMETA: usize = 4;
 
     unsafe fn find(tupdesc: pg_sys::TupleDesc) -> Result<Self, TrackError> {
@@ -139,11 +170,29 @@ fn int8(v: i64) -> (pg_sys::Datum, bool) {
     (pg_sys::Datum::from(v), false)
 }
 
-fn colmeta_datum(v: Option<Vec<colvers::ColVersion>>) -> (pg_sys::Datum, bool) {
-    match v.and_then(|v| colvers::encode(&v).into_datum()) {
+fn colmeta_datum(v: Option<Vec<colvers::ColVersion>>) -> Result<(pg_sys::Datum, bool), TrackError> {
+    let bytes = match v {
+        Some(v) => Some(colvers::encode(&v).map_err(|e| TrackError::OriginTooLong(e.0))?),
+        None => None,
+    };
+    Ok(match bytes.and_then(|b| b.into_datum()) {
         Some(d) => (d, false),
         None => (pg_sys::Datum::from(0), true),
+    })
+}
+
+unsafe fn text_of(d: pg_sys::Datum, isnull: bool) -> String {
+    if isnull {
+        String::new()
+    } else {
+        unsafe { String::from_datum(d, false) }.unwrap_or_default()
     }
+}
+
+unsafe fn entries_of(d: pg_sys::Datum, isnull: bool) -> Vec<colvers::ColVersion> {
+    unsafe { <&[u8]>::from_datum(d, isnull) }
+        .map(colvers::decode)
+        .unwrap_or_default()
 }
 
 unsafe fn deform(
@@ -167,106 +216,178 @@ unsafe fn stamp<'a>(
     let meta = unsafe { Meta::find(tupdesc)? };
     let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
 
+    if APPLY_MODE.with(|m| m.get()) {
+        return unsafe { stamp_applied(td, &meta, xid) };
+    }
+
     // The origin, straight from the GUC's C string: no allocation unless set.
-    let origin = unsafe {
+    let (origin, origin_name) = unsafe {
         let raw = *crate::api::guc::ORIGIN.as_ptr();
         if raw.is_null() || *raw == 0 {
-            (pg_sys::Datum::from(0), true)
+            ((pg_sys::Datum::from(0), true), String::new())
         } else {
-            (pg_sys::Datum::from(pg_sys::cstring_to_text(raw)), false)
+            (
+                (pg_sys::Datum::from(pg_sys::cstring_to_text(raw)), false),
+                std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned(),
+            )
         }
     };
 
-    let (tuple, stamped): (pg_sys::HeapTuple, [(pg_sys::Datum, bool); 5]) = if event
-        == pg_sys::TRIGGER_EVENT_INSERT
-    {
-        let null = (pg_sys::Datum::from(0), true);
-        (
-            td.tg_trigtuple,
-            [int8(1), int8(xid), int8(xid), origin, null],
-        )
-    } else if event == pg_sys::TRIGGER_EVENT_UPDATE {
-        let (old, old_null) = unsafe { deform(td.tg_trigtuple, tupdesc) };
-        let (new, new_null) = unsafe { deform(td.tg_newtuple, tupdesc) };
-        let natts = old.len();
-        let at = |k: usize| (meta.att[k] - 1) as usize;
-        let old_version = if old_null[at(Meta::VERSION)] {
-            0
-        } else {
-            old[at(Meta::VERSION)].value() as i64
-        };
-        let version = old_version + 1;
-
-        let mut changed: Vec<u16> = Vec::new();
-        for i in 0..natts {
-            let attr = unsafe { tupdesc_attr(tupdesc, i as i32) };
-            if attr.attisdropped || meta.is_meta(i as i32 + 1) {
-                continue;
-            }
-            let differs = match (old_null[i], new_null[i]) {
-                (true, true) => false,
-                (false, false) => unsafe { !datum_image_equal(old[i], new[i], attr) },
-                _ => true,
-            };
-            if differs {
-                changed.push(i as u16 + 1);
-            }
-        }
-
-        let pk_changed = !changed.is_empty()
-            && unsafe {
-                let pk = pg_sys::RelationGetIndexAttrBitmap(
-                    rel,
-                    pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
-                );
-                changed.iter().any(|a| {
-                    pg_sys::bms_is_member(
-                        i32::from(*a) - pg_sys::FirstLowInvalidHeapAttributeNumber,
-                        pk,
-                    )
-                })
-            };
-
-        if pk_changed {
-            // A new key is a new row identity: its old key gets a tombstone
-            // from the AFTER UPDATE trigger, and the row counts as created now.
+    let (tuple, stamped): (pg_sys::HeapTuple, [(pg_sys::Datum, bool); 5]) =
+        if event == pg_sys::TRIGGER_EVENT_INSERT {
+            let null = (pg_sys::Datum::from(0), true);
             (
-                td.tg_newtuple,
-                [
-                    int8(version),
-                    int8(xid),
-                    int8(xid),
-                    origin,
-                    (pg_sys::Datum::from(0), true),
-                ],
+                td.tg_trigtuple,
+                [int8(1), int8(xid), int8(xid), origin, null],
             )
-        } else {
-            let created = if old_null[at(Meta::CREATED)] {
-                xid
+        } else if event == pg_sys::TRIGGER_EVENT_UPDATE {
+            let (old, old_null) = unsafe { deform(td.tg_trigtuple, tupdesc) };
+            let (new, new_null) = unsafe { deform(td.tg_newtuple, tupdesc) };
+            let natts = old.len();
+            let at = |k: usize| (meta.att[k] - 1) as usize;
+            let old_version = if old_null[at(Meta::VERSION)] {
+                0
             } else {
-                old[at(Meta::CREATED)].value() as i64
+                old[at(Meta::VERSION)].value() as i64
             };
-            let entries =
-                unsafe { <&[u8]>::from_datum(old[at(Meta::COLMETA)], old_null[at(Meta::COLMETA)]) }
-                    .map(colvers::decode)
-                    .unwrap_or_default();
-            let next = colvers::bump(&entries, &changed, version, xid);
-            (
-                td.tg_newtuple,
-                [
-                    int8(version),
-                    int8(xid),
-                    int8(created),
-                    origin,
-                    colmeta_datum(next),
-                ],
-            )
-        }
-    } else {
-        return Err(TrackError::WrongEvent);
-    };
+            let version = old_version + 1;
+
+            let mut changed: Vec<u16> = Vec::new();
+            for i in 0..natts {
+                let attr = unsafe { tupdesc_attr(tupdesc, i as i32) };
+                if attr.attisdropped || meta.is_meta(i as i32 + 1) {
+                    continue;
+                }
+                let differs = match (old_null[i], new_null[i]) {
+                    (true, true) => false,
+                    (false, false) => unsafe { !datum_image_equal(old[i], new[i], attr) },
+                    _ => true,
+                };
+                if differs {
+                    changed.push(i as u16 + 1);
+                }
+            }
+
+            let pk_changed = !changed.is_empty()
+                && unsafe {
+                    let pk = pg_sys::RelationGetIndexAttrBitmap(
+                        rel,
+                        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+                    );
+                    changed.iter().any(|a| {
+                        pg_sys::bms_is_member(
+                            i32::from(*a) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                            pk,
+                        )
+                    })
+                };
+
+            if pk_changed {
+                // A new key is a new row identity: its old key gets a tombstone
+                // from the AFTER UPDATE trigger, and the row counts as created now.
+                (
+                    td.tg_newtuple,
+                    [
+                        int8(version),
+                        int8(xid),
+                        int8(xid),
+                        origin,
+                        (pg_sys::Datum::from(0), true),
+                    ],
+                )
+            } else {
+                let created = if old_null[at(Meta::CREATED)] {
+                    xid
+                } else {
+                    old[at(Meta::CREATED)].value() as i64
+                };
+                let mut entries =
+                    unsafe { entries_of(old[at(Meta::COLMETA)], old_null[at(Meta::COLMETA)]) };
+                // First update of a row a non-local origin created: keep who
+                // created the unchanged columns, as sync_origin is about to change.
+                let creator = unsafe { text_of(old[at(Meta::ORIGIN)], old_null[at(Meta::ORIGIN)]) };
+                if old_null[at(Meta::COLMETA)] && !creator.is_empty() && !changed.is_empty() {
+                    entries.push(colvers::ColVersion {
+                        attnum: colvers::CREATION,
+                        revision: 1,
+                        xid: created,
+                        origin: creator,
+                    });
+                }
+                let next = colvers::bump(&entries, &changed, version, xid, &origin_name);
+                (
+                    td.tg_newtuple,
+                    [
+                        int8(version),
+                        int8(xid),
+                        int8(created),
+                        origin,
+                        colmeta_datum(next)?,
+                    ],
+                )
+            }
+        } else {
+            return Err(TrackError::WrongEvent);
+        };
 
     let mut cols = meta.att;
+    let mut values: Vec<pg_sys::Datum> = stamped.iter().map(|s| s.0).collect();
+    let mut nulls: Vec<bool> = stamped.iter().map(|s| s.1).collect();
+    let out = unsafe {
+        pg_sys::heap_modify_tuple_by_cols(
+            tuple,
+            tupdesc,
+            cols.len() as i32,
+            cols.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        )
+    };
+    Ok(Some(unsafe {
+        PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), out)
+    }))
+}
+
+/// Apply mode: the resolver wrote sync_version, sync_origin and
+/// sync_colmeta; keep them, stamp the xid (also into the entries the
+/// resolver marked with xid 0: the columns it changed).
+unsafe fn stamp_applied<'a>(
+    td: &'a pg_sys::TriggerData,
+    meta: &Meta,
+    xid: i64,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TrackError> {
+    let tupdesc = unsafe { (*td.tg_relation).rd_att };
+    let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+    let tuple = if event == pg_sys::TRIGGER_EVENT_UPDATE {
+        td.tg_newtuple
+    } else {
+        td.tg_trigtuple
+    };
+    let (new, new_null) = unsafe { deform(tuple, tupdesc) };
+    let at = |k: usize| (meta.att[k] - 1) as usize;
+    let created = if event == pg_sys::TRIGGER_EVENT_UPDATE {
+        let (old, old_null) = unsafe { deform(td.tg_trigtuple, tupdesc) };
+        if old_null[at(Meta::CREATED)] {
+            xid
+        } else {
+            old[at(Meta::CREATED)].value() as i64
+        }
+    } else {
+        xid
+    };
+    let mut entries = unsafe { entries_of(new[at(Meta::COLMETA)], new_null[at(Meta::COLMETA)]) };
+    for e in entries.iter_mut().filter(|e| e.xid == 0) {
+        e.xid = xid;
+    }
+    let version = if new_null[at(Meta::VERSION)] {
+        1
+    } else {
+        new[at(Meta::VERSION)].value() as i64
+    };
+    let origin = (new[at(Meta::ORIGIN)], new_null[at(Meta::ORIGIN)]);
+    let colmeta = colmeta_datum((!entries.is_empty()).then_some(entries))?;
+    let mut cols = meta.att;
+    let stamped = [int8(version), int8(xid), int8(created), origin, colmeta];
     let mut values: Vec<pg_sys::Datum> = stamped.iter().map(|s| s.0).collect();
     let mut nulls: Vec<bool> = stamped.iter().map(|s| s.1).collect();
     let out = unsafe {
