@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 mod api;
 pub mod colvers;
 pub mod jsontext;
+pub mod resolver;
 
 // Order of the install script: schema and tables first, then the Rust
 // functions pgrx generates, then the SQL API that refers to them.
