@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn a_redelivered_change_is_idempotent() {
         let c = change(Op::Update, 3, "ERP", &[("email", r#""x""#)]);
-        let (s1, _) = run(&[c.clone()], &prio());
+        let (s1, _) = run(std::slice::from_ref(&c), &prio());
         let d = resolve(s1.as_ref(), &c, &prio());
         assert_eq!(d.outcome, Outcome::StaleSkip);
         assert!(!d.changed);
