@@ -6,9 +6,19 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tributary FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_track(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_untrack(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_cleanup() FROM PUBLIC;
+-- Applying a peer's changes lets the caller claim revisions and win
+-- conflicts: only for the peers' roles (GRANT EXECUTE ON FUNCTION
+-- sync_apply(regclass, jsonb, text), ...). The caller also needs INSERT,
+-- UPDATE and DELETE on the table.
+REVOKE ALL ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_resolve_conflict(bigint, jsonb) FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
-GRANT SELECT ON tributary.tracked, tributary.tombstones TO PUBLIC;
+GRANT SELECT ON tributary.tracked, tributary.tombstones, tributary.conflicts, tributary.peers TO PUBLIC;
+GRANT SELECT ON @extschema@.sync_conflicts TO PUBLIC;
+-- Row-level security limits these to the tables the caller may write.
+GRANT INSERT, UPDATE ON tributary.tombstones, tributary.conflicts TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     tributary._raise(text, text, text, text),
     tributary._tracked(regclass),
@@ -16,5 +26,7 @@ GRANT EXECUTE ON FUNCTION
     tributary._changes_query(oid, bigint, boolean),
     tributary.changed_columns(bytea, bigint, bigint, smallint[], text[]),
     tributary.colmeta_entries(bytea),
-    tributary.row_json(anyelement)
+    tributary.row_json(anyelement),
+    tributary._apply(regclass, text, text),      -- acts only for callers of sync_apply
+    tributary._raise_bad_value(regclass, jsonb)
   TO PUBLIC;

@@ -40,3 +40,49 @@ CREATE INDEX tombstones_window ON tributary.tombstones (relid, xid);
 ALTER TABLE tributary.tombstones ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tombstones_readable ON tributary.tombstones
     FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
+
+-- Peer priorities for the resolver: lower number = higher priority. The
+-- hub's own writes rank 0 unless a row named '' says otherwise; unknown
+-- peers rank last.
+CREATE TABLE tributary.peers (
+    name      text PRIMARY KEY,
+    priority  integer NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Conflicts the resolver could not decide (MANUAL): both images, kept until
+-- resolved. The hub holds the tie-break's value meanwhile.
+CREATE TABLE tributary.conflicts (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid          oid NOT NULL,
+    pk             jsonb NOT NULL,
+    columns        text[] NOT NULL,          -- the overlapping columns (empty: delete against update)
+    local          jsonb,                    -- the hub's row before the change (NULL: deleted)
+    remote         jsonb,                    -- the incoming change's values (NULL: a delete)
+    base           jsonb,                    -- the common base, where known
+    local_version  bigint,
+    remote_version bigint NOT NULL,
+    remote_origin  text NOT NULL,
+    remote_op      text NOT NULL,
+    interim        text NOT NULL,            -- 'remote' or 'local': what the hub holds meanwhile
+    detail         text,
+    status         text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'resolved')),
+    resolution     jsonb,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    resolved_at    timestamptz
+);
+CREATE INDEX conflicts_open ON tributary.conflicts (relid, pk) WHERE status = 'open';
+
+-- Writers of a table may write its tombstones and conflicts; readers may
+-- read them. Nobody else sees or forges another table's.
+ALTER TABLE tributary.conflicts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY conflicts_readable ON tributary.conflicts
+    FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
+CREATE POLICY conflicts_writable ON tributary.conflicts
+    FOR INSERT WITH CHECK (has_table_privilege(relid, 'INSERT, UPDATE'));
+CREATE POLICY conflicts_resolvable ON tributary.conflicts
+    FOR UPDATE USING (has_table_privilege(relid, 'UPDATE'));
+CREATE POLICY tombstones_writable ON tributary.tombstones
+    FOR INSERT WITH CHECK (has_table_privilege(relid, 'DELETE'));
+CREATE POLICY tombstones_rewritable ON tributary.tombstones
+    FOR UPDATE USING (has_table_privilege(relid, 'DELETE'));

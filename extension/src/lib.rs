@@ -31,6 +31,7 @@ extension_sql_file!(
     requires = ["schema", api::trigger::tributary::row_trigger]
 );
 extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["tracking"]);
+extension_sql_file!("../../sql/apply.sql", name = "apply", requires = ["pull"]);
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 /// Called once per backend when the library is loaded.

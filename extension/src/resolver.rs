@@ -315,8 +315,13 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
             ),
         };
         let won = ord == Ordering::Greater;
+        // The same value at the same revision is no overlap, whoever wrote
+        // it (e.g. the key columns every change carries); the stamp still
+        // moves to the larger one so that all replicas agree on it.
+        let same_value = s.cells.get(col).is_some_and(|c| &c.value == value);
         match by {
             By::Same => same += 1,
+            By::Priority | By::TieBreak if same_value => same += 1,
             By::Revision if won => won_rev += 1,
             By::Revision => lost_rev += 1,
             By::Priority => by_prio.push((col.clone(), won)),
@@ -616,13 +621,28 @@ mod tests {
             Op::Insert,
             1,
             "LocalDB",
-            &[("full_name", r#""Old""#), ("email", r#""old@x""#)],
+            &[
+                ("id", "3"),
+                ("full_name", r#""Old""#),
+                ("email", r#""old@x""#),
+            ],
         );
+        // As sync_apply sends them: every change carries the key column.
         let (s, o) = run(
             &[
                 base,
-                change(Op::Update, 2, "CRM", &[("full_name", r#""New""#)]),
-                change(Op::Update, 2, "ERP", &[("email", r#""new@x""#)]),
+                change(
+                    Op::Update,
+                    2,
+                    "CRM",
+                    &[("id", "3"), ("full_name", r#""New""#)],
+                ),
+                change(
+                    Op::Update,
+                    2,
+                    "ERP",
+                    &[("id", "3"), ("email", r#""new@x""#)],
+                ),
             ],
             &prio(),
         );

@@ -1,0 +1,610 @@
+//! `tributary._apply`: the engine behind `sync_apply` (sql/apply.sql), which
+//! has already validated and canonicalised the batch.
+//!
+//! ```text
+//!  lock the table's apply lock (one applier per table at a time)
+//!  load, for every key in the batch:  the live row (FOR UPDATE) + its tombstone
+//!  decide every change in order, in memory  (resolver.rs; duplicates of a key
+//!                                            see each other's effect)
+//!  write set-based, in apply mode:  upsert live rows, delete killed rows,
+//!                                   upsert tombstones, insert conflicts
+//!  return one outcome per change
+//! ```
+//!
+//! Values travel as PostgreSQL's own JSON text (`jsonb::text`), never
+//! re-serialised in Rust, so the tie-break compares what the table stores.
+
+use crate::api::trigger::ApplyMode;
+use crate::colvers::{self, ColVersion};
+use crate::jsontext;
+use crate::resolver::{self, Cell, Change, KeyState, Op, Priorities, Stamp};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::collections::{BTreeMap, HashMap};
+
+const META: &str = "'{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[]";
+
+/// The columns of the table: name -> attnum, and the key columns.
+struct Table {
+    name: String,
+    attnum: HashMap<String, u16>,
+    pk: Vec<String>,
+}
+
+struct Loaded {
+    state: KeyState,
+    /// The xid of each column's current stamp, to keep it when unchanged.
+    xids: HashMap<String, i64>,
+    created_xid: i64,
+}
+
+fn stamps(
+    entries: Option<&[ColVersion]>,
+    creator: &str,
+    created_xid: i64,
+    attnum: u16,
+) -> (Stamp, i64) {
+    match entries {
+        // Never updated: every column was set by the creator at revision 1.
+        None => (
+            Stamp {
+                revision: 1,
+                origin: creator.to_string(),
+            },
+            created_xid,
+        ),
+        Some(e) => {
+            let s = colvers::stamp_of(e, attnum, created_xid);
+            (
+                Stamp {
+                    revision: s.revision,
+                    origin: s.origin.clone(),
+                },
+                s.xid,
+            )
+        }
+    }
+}
+
+fn spi_err(e: pgrx::spi::SpiError) -> ! {
+    pgrx::error!("tributary: internal query failed: {e}")
+}
+
+fn load_table(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Table {
+    let name: String = client
+        .select("SELECT $1::regclass::text", None, &[tbl.into()])
+        .unwrap_or_else(|e| spi_err(e))
+        .first()
+        .get(1)
+        .unwrap_or_else(|e| spi_err(e))
+        .unwrap_or_default();
+    let mut attnum = HashMap::new();
+    let rows = client
+        .select(
+            &format!(
+                "SELECT attname::text, attnum FROM pg_attribute WHERE attrelid = $1 AND attnum > 0
+                   AND NOT attisdropped AND attname <> ALL ({META})"
+            ),
+            None,
+            &[tbl.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e));
+    for r in rows {
+        let n: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let a: i16 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        attnum.insert(n, a as u16);
+    }
+    let pk: Vec<String> = client
+        .select(
+            "SELECT pk_columns FROM tributary.tracked WHERE relid = $1",
+            None,
+            &[tbl.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e))
+        .first()
+        .get(1)
+        .unwrap_or_else(|e| spi_err(e))
+        .unwrap_or_default();
+    Table { name, attnum, pk }
+}
+
+fn load_priorities(client: &SpiClient<'_>) -> Priorities {
+    let mut p = Priorities::default();
+    for r in client
+        .select("SELECT name, priority FROM tributary.peers", None, &[])
+        .unwrap_or_else(|e| spi_err(e))
+    {
+        let n: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let v: i32 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(i32::MAX);
+        p.peers.insert(n, v);
+    }
+    p
+}
+
+/// A JSON object text from canonical value texts.
+fn object_text<'a>(cells: impl Iterator<Item = (&'a String, &'a str)>) -> String {
+    let mut out = Vec::new();
+    out.push(b'{');
+    for (i, (k, v)) in cells.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        jsontext::push_string(&mut out, k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.push(b'}');
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 + bytes.len() * 2);
+    s.push_str("\\x");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The packed stamps to store for a state: an entry per column, with xid 0
+/// (stamped by the trigger) where the stamp changed in this batch. A
+/// creation entry at revision 0 makes the columns the state never set rank
+/// below any write.
+fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>) -> String {
+    let mut entries = vec![ColVersion {
+        attnum: colvers::CREATION,
+        revision: 0,
+        xid: 0,
+        origin: String::new(),
+    }];
+    for (col, cell) in &state.cells {
+        let Some(a) = t.attnum.get(col) else { continue };
+        let kept = before.and_then(|b| {
+            (b.state.cells.get(col).map(|c| &c.stamp) == Some(&cell.stamp))
+                .then(|| b.xids.get(col).copied())
+                .flatten()
+        });
+        entries.push(ColVersion {
+            attnum: *a,
+            revision: cell.stamp.revision,
+            xid: kept.unwrap_or(0),
+            origin: cell.stamp.origin.clone(),
+        });
+    }
+    entries.sort_by_key(|e| e.attnum);
+    match colvers::encode(&entries) {
+        Ok(b) => hex(&b),
+        Err(e) => pgrx::error!(
+            "tributary: an origin of {} bytes is too long (at most 255)",
+            e.0
+        ),
+    }
+}
+
+#[pg_schema]
+pub mod tributary {
+    use super::*;
+
+    /// The resolver engine. VOLATILE, not strict, not SECURITY DEFINER (the
+    /// caller's privileges on the table apply; internal tables are guarded
+    /// by row-level security). Called only by `sync_apply`, which validates
+    /// the batch first.
+    #[pg_extern(
+        volatile,
+        sql = r#"
+CREATE FUNCTION tributary._apply(tbl regclass, changes text, origin text)
+RETURNS TABLE (ord integer, pk text, outcome text, row_version bigint, conflict_id bigint, detail text)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
+"#
+    )]
+    // pgrx generates the SQL from the spelled-out TableIterator type, so it
+    // cannot hide behind an alias.
+    #[allow(clippy::type_complexity)]
+    fn _apply(
+        tbl: pg_sys::Oid,
+        changes: &str,
+        origin: String,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(ord, i32),
+            name!(pk, String),
+            name!(outcome, String),
+            name!(row_version, Option<i64>),
+            name!(conflict_id, Option<i64>),
+            name!(detail, String),
+        ),
+    > {
+        TableIterator::new(super::apply(tbl, changes, &origin))
+    }
+}
+
+/// `changes` is the canonical batch as jsonb's text, so that values keep
+/// PostgreSQL's exact rendering (1.50 stays 1.50).
+fn apply(tbl: pg_sys::Oid, changes: &str, origin: &str) -> Vec<Row> {
+    Spi::connect_mut(|client| run(client, tbl, changes, origin))
+}
+
+type Row = (i32, String, String, Option<i64>, Option<i64>, String);
+
+fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str) -> Vec<Row> {
+    // Callable by anyone, but it only acts for those who may run sync_apply.
+    let allowed: Option<bool> = client
+        .select(
+            "SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
+               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+               JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'tributary'
+              WHERE p.proname = 'sync_apply'",
+            None,
+            &[],
+        )
+        .unwrap_or_else(|e| spi_err(e))
+        .first()
+        .get(1)
+        .unwrap_or_else(|e| spi_err(e));
+    if allowed != Some(true) {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied for function sync_apply",
+            function_name!(),
+        )
+        .set_detail("tributary._apply is the engine of sync_apply and acts only for roles that may execute it.")
+        .set_hint("GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO the peer's role.")
+        .report(PgLogLevel::ERROR);
+    }
+    let t = load_table(client, tbl);
+    let prio = load_priorities(client);
+    let changes_arg = || -> pgrx::datum::DatumWithOid<'static> {
+        // SAFETY: a text datum, cast to jsonb in the query.
+        changes.to_string().into()
+    };
+
+    // One applier per table at a time: decisions read the rows they write.
+    client
+        .update(
+            "SELECT pg_advisory_xact_lock(8315741522239766528 + $1::oid::bigint)",
+            None,
+            &[tbl.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e));
+
+    // The batch, flattened: one row per (change, column) with exact texts.
+    let mut batch: Vec<(String, Change)> = Vec::new();
+    let rows = client
+        .select(
+            "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
+                    (x.c -> 'pk')::text, v.key, v.value::text
+               FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
+               LEFT JOIN LATERAL jsonb_each(x.c -> 'values') AS v ON true
+              ORDER BY x.ord",
+            None,
+            &[changes_arg()],
+        )
+        .unwrap_or_else(|e| spi_err(e));
+    let mut last_ord = 0;
+    for r in rows {
+        let ord: i32 = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
+        if ord != last_ord {
+            let op = match r.get::<String>(2).unwrap_or_else(|e| spi_err(e)).as_deref() {
+                Some("I") => Op::Insert,
+                Some("U") => Op::Update,
+                _ => Op::Delete,
+            };
+            batch.push((
+                r.get::<String>(5)
+                    .unwrap_or_else(|e| spi_err(e))
+                    .unwrap_or_default(),
+                Change {
+                    op,
+                    version: r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or(1),
+                    origin: origin.to_string(),
+                    values: BTreeMap::new(),
+                    expect_version: r.get(4).unwrap_or_else(|e| spi_err(e)),
+                },
+            ));
+            last_ord = ord;
+        }
+        if let (Some(k), Some(v)) = (
+            r.get::<String>(6).unwrap_or_else(|e| spi_err(e)),
+            r.get::<String>(7).unwrap_or_else(|e| spi_err(e)),
+        ) {
+            batch.last_mut().unwrap().1.values.insert(k, v);
+        }
+    }
+
+    // The hub's state of every key in the batch.
+    let keys_sql =
+        "SELECT DISTINCT x.c -> 'pk' AS key FROM jsonb_array_elements($1::text::jsonb) AS x(c)";
+    let pk_match =
+        t.pk.iter()
+            .map(|c| format!("r.{0} = k.{0}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    let live = client
+        .select(
+            &format!(
+                "SELECT ks.key::text, r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid,
+                        e.key, e.value::text
+                   FROM ({keys_sql}) ks
+                   CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, ks.key) AS k
+                   JOIN {tbl} AS r ON {pk_match}
+                   CROSS JOIN LATERAL jsonb_each(to_jsonb(r) - {META}) AS e
+                    FOR UPDATE OF r",
+                tbl = t.name
+            ),
+            None,
+            &[changes_arg()],
+        )
+        .unwrap_or_else(|e| spi_err(e));
+    for r in live {
+        let key: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let l = loaded.entry(key).or_insert_with(|| {
+            let version: i64 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
+            let row_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+            Loaded {
+                state: KeyState {
+                    alive: true,
+                    version,
+                    cells: BTreeMap::new(),
+                    deleted: None,
+                    origin: row_origin,
+                },
+                xids: HashMap::new(),
+                created_xid: r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
+            }
+        });
+        let meta: Option<Vec<u8>> = r.get(4).unwrap_or_else(|e| spi_err(e));
+        let entries = meta.map(|m| colvers::decode(&m));
+        let col: String = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let value: String = r
+            .get(7)
+            .unwrap_or_else(|e| spi_err(e))
+            .unwrap_or_else(|| "null".into());
+        let a = t.attnum.get(&col).copied().unwrap_or(0);
+        let (stamp, xid) = stamps(entries.as_deref(), &l.state.origin, l.created_xid, a);
+        l.xids.insert(col.clone(), xid);
+        l.state.cells.insert(col, Cell { value, stamp });
+    }
+    let dead = client
+        .select(
+            "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
+                    coalesce(d.created_xid, 0), e.key, e.value::text
+               FROM tributary.tombstones d
+               LEFT JOIN LATERAL jsonb_each(d.data) AS e ON true
+              WHERE d.relid = $2 AND d.pk IN (SELECT DISTINCT x.c -> 'pk' FROM jsonb_array_elements($1::text::jsonb) AS x(c))
+                FOR UPDATE OF d",
+            None,
+            &[changes_arg(), tbl.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e));
+    for r in dead {
+        let key: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let version: i64 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
+        let del_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let deleted = Stamp {
+            revision: version,
+            origin: del_origin.clone(),
+        };
+        if let Some(l) = loaded.get_mut(&key) {
+            // A live row and a tombstone: the key was re-created after a
+            // delete; the delete still counts for ordering.
+            l.state.deleted = Some(deleted);
+            continue;
+        }
+        let creator: String = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let created_xid: i64 = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
+        let l = loaded.entry(key).or_insert_with(|| Loaded {
+            state: KeyState {
+                alive: false,
+                version,
+                cells: BTreeMap::new(),
+                deleted: Some(deleted),
+                origin: del_origin,
+            },
+            xids: HashMap::new(),
+            created_xid,
+        });
+        if let Some(col) = r.get::<String>(7).unwrap_or_else(|e| spi_err(e)) {
+            let meta: Option<Vec<u8>> = r.get(4).unwrap_or_else(|e| spi_err(e));
+            let entries = meta.map(|m| colvers::decode(&m));
+            let value: String = r
+                .get(8)
+                .unwrap_or_else(|e| spi_err(e))
+                .unwrap_or_else(|| "null".into());
+            let a = t.attnum.get(&col).copied().unwrap_or(0);
+            let (stamp, xid) = stamps(entries.as_deref(), &creator, created_xid, a);
+            l.xids.insert(col.clone(), xid);
+            l.state.cells.insert(col, Cell { value, stamp });
+        }
+    }
+
+    // Decide, in order.
+    let mut current: HashMap<String, KeyState> = HashMap::new();
+    let mut out: Vec<Row> = Vec::with_capacity(batch.len());
+    let mut conflicts: Vec<(usize, String)> = Vec::new();
+    for (i, (key, change)) in batch.iter().enumerate() {
+        let before = current
+            .get(key)
+            .cloned()
+            .or_else(|| loaded.get(key).map(|l| l.state.clone()));
+        let d = resolver::resolve(before.as_ref(), change, &prio);
+        if let Some(c) = &d.conflict {
+            let local = before
+                .as_ref()
+                .filter(|b| b.alive)
+                .map(|b| object_text(b.cells.iter().map(|(k, c)| (k, c.value.as_str()))));
+            let remote = (change.op != Op::Delete)
+                .then(|| object_text(change.values.iter().map(|(k, v)| (k, v.as_str()))));
+            let rec = serde_json::json!({
+                "pk": key,
+                "columns": c.columns,
+                "local": local,
+                "remote": remote,
+                "local_version": before.as_ref().map(|b| b.version),
+                "remote_version": change.version,
+                "remote_op": match change.op { Op::Insert => "I", Op::Update => "U", Op::Delete => "D" },
+                "interim": if c.remote_won { "remote" } else { "local" },
+                "detail": d.detail,
+            });
+            conflicts.push((i, rec.to_string()));
+        }
+        let version = Some(d.state.version);
+        out.push((
+            (i + 1) as i32,
+            key.clone(),
+            d.outcome.as_str().to_string(),
+            version,
+            None,
+            d.detail.clone(),
+        ));
+        current.insert(key.clone(), d.state);
+    }
+
+    // Write what changed, set-based, keeping the resolver's stamps.
+    let mut upserts: Vec<String> = Vec::new();
+    let mut kills: Vec<String> = Vec::new();
+    let mut tombs: Vec<String> = Vec::new();
+    for (key, state) in &current {
+        let before = loaded.get(key);
+        if before.map(|b| &b.state) == Some(state) {
+            continue;
+        }
+        let cells = object_text(state.cells.iter().map(|(k, c)| (k, c.value.as_str())));
+        let colmeta = colmeta_for(&t, state, before);
+        if state.alive {
+            upserts.push(
+                serde_json::json!({"row": "", "v": state.version, "o": state.origin, "m": colmeta})
+                    .to_string()
+                    .replacen("\"row\":\"\"", &format!("\"row\":{cells}"), 1),
+            );
+        } else {
+            if before.is_some_and(|b| b.state.alive) {
+                kills.push(key.clone());
+            }
+            let del = state.deleted.clone().unwrap_or(Stamp {
+                revision: state.version,
+                origin: state.origin.clone(),
+            });
+            tombs.push(
+                serde_json::json!({"pk": "", "data": "", "v": del.revision, "o": del.origin, "m": colmeta,
+                                   "ro": state.origin, "cx": before.map(|b| b.created_xid)})
+                    .to_string()
+                    .replacen("\"pk\":\"\"", &format!("\"pk\":{key}"), 1)
+                    .replacen("\"data\":\"\"", &format!("\"data\":{cells}"), 1),
+            );
+        }
+    }
+
+    let _guard = ApplyMode::enter();
+    if !upserts.is_empty() {
+        let cols: Vec<&String> = t.attnum.keys().collect();
+        let collist = cols
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sel = cols
+            .iter()
+            .map(|c| format!("(x.r).{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sets = cols
+            .iter()
+            .filter(|c| !t.pk.contains(c))
+            .map(|c| format!("{0} = excluded.{0}", quote_ident(c)))
+            .chain([
+                "sync_version = excluded.sync_version".into(),
+                "sync_origin = excluded.sync_origin".into(),
+                "sync_colmeta = excluded.sync_colmeta".into(),
+            ])
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pklist =
+            t.pk.iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+        client
+            .update(
+                &format!(
+                    "INSERT INTO {tbl} ({collist}, sync_version, sync_origin, sync_colmeta)
+                     SELECT {sel}, x.v, nullif(x.o, ''), x.m::bytea
+                       FROM (SELECT jsonb_populate_record(NULL::{tbl}, u.e -> 'row') AS r, (u.e ->> 'v')::bigint AS v,
+                                    u.e ->> 'o' AS o, u.e ->> 'm' AS m
+                               FROM jsonb_array_elements($1::text::jsonb) AS u(e)) AS x
+                     ON CONFLICT ({pklist}) DO UPDATE SET {sets}",
+                    tbl = t.name
+                ),
+                None,
+                &[format!("[{}]", upserts.join(",")).into()],
+            )
+            .unwrap_or_else(|e| spi_err(e));
+    }
+    if !kills.is_empty() {
+        client
+            .update(
+                &format!(
+                    "DELETE FROM {tbl} AS r USING (SELECT k.* FROM jsonb_array_elements($1::text::jsonb) AS x(p)
+                       CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, x.p) AS k) AS k WHERE {pk_match}",
+                    tbl = t.name
+                ),
+                None,
+                &[format!("[{}]", kills.join(",")).into()],
+            )
+            .unwrap_or_else(|e| spi_err(e));
+    }
+    if !tombs.is_empty() {
+        client
+            .update(
+                "INSERT INTO tributary.tombstones AS d
+                        (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid)
+                 SELECT $2, x.e -> 'pk', pg_current_xact_id()::text::bigint, (x.e ->> 'v')::bigint,
+                        nullif(x.e ->> 'o', ''), now(), x.e -> 'data', (x.e ->> 'm')::bytea,
+                        nullif(x.e ->> 'ro', ''), coalesce((x.e ->> 'cx')::bigint, pg_current_xact_id()::text::bigint)
+                   FROM jsonb_array_elements($1::text::jsonb) AS x(e)
+                 ON CONFLICT (relid, pk) DO UPDATE
+                    SET xid = excluded.xid, version = excluded.version, origin = excluded.origin,
+                        deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
+                        row_origin = excluded.row_origin, created_xid = excluded.created_xid",
+                None,
+                &[format!("[{}]", tombs.join(",")).into(), tbl.into()],
+            )
+            .unwrap_or_else(|e| spi_err(e));
+    }
+    drop(_guard);
+
+    if !conflicts.is_empty() {
+        let recs = format!(
+            "[{}]",
+            conflicts
+                .iter()
+                .map(|c| c.1.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let ids = client
+            .update(
+                "INSERT INTO tributary.conflicts (relid, pk, columns, local, remote, local_version, remote_version,
+                                                  remote_origin, remote_op, interim, detail)
+                 SELECT $2, (x.e ->> 'pk')::jsonb, ARRAY(SELECT jsonb_array_elements_text(x.e -> 'columns')),
+                        (x.e ->> 'local')::jsonb, (x.e ->> 'remote')::jsonb, (x.e ->> 'local_version')::bigint,
+                        (x.e ->> 'remote_version')::bigint, $3, x.e ->> 'remote_op', x.e ->> 'interim', x.e ->> 'detail'
+                   FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
+                  ORDER BY x.n
+                 RETURNING id",
+                None,
+                &[recs.into(), tbl.into(), origin.to_string().into()],
+            )
+            .unwrap_or_else(|e| spi_err(e));
+        for ((i, _), r) in conflicts.iter().zip(ids) {
+            out[*i].4 = r.get(1).unwrap_or_else(|e| spi_err(e));
+        }
+    }
+    out
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}

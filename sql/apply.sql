@@ -1,0 +1,241 @@
+-- The in-database resolver: sync_apply, peers and conflicts.
+-- The decisions are made in Rust (extension/src/resolver.rs, driven by
+-- tributary._apply); this file validates input and exposes the SQL API.
+
+CREATE FUNCTION sync_set_peer(name text, priority integer) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF name IS NULL OR priority IS NULL THEN
+        PERFORM tributary._raise('22004', 'peer name and priority must not be NULL',
+            format('name = %s, priority = %s.', coalesce(quote_literal(name), 'NULL'), coalesce(priority::text, 'NULL')),
+            'Lower numbers win: SELECT sync_set_peer(''CRM'', 1). The hub itself is the peer named ''''.');
+    END IF;
+    IF octet_length(name) > 255 THEN
+        PERFORM tributary._raise('22023', 'peer name is too long',
+            format('%s bytes; at most 255.', octet_length(name)), 'Use a shorter name.');
+    END IF;
+    INSERT INTO tributary.peers AS p (name, priority) VALUES (name, priority)
+    ON CONFLICT ON CONSTRAINT peers_pkey DO UPDATE SET priority = excluded.priority, updated_at = now();
+END $$;
+COMMENT ON FUNCTION sync_set_peer(text, integer) IS
+  'Set a peer''s priority for the resolver (lower wins). Takes effect for the next sync_apply.';
+
+CREATE VIEW sync_conflicts AS
+    SELECT c.id, c.relid::regclass AS tbl, c.pk, c.columns, c.local, c.remote, c.base,
+           c.local_version, c.remote_version, c.remote_origin, c.remote_op, c.interim, c.detail,
+           c.status, c.resolution, c.created_at, c.resolved_at
+    FROM tributary.conflicts c;
+COMMENT ON VIEW sync_conflicts IS 'Open and resolved conflicts of the tables you may read.';
+
+-- Locates the change whose values do not fit the table's column types, and
+-- raises for it. Only runs when the batch as a whole failed to convert.
+CREATE FUNCTION tributary._raise_bad_value(tbl regclass, changes jsonb) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    e record;
+    msg text;
+BEGIN
+    FOR e IN SELECT elem, ord FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord) LOOP
+        BEGIN
+            EXECUTE format('SELECT jsonb_populate_record(NULL::%s, $1)', tbl)
+                USING coalesce(e.elem -> 'data', '{}') || (e.elem -> 'pk');
+        EXCEPTION WHEN data_exception OR invalid_text_representation THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = format('change #%s has a value of the wrong type', e.ord),
+                DETAIL = format('%s (change: %s).', msg, left(e.elem::text, 500)),
+                HINT = format('Send values that fit the columns of %s, e.g. numbers for numeric columns.', tbl);
+        END;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION sync_apply(tbl regclass, changes jsonb, origin text)
+RETURNS TABLE (pk jsonb, outcome text, row_version bigint, conflict_id bigint, detail text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    t tributary.tracked := tributary._tracked(tbl);
+    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';
+    cols text[];
+    bad record;
+    canonical jsonb;
+BEGIN
+    IF origin IS NULL THEN
+        PERFORM tributary._raise('22004', 'origin must not be NULL',
+            'sync_apply needs the name of the peer the changes come from.',
+            'Pass the peer''s name, e.g. sync_apply(''customers'', $1, ''CRM''); it is stamped on the writes so they are not echoed back.');
+    END IF;
+    IF octet_length(origin) > 255 OR origin = '' THEN
+        PERFORM tributary._raise('22023', 'origin must be a peer name of 1 to 255 bytes',
+            format('origin = %L.', left(origin, 80)), 'Pass the peer''s name, e.g. ''CRM''.');
+    END IF;
+    IF changes IS NULL OR jsonb_typeof(changes) <> 'array' THEN
+        PERFORM tributary._raise('22023', 'changes must be a JSON array',
+            format('Got %s.', coalesce(jsonb_typeof(changes), 'NULL')),
+            'Pass [{"op":"U","pk":{...},"data":{...},"version":N}, ...].');
+    END IF;
+
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> ALL (meta);
+
+    -- Structure, checked for the whole batch before anything is written.
+    -- One CASE, whose branches are evaluated in order, so that no cast is
+    -- tried on a value of the wrong JSON type.
+    SELECT v.ord, v.elem, v.problem INTO bad
+      FROM (SELECT x.ord, x.elem,
+           CASE
+             WHEN jsonb_typeof(x.elem) <> 'object' THEN 'it is not a JSON object'
+             WHEN NOT coalesce(x.elem ->> 'op' IN ('I', 'U', 'D'), false)
+               THEN format('op is %s; it must be "I", "U" or "D"', coalesce((x.elem -> 'op')::text, 'missing'))
+             WHEN jsonb_typeof(x.elem -> 'pk') IS DISTINCT FROM 'object' THEN 'pk is missing or not an object'
+             WHEN (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(x.elem -> 'pk') k)
+                  IS DISTINCT FROM (SELECT array_agg(c ORDER BY c) FROM unnest(t.pk_columns) c)
+               THEN format('pk has keys (%s); the primary key of %s is (%s)',
+                           (SELECT string_agg(k, ', ') FROM jsonb_object_keys(x.elem -> 'pk') k), tbl,
+                           array_to_string(t.pk_columns, ', '))
+             WHEN EXISTS (SELECT 1 FROM jsonb_each(x.elem -> 'pk') p WHERE jsonb_typeof(p.value) = 'null')
+               THEN 'a primary key value is null'
+             WHEN x.elem ? 'data' AND jsonb_typeof(x.elem -> 'data') <> 'object' THEN 'data is not an object'
+             WHEN x.elem ->> 'op' <> 'D' AND NOT x.elem ? 'data' THEN 'data is missing'
+             WHEN jsonb_typeof(x.elem -> 'version') IS DISTINCT FROM 'number'
+               THEN format('version is %s; it must be a whole number >= 1 (the revision the change produces)',
+                           coalesce((x.elem -> 'version')::text, 'missing'))
+             WHEN (x.elem ->> 'version')::numeric <> trunc((x.elem ->> 'version')::numeric)
+                  OR (x.elem ->> 'version')::numeric < 1 OR (x.elem ->> 'version')::numeric > 9223372036854775807
+               THEN format('version is %s; it must be a whole number >= 1 (the revision the change produces)',
+                           x.elem -> 'version')
+             WHEN x.elem ? 'expect_version' AND jsonb_typeof(x.elem -> 'expect_version') <> 'number'
+               THEN 'expect_version must be a whole number'
+             WHEN x.elem ? 'expect_version'
+                  AND ((x.elem ->> 'expect_version')::numeric <> trunc((x.elem ->> 'expect_version')::numeric)
+                       OR abs((x.elem ->> 'expect_version')::numeric) > 9223372036854775807)
+               THEN 'expect_version must be a whole number'
+             WHEN x.elem ? 'changed' AND jsonb_typeof(x.elem -> 'changed') <> 'array' THEN 'changed must be an array of column names'
+           END AS problem
+      FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord)) AS v
+     WHERE v.problem IS NOT NULL
+     ORDER BY v.ord LIMIT 1;
+    IF FOUND THEN
+        PERFORM tributary._raise('22023', format('change #%s is malformed: %s', bad.ord, bad.problem),
+            format('Change #%s: %s.', bad.ord, left(bad.elem::text, 500)),
+            'Each change is {"op":"I"|"U"|"D", "pk":{key columns}, "data":{columns}, "version":N}; nothing of the batch was applied.');
+    END IF;
+
+    -- Columns: every key of data, pk and changed must be a column of the table.
+    SELECT x.ord, u.k INTO bad
+      FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord)
+      CROSS JOIN LATERAL (SELECT jsonb_object_keys(coalesce(x.elem -> 'data', '{}')) AS k
+                          UNION ALL SELECT jsonb_array_elements_text(coalesce(x.elem -> 'changed', '[]'))) u
+     WHERE u.k <> ALL (cols)
+     ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        PERFORM tributary._raise('42703', format('change #%s names an unknown column %I', bad.ord, bad.k),
+            format('%s has no column %I%s.', tbl, bad.k,
+                   CASE WHEN bad.k = ANY (meta) THEN ' that a peer may write: Tributary maintains it' ELSE '' END),
+            format('Columns of %s: %s. Nothing of the batch was applied.', tbl, array_to_string(cols, ', ')));
+    END IF;
+
+    -- Types: convert every value once, as the column type would store it;
+    -- the canonical JSON of the typed value is what the resolver compares.
+    BEGIN
+        EXECUTE format($q$
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'op', x.elem ->> 'op',
+                       'version', (x.elem ->> 'version')::bigint,
+                       'expect_version', (x.elem ->> 'expect_version')::bigint,
+                       'pk', (SELECT jsonb_object_agg(k, r.j -> k) FROM unnest($2::text[]) k),
+                       'values', CASE WHEN x.elem ->> 'op' = 'D' THEN '{}'::jsonb ELSE
+                           (SELECT jsonb_object_agg(k, r.j -> k)
+                              FROM (SELECT unnest($2::text[]) AS k
+                                    UNION SELECT jsonb_array_elements_text(x.elem -> 'changed')
+                                     WHERE x.elem ? 'changed'
+                                    UNION SELECT jsonb_object_keys(x.elem -> 'data')
+                                     WHERE NOT x.elem ? 'changed') s) END)
+                   ORDER BY x.ord), '[]'::jsonb)
+              FROM jsonb_array_elements($1) WITH ORDINALITY AS x(elem, ord)
+              CROSS JOIN LATERAL (SELECT to_jsonb(jsonb_populate_record(NULL::%s,
+                                     coalesce(x.elem -> 'data', '{}') || (x.elem -> 'pk'))) AS j) r$q$, tbl)
+            INTO canonical USING changes, t.pk_columns;
+    EXCEPTION WHEN data_exception OR invalid_text_representation THEN
+        PERFORM tributary._raise_bad_value(tbl, changes);
+        RAISE;  -- not located: report the original error
+    END;
+
+    RETURN QUERY SELECT a.pk::jsonb, a.outcome, a.row_version, a.conflict_id, a.detail
+                   FROM tributary._apply(tbl, canonical::text, origin) AS a ORDER BY a.ord;
+END $$;
+COMMENT ON FUNCTION sync_apply(regclass, jsonb, text) IS
+  'Apply a batch of a peer''s changes through the resolver; one outcome per change. All or nothing on bad input.';
+
+CREATE FUNCTION sync_resolve_conflict(id bigint, resolution jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    c tributary.conflicts;
+    t tributary.tracked;
+    merged jsonb;
+    cols_sql text;
+    sets text;
+    bad_col text;
+    prev_origin text;
+BEGIN
+    SELECT * INTO c FROM tributary.conflicts WHERE conflicts.id = sync_resolve_conflict.id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM tributary._raise('22023', format('no conflict %s', id),
+            format('Conflict id %s does not exist, or its table is not readable to you.', id),
+            'See SELECT * FROM sync_conflicts WHERE status = ''open''.');
+    END IF;
+    IF c.status <> 'open' THEN
+        PERFORM tributary._raise('22023', format('conflict %s is already resolved', id),
+            format('It was resolved at %s with %s.', c.resolved_at, c.resolution), 'Nothing to do.');
+    END IF;
+    t := tributary._tracked(c.relid::regclass);
+    IF resolution IS NULL OR NOT (resolution IN ('"keep_local"', '"take_remote"') OR jsonb_typeof(resolution) = 'object') THEN
+        PERFORM tributary._raise('22023', 'resolution must be "keep_local", "take_remote" or a row object',
+            format('Got %s.', coalesce(resolution::text, 'NULL')),
+            'E.g. sync_resolve_conflict(42, ''"take_remote"''), or a merged row: ''{"email": "x@y"}''.');
+    END IF;
+
+    merged := CASE WHEN resolution = '"keep_local"' THEN c.local
+                   WHEN resolution = '"take_remote"' THEN c.remote
+                   ELSE resolution END;
+    -- The resolution is a new revision made by the hub (a local origin): it
+    -- flows to every peer, the writer of the conflicting change included.
+    prev_origin := current_setting('tributary.origin', true);
+    PERFORM set_config('tributary.origin', '', true);
+    IF merged IS NULL THEN
+        EXECUTE format('DELETE FROM %s AS r USING jsonb_populate_record(NULL::%s, $1) AS k WHERE %s',
+                       c.relid::regclass, c.relid::regclass,
+                       (SELECT string_agg(format('r.%1$I = k.%1$I', k), ' AND ') FROM unnest(t.pk_columns) k))
+            USING c.pk;
+    ELSE
+        merged := (merged - t.pk_columns) || c.pk;
+        SELECT k INTO bad_col FROM jsonb_object_keys(merged) k
+         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attname = k
+                             AND a.attnum > 0 AND NOT a.attisdropped)
+            OR k IN ('sync_version', 'sync_xid', 'sync_created_xid', 'sync_origin', 'sync_colmeta')
+         LIMIT 1;
+        IF FOUND THEN
+            PERFORM tributary._raise('42703', format('the resolution names an unknown column %I', bad_col),
+                format('%s has no column %I that a resolution may set.', c.relid::regclass, bad_col),
+                'Use the table''s own columns.');
+        END IF;
+        SELECT string_agg(quote_ident(k), ', '),
+               coalesce(string_agg(format('%1$I = excluded.%1$I', k), ', ') FILTER (WHERE k <> ALL (t.pk_columns)), '')
+          INTO cols_sql, sets FROM jsonb_object_keys(merged) k;
+        EXECUTE format('INSERT INTO %1$s AS r (%2$s) SELECT %2$s FROM jsonb_populate_record(NULL::%1$s, $1)
+                        ON CONFLICT (%3$s) DO %4$s',
+                       c.relid::regclass, cols_sql,
+                       (SELECT string_agg(quote_ident(k), ', ') FROM unnest(t.pk_columns) k),
+                       CASE WHEN sets = '' THEN 'NOTHING' ELSE 'UPDATE SET ' || sets END)
+            USING merged;
+    END IF;
+    PERFORM set_config('tributary.origin', coalesce(prev_origin, ''), true);
+    UPDATE tributary.conflicts SET status = 'resolved', resolution = sync_resolve_conflict.resolution, resolved_at = now()
+     WHERE conflicts.id = sync_resolve_conflict.id;
+    RETURN id;
+END $$;
+COMMENT ON FUNCTION sync_resolve_conflict(bigint, jsonb) IS
+  'Close a conflict with "keep_local", "take_remote" or a merged row, applied as a new hub revision.';

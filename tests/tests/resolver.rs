@@ -1,0 +1,552 @@
+//! sync_apply against a real cluster: the issue's acceptance table, deletes,
+//! conflicts, bad input, hostile identifiers, privileges, and convergence of
+//! the stored rows whatever the arrival order.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tributary_e2e::*;
+
+fn setup(c: &mut Client) {
+    c.batch_execute(
+        "CREATE TABLE customers (external_id text PRIMARY KEY, full_name text, email text);
+         SELECT sync_track('customers');
+         SELECT sync_set_peer('CRM', 1), sync_set_peer('ERP', 2), sync_set_peer('Portal', 3), sync_set_peer('LocalDB', 4);",
+    )
+    .unwrap();
+}
+
+/// Applies one batch; returns (outcome, row_version, conflict_id, detail) per change.
+fn apply(
+    c: &mut Client,
+    tbl: &str,
+    changes: &str,
+    origin: &str,
+) -> Vec<(String, Option<i64>, Option<i64>, String)> {
+    c.query(
+        "SELECT outcome, row_version, conflict_id, detail FROM sync_apply($1::text::regclass, $2::text::jsonb, $3)",
+        &[&tbl, &changes, &origin],
+    )
+    .unwrap_or_else(|e| panic!("sync_apply failed: {e:?}"))
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+fn outcomes(c: &mut Client, changes: &str, origin: &str) -> Vec<String> {
+    apply(c, "customers", changes, origin)
+        .into_iter()
+        .map(|o| o.0)
+        .collect()
+}
+
+fn row(c: &mut Client, id: &str) -> (Option<String>, Option<String>, i64, Option<String>) {
+    let r = c
+        .query_one("SELECT full_name, email, sync_version, sync_origin FROM customers WHERE external_id = $1", &[&id])
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+fn ins(id: &str, name: &str, email: &str, v: i64) -> String {
+    format!(
+        r#"{{"op":"I","pk":{{"external_id":"{id}"}},"data":{{"full_name":"{name}","email":"{email}"}},"version":{v}}}"#
+    )
+}
+
+#[test]
+fn acceptance_table_of_the_multi_source_ladder() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+
+    // CUST-001: ERP inserts v1, then CRM sends the same v1 with another name.
+    assert_eq!(
+        outcomes(
+            &mut c,
+            &format!("[{}]", ins("CUST-001", "Erp Name", "one@x", 1)),
+            "ERP"
+        ),
+        ["NEW_RECORD"]
+    );
+    assert_eq!(
+        outcomes(
+            &mut c,
+            &format!("[{}]", ins("CUST-001", "Crm Name", "one@x", 1)),
+            "CRM"
+        ),
+        ["PRIORITY_WIN"]
+    );
+    let r = row(&mut c, "CUST-001");
+    assert_eq!(
+        (r.0.as_deref(), r.3.as_deref()),
+        (Some("Crm Name"), Some("CRM"))
+    );
+
+    // CUST-002: CRM's v2 is applied, then Portal sends v1.
+    assert_eq!(
+        outcomes(
+            &mut c,
+            &format!("[{}]", ins("CUST-002", "Crm Two", "two@x", 2)),
+            "CRM"
+        ),
+        ["NEW_RECORD"]
+    );
+    assert_eq!(
+        outcomes(
+            &mut c,
+            &format!("[{}]", ins("CUST-002", "Portal Two", "p@x", 1)),
+            "Portal"
+        ),
+        ["STALE_SKIP"]
+    );
+    assert_eq!(row(&mut c, "CUST-002").0.as_deref(), Some("Crm Two"));
+
+    // CUST-003: CRM changes full_name (v2), then ERP changes email from the same v1 base (v2).
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("CUST-003", "Old", "old@x", 1)),
+        "LocalDB",
+    );
+    let crm = r#"[{"op":"U","pk":{"external_id":"CUST-003"},"data":{"full_name":"New Name"},"version":2}]"#;
+    let erp =
+        r#"[{"op":"U","pk":{"external_id":"CUST-003"},"data":{"email":"new@x"},"version":2}]"#;
+    assert_eq!(outcomes(&mut c, crm, "CRM"), ["VERSION_WIN"]);
+    assert_eq!(outcomes(&mut c, erp, "ERP"), ["FIELD_MERGE"]);
+    let r = row(&mut c, "CUST-003");
+    assert_eq!(
+        (r.0.as_deref(), r.1.as_deref(), r.3.as_deref()),
+        (Some("New Name"), Some("new@x"), Some("ERP"))
+    );
+
+    // CUST-004: CRM sends v5 email=a, then v5 email=b: a conflict with both images.
+    let a = r#"{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"a"},"version":5}"#;
+    let b = r#"{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"b"},"version":5}"#;
+    let got = apply(&mut c, "customers", &format!("[{a},{b}]"), "CRM");
+    assert_eq!(got[1].0, "MANUAL");
+    let id = got[1].2.expect("a MANUAL outcome names its conflict");
+    let conflict = c
+        .query_one("SELECT local ->> 'email', remote ->> 'email', status, columns FROM sync_conflicts WHERE id = $1", &[&id])
+        .unwrap();
+    assert_eq!(conflict.get::<_, String>(0), "a");
+    assert_eq!(conflict.get::<_, String>(1), "b");
+    assert_eq!(conflict.get::<_, String>(2), "open");
+    assert_eq!(conflict.get::<_, Vec<String>>(3), vec!["email"]);
+    // The conflict is replayed with a chosen resolution, as a new revision.
+    let before = row(&mut c, "CUST-004").2;
+    c.execute("SELECT sync_resolve_conflict($1, '\"keep_local\"')", &[&id])
+        .unwrap();
+    let r = row(&mut c, "CUST-004");
+    assert_eq!(
+        (r.1.as_deref(), r.3.as_deref()),
+        (Some("a"), None),
+        "keep_local restores the hub's image, as a local change"
+    );
+    assert_eq!(r.2, before + 1);
+    let status: String = c
+        .query_one("SELECT status FROM sync_conflicts WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "resolved");
+    expect_error(
+        &mut c,
+        &format!("SELECT sync_resolve_conflict({id}, '\"take_remote\"')"),
+        "22023",
+    );
+
+    // CUST-005: a first write.
+    assert_eq!(
+        outcomes(
+            &mut c,
+            &format!("[{}]", ins("CUST-005", "Five", "five@x", 1)),
+            "Portal"
+        ),
+        ["NEW_RECORD"]
+    );
+}
+
+#[test]
+fn writes_carry_the_origin_and_are_not_echoed_to_it() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    let since: i64 = c
+        .query_one("SELECT sync_current_version()", &[])
+        .unwrap()
+        .get(0);
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("K1", "x", "x@x", 1)),
+        "ERP",
+    );
+    c.batch_execute("INSERT INTO customers VALUES ('K2', 'local', 'l@x')")
+        .unwrap();
+    let for_erp: Vec<String> = c
+        .query(
+            "SELECT pk ->> 'external_id' FROM sync_changes_since($1, skip_origin => 'ERP')",
+            &[&since],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(for_erp, vec!["K2"]);
+    // A re-delivered batch is idempotent.
+    assert_eq!(
+        outcomes(&mut c, &format!("[{}]", ins("K1", "x", "x@x", 1)), "ERP"),
+        ["STALE_SKIP"]
+    );
+}
+
+#[test]
+fn deletes_update_against_delete_and_tombstones_stop_resurrection() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    let del =
+        |id: &str, v: i64| format!(r#"[{{"op":"D","pk":{{"external_id":"{id}"}},"version":{v}}}]"#);
+    let upd = |id: &str, name: &str, v: i64| {
+        format!(
+            r#"[{{"op":"U","pk":{{"external_id":"{id}"}},"data":{{"full_name":"{name}"}},"version":{v}}}]"#
+        )
+    };
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("D1", "one", "1@x", 1)),
+        "CRM",
+    );
+    // Delete against an unchanged row: applied, leaving a tombstone.
+    assert_eq!(outcomes(&mut c, &del("D1", 2), "ERP"), ["VERSION_WIN"]);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM customers WHERE external_id = 'D1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // A stale update (from before the delete) does not bring it back...
+    assert_eq!(
+        outcomes(&mut c, &upd("D1", "stale", 1), "Portal"),
+        ["STALE_SKIP"]
+    );
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM customers WHERE external_id = 'D1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // ...a newer one does, with the columns it did not set from before the delete.
+    assert_eq!(
+        outcomes(&mut c, &upd("D1", "back", 3), "Portal"),
+        ["VERSION_WIN"]
+    );
+    let r = row(&mut c, "D1");
+    assert_eq!(
+        (r.0.as_deref(), r.1.as_deref(), r.2),
+        (Some("back"), Some("1@x"), 3)
+    );
+
+    // Delete against a newer update: the update wins.
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("D2", "two", "2@x", 1)),
+        "CRM",
+    );
+    apply(&mut c, "customers", &upd("D2", "newer", 3), "CRM");
+    assert_eq!(outcomes(&mut c, &del("D2", 2), "ERP"), ["STALE_SKIP"]);
+    assert_eq!(row(&mut c, "D2").0.as_deref(), Some("newer"));
+
+    // Delete of a missing row is no error, and an older insert of the key stays deleted.
+    assert_eq!(outcomes(&mut c, &del("D3", 2), "ERP"), ["VERSION_WIN"]);
+    assert_eq!(
+        outcomes(&mut c, &format!("[{}]", ins("D3", "old", "o@x", 1)), "CRM"),
+        ["STALE_SKIP"]
+    );
+    // Insert of an existing key goes through the ladder: its full_name is
+    // older, its email meets CRM's at the same revision and loses on priority.
+    assert_eq!(
+        outcomes(
+            &mut c,
+            &format!("[{}]", ins("D2", "again", "a@x", 1)),
+            "Portal"
+        ),
+        ["PRIORITY_WIN"]
+    );
+    let r = row(&mut c, "D2");
+    assert_eq!(
+        (r.0.as_deref(), r.1.as_deref()),
+        (Some("newer"), Some("2@x"))
+    );
+}
+
+#[test]
+fn expect_version_is_a_compare_and_set() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("E1", "one", "1@x", 4)),
+        "CRM",
+    );
+    let cas = |ev: i64| {
+        format!(
+            r#"[{{"op":"U","pk":{{"external_id":"E1"}},"data":{{"full_name":"cas"}},"version":1,"expect_version":{ev}}}]"#
+        )
+    };
+    assert_eq!(
+        outcomes(&mut c, &cas(3), "Portal"),
+        ["STALE_SKIP"],
+        "wrong ETag: through the ladder"
+    );
+    assert_eq!(outcomes(&mut c, &cas(4), "Portal"), ["VERSION_WIN"]);
+    let r = row(&mut c, "E1");
+    assert_eq!((r.0.as_deref(), r.2), (Some("cas"), 5));
+}
+
+#[test]
+fn a_malformed_batch_is_refused_whole_with_sqlstate_detail_and_hint() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("CREATE TABLE nums (id int PRIMARY KEY, n int); SELECT sync_track('nums'); CREATE TABLE untracked (id int PRIMARY KEY);")
+        .unwrap();
+    let good = ins("OK1", "fine", "f@x", 1);
+    let cases = [
+        ("customers", r#"{"op":"I"}"#.to_string(), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"X","pk":{{"external_id":"A"}},"data":{{}},"version":1}}]"#), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"U","data":{{"email":"x"}},"version":1}}]"#), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"id":"A"}},"data":{{}},"version":1}}]"#), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"external_id":null}},"data":{{}},"version":1}}]"#), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"external_id":"A"}},"data":{{"nope":1}},"version":1}}]"#), "42703"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"external_id":"A"}},"data":{{"sync_version":9}},"version":1}}]"#), "42703"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"external_id":"A"}},"data":{{}},"version":"two"}}]"#), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"external_id":"A"}},"data":{{}},"version":0}}]"#), "22023"),
+        ("customers", format!(r#"[{good}, {{"op":"U","pk":{{"external_id":"A"}},"data":{{}}}}]"#), "22023"),
+        ("nums", r#"[{"op":"I","pk":{"id":1},"data":{"n":2},"version":1}, {"op":"I","pk":{"id":2},"data":{"n":"lots"},"version":1}]"#.to_string(), "22P02"),
+        ("untracked", r#"[{"op":"I","pk":{"id":1},"data":{},"version":1}]"#.to_string(), "TB003"),
+    ];
+    for (tbl, changes, code) in cases {
+        let sql = format!(
+            "SELECT * FROM sync_apply('{tbl}', '{}', 'CRM')",
+            changes.replace('\'', "''")
+        );
+        let e = expect_error(&mut c, &sql, code);
+        if code == "22P02" {
+            assert!(
+                e.message.contains("change #2"),
+                "the bad change is named: {e:?}"
+            );
+        }
+    }
+    expect_error(
+        &mut c,
+        &format!("SELECT * FROM sync_apply('customers', '[{good}]', NULL)"),
+        "22004",
+    );
+    // Text that is not JSON fails in PostgreSQL's own jsonb input, before
+    // sync_apply runs: its SQLSTATE and DETAIL are PostgreSQL's.
+    let e = db_error(
+        c.batch_execute("SELECT * FROM sync_apply('customers', 'not json', 'CRM')")
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, "22P02");
+    assert!(e.detail.is_some());
+    let n: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM nums)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing of a refused batch is applied");
+}
+
+#[test]
+fn hostile_identifiers_go_through_sync_apply() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE SCHEMA "we""ird"; CREATE TABLE "we""ird"."tab'le" ("]" int PRIMARY KEY, "x""y" text, "a b" numeric);
+           SELECT sync_track('"we""ird"."tab''le"');"#,
+    )
+    .unwrap();
+    let t = r#""we""ird"."tab'le""#;
+    let got = apply(
+        &mut c,
+        t,
+        r#"[{"op":"I","pk":{"]":1},"data":{"x\"y":"v'1","a b":1.50},"version":1}]"#,
+        "pe'er\"",
+    );
+    assert_eq!(got[0].0, "NEW_RECORD");
+    let got = apply(
+        &mut c,
+        t,
+        r#"[{"op":"U","pk":{"]":1},"data":{"a b":1.50},"version":1}]"#,
+        "other",
+    );
+    assert_eq!(
+        got[0].0, "STALE_SKIP",
+        "1.50 compares equal to the stored 1.50 (no re-serialisation)"
+    );
+    let r = c
+        .query_one(
+            r#"SELECT "x""y", "a b"::text, sync_origin FROM "we""ird"."tab'le""#,
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2)
+        ),
+        ("v'1".into(), "1.50".into(), "pe'er\"".into())
+    );
+    let got = apply(
+        &mut c,
+        t,
+        r#"[{"op":"D","pk":{"]":1},"version":5}]"#,
+        "other",
+    );
+    assert_eq!(got[0].0, "VERSION_WIN");
+}
+
+#[test]
+fn sync_apply_is_for_granted_roles_only() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        "CREATE ROLE app LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO app;",
+    )
+    .unwrap();
+    let mut app = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname={}",
+            cluster.port, db.name
+        ),
+        NoTls,
+    )
+    .unwrap();
+    let changes = format!("[{}]", ins("P1", "x", "x@x", 1));
+    let e = db_error(
+        app.query(
+            "SELECT * FROM sync_apply('customers', $1::text::jsonb, 'CRM')",
+            &[&changes],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, "42501");
+    let e = db_error(
+        app.query(
+            "SELECT * FROM tributary._apply('customers', $1, 'CRM')",
+            &[&changes],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(
+        e.code, "42501",
+        "the engine refuses roles that may not run sync_apply"
+    );
+    c.batch_execute("GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO app")
+        .unwrap();
+    let n = app
+        .query(
+            "SELECT * FROM sync_apply('customers', $1::text::jsonb, 'CRM')",
+            &[&changes],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(n, 1);
+}
+
+/// The same changes from three peers, applied in different orders (and
+/// batchings) into separate databases, leave identical rows.
+#[test]
+fn any_arrival_order_gives_the_same_rows() {
+    let cluster = Cluster::start();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let origins = ["CRM", "ERP", "Portal"];
+    let mut changes: Vec<(String, &str)> = vec![];
+    for _ in 0..60 {
+        let id = format!("K{}", rng.gen_range(0..6));
+        let v = rng.gen_range(1..5);
+        let origin = origins[rng.gen_range(0..3)];
+        let ch = match rng.gen_range(0..6) {
+            0 => format!(r#"{{"op":"D","pk":{{"external_id":"{id}"}},"version":{v}}}"#),
+            1 => ins(
+                &id,
+                &format!("n{}", rng.gen_range(0..3)),
+                &format!("e{}", rng.gen_range(0..3)),
+                v,
+            ),
+            2 => format!(
+                r#"{{"op":"U","pk":{{"external_id":"{id}"}},"data":{{"email":"e{}"}},"version":{v}}}"#,
+                rng.gen_range(0..3)
+            ),
+            _ => format!(
+                r#"{{"op":"U","pk":{{"external_id":"{id}"}},"data":{{"full_name":"n{}"}},"version":{v}}}"#,
+                rng.gen_range(0..3)
+            ),
+        };
+        changes.push((ch, origin));
+    }
+    let mut results = vec![];
+    for round in 0..4 {
+        let db = cluster.db();
+        let mut c = db.connect();
+        setup(&mut c);
+        let mut order = changes.clone();
+        if round > 0 {
+            order.shuffle(&mut rng);
+        }
+        // Batches of consecutive changes from the same origin.
+        let mut i = 0;
+        while i < order.len() {
+            let origin = order[i].1;
+            let mut j = i;
+            while j < order.len() && order[j].1 == origin && j - i < rng.gen_range(1..4) {
+                j += 1;
+            }
+            let batch: Vec<&str> = order[i..j.max(i + 1)]
+                .iter()
+                .map(|c| c.0.as_str())
+                .collect();
+            apply(
+                &mut c,
+                "customers",
+                &format!("[{}]", batch.join(",")),
+                origin,
+            );
+            i = j.max(i + 1);
+        }
+        let rows: Vec<(String, Option<String>, Option<String>, i64)> = c
+            .query(
+                "SELECT external_id, full_name, email, sync_version FROM customers ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        results.push(rows);
+    }
+    assert!(!results[0].is_empty());
+    for r in &results[1..] {
+        assert_eq!(r, &results[0], "the hub's rows depend on arrival order");
+    }
+}
