@@ -165,6 +165,12 @@ BEGIN
 
     RETURN QUERY SELECT a.pk::jsonb, a.outcome, a.row_version, a.conflict_id, a.detail
                    FROM tributary._apply(tbl, canonical::text, origin) AS a ORDER BY a.ord;
+
+    -- Changes parked for want of a row of this table may go through now.
+    IF coalesce(current_setting('tributary.retrying', true), '') <> 'on'
+       AND EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = tbl AND q.status = 'pending') THEN
+        PERFORM count(*) FROM @extschema@.sync_retry_pending(tbl);
+    END IF;
 END $$;
 COMMENT ON FUNCTION sync_apply(regclass, jsonb, text) IS
   'Apply a batch of a peer''s changes through the resolver; one outcome per change. All or nothing on bad input.';
@@ -239,3 +245,50 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION sync_resolve_conflict(bigint, jsonb) IS
   'Close a conflict with "keep_local", "take_remote" or a merged row, applied as a new hub revision.';
+
+CREATE VIEW sync_pending AS
+    SELECT p.id, p.relid::regclass AS tbl, p.pk, p.origin, p.change, p.parent_relid::regclass AS waiting_for,
+           p.attempts, p.last_error, p.status, p.created_at, p.last_try_at
+    FROM tributary.pending p;
+COMMENT ON VIEW sync_pending IS
+  'Changes parked for a missing foreign-key parent (status pending) and dead letters (status dead).';
+
+-- Retries parked changes, oldest first, one at a time so that their order
+-- holds. A change that is still missing its parent stays parked with one
+-- more attempt; after tributary.max_retries attempts it becomes a dead
+-- letter. Returns what happened to each.
+CREATE FUNCTION sync_retry_pending(tbl regclass DEFAULT NULL)
+RETURNS TABLE (id bigint, tbl_name regclass, pk jsonb, outcome text, attempts integer, detail text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    p tributary.pending;
+    r record;
+    cap integer := coalesce(nullif(current_setting('tributary.max_retries', true), '')::integer, 10);
+    prev text := current_setting('tributary.retrying', true);
+BEGIN
+    PERFORM set_config('tributary.retrying', 'on', true);
+    FOR p IN SELECT * FROM tributary.pending q
+              WHERE q.status = 'pending' AND (tbl IS NULL OR q.relid = tbl OR q.parent_relid = tbl)
+              ORDER BY q.id FOR UPDATE SKIP LOCKED LOOP
+        SELECT a.outcome, a.detail INTO r
+          FROM @extschema@.sync_apply(p.relid::regclass, jsonb_build_array(p.change), p.origin) AS a;
+        IF r.outcome = 'DEFERRED' THEN
+            UPDATE tributary.pending q
+               SET attempts = q.attempts + 1, last_error = r.detail, last_try_at = now(),
+                   status = CASE WHEN q.attempts + 1 >= cap THEN 'dead' ELSE 'pending' END
+             WHERE q.id = p.id
+            RETURNING q.attempts, CASE WHEN q.status = 'dead' THEN 'DEAD_LETTER' ELSE 'DEFERRED' END
+                 INTO attempts, outcome;
+        ELSE
+            DELETE FROM tributary.pending q WHERE q.id = p.id;
+            attempts := p.attempts + 1;
+            outcome := r.outcome;
+        END IF;
+        id := p.id; tbl_name := p.relid::regclass; pk := p.pk; detail := r.detail;
+        RETURN NEXT;
+    END LOOP;
+    PERFORM set_config('tributary.retrying', coalesce(nullif(prev, ''), 'off'), true);
+END $$;
+COMMENT ON FUNCTION sync_retry_pending(regclass) IS
+  'Retry parked changes (all, or those of / waiting for one table). sync_apply also calls it for the changes waiting for the table it wrote.';

@@ -86,3 +86,24 @@ CREATE POLICY tombstones_writable ON tributary.tombstones
     FOR INSERT WITH CHECK (has_table_privilege(relid, 'DELETE'));
 CREATE POLICY tombstones_rewritable ON tributary.tombstones
     FOR UPDATE USING (has_table_privilege(relid, 'DELETE'));
+
+-- Changes parked because a foreign-key parent was missing (DEFERRED), and,
+-- after tributary.max_retries attempts, dead letters. Retried in order.
+CREATE TABLE tributary.pending (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid         oid NOT NULL,
+    pk            jsonb NOT NULL,
+    origin        text NOT NULL,
+    change        jsonb NOT NULL,            -- the canonical change, as sync_apply received it
+    parent_relid  oid,                       -- the table whose row was missing
+    attempts      integer NOT NULL DEFAULT 1,
+    last_error    text,
+    status        text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'dead')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_try_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX pending_by_parent ON tributary.pending (parent_relid) WHERE status = 'pending';
+ALTER TABLE tributary.pending ENABLE ROW LEVEL SECURITY;
+CREATE POLICY pending_readable ON tributary.pending FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
+CREATE POLICY pending_writable ON tributary.pending FOR ALL USING (has_table_privilege(relid, 'INSERT, UPDATE'))
+    WITH CHECK (has_table_privilege(relid, 'INSERT, UPDATE'));

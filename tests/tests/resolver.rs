@@ -550,3 +550,120 @@ fn any_arrival_order_gives_the_same_rows() {
         assert_eq!(r, &results[0], "the hub's rows depend on arrival order");
     }
 }
+
+#[test]
+fn an_order_before_its_client_is_parked_then_applied_or_dead_lettered() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE clients (id int PRIMARY KEY, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, client_id int REFERENCES clients, total numeric);
+         SELECT sync_track('clients'); SELECT sync_track('orders');",
+    )
+    .unwrap();
+    let order = |id: i32, client: i32| {
+        format!(
+            r#"[{{"op":"I","pk":{{"id":{id}}},"data":{{"client_id":{client},"total":9.50}},"version":1}}]"#
+        )
+    };
+    // The order arrives first: parked, nothing written, nothing lost.
+    let got = apply(&mut c, "orders", &order(1, 7), "ERP");
+    assert_eq!(got[0].0, "DEFERRED");
+    assert!(
+        got[0].3.contains("clients"),
+        "the detail names what it waits for: {}",
+        got[0].3
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM orders", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let waiting: String = c
+        .query_one(
+            "SELECT waiting_for::text FROM sync_pending WHERE status = 'pending'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, "clients");
+
+    // The client lands: the parked order goes through by itself.
+    let client = r#"[{"op":"I","pk":{"id":7},"data":{"name":"Ada"},"version":1}]"#;
+    assert_eq!(apply(&mut c, "clients", client, "ERP")[0].0, "NEW_RECORD");
+    let total: String = c
+        .query_one("SELECT total::text FROM orders WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total, "9.50");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sync_pending", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // A client that never comes: a dead letter after tributary.max_retries, with the last error.
+    c.batch_execute("SET tributary.max_retries = 3").unwrap();
+    assert_eq!(
+        apply(&mut c, "orders", &order(2, 99), "ERP")[0].0,
+        "DEFERRED"
+    );
+    let r1: Vec<String> = c
+        .query("SELECT outcome FROM sync_retry_pending()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(r1, ["DEFERRED"]);
+    let r2: Vec<String> = c
+        .query("SELECT outcome FROM sync_retry_pending()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(r2, ["DEAD_LETTER"]);
+    let dead = c
+        .query_one(
+            "SELECT status, attempts, last_error FROM sync_pending WHERE pk = '{\"id\": 2}'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (dead.get::<_, String>(0), dead.get::<_, i32>(1)),
+        ("dead".to_string(), 3)
+    );
+    assert!(dead.get::<_, String>(2).contains("clients"));
+    assert!(
+        c.query("SELECT * FROM sync_retry_pending()", &[])
+            .unwrap()
+            .is_empty(),
+        "dead letters are not retried"
+    );
+}
+
+#[test]
+fn parent_and_child_in_one_batch_of_a_self_referencing_table_both_apply() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE nodes (id int PRIMARY KEY, parent int REFERENCES nodes); SELECT sync_track('nodes');",
+    )
+    .unwrap();
+    let got = apply(
+        &mut c,
+        "nodes",
+        r#"[{"op":"I","pk":{"id":2},"data":{"parent":1},"version":1},
+            {"op":"I","pk":{"id":1},"data":{"parent":null},"version":1},
+            {"op":"I","pk":{"id":3},"data":{"parent":4},"version":1}]"#,
+        "CRM",
+    );
+    let outs: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(outs, ["NEW_RECORD", "NEW_RECORD", "DEFERRED"]);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM nodes", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

@@ -271,10 +271,11 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
 
     // The batch, flattened: one row per (change, column) with exact texts.
     let mut batch: Vec<(String, Change)> = Vec::new();
+    let mut raw: Vec<String> = Vec::new();
     let rows = client
         .select(
             "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
-                    (x.c -> 'pk')::text, v.key, v.value::text
+                    (x.c -> 'pk')::text, v.key, v.value::text, x.c::text
                FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
                LEFT JOIN LATERAL jsonb_each(x.c -> 'values') AS v ON true
               ORDER BY x.ord",
@@ -303,6 +304,11 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
                     expect_version: r.get(4).unwrap_or_else(|e| spi_err(e)),
                 },
             ));
+            raw.push(
+                r.get::<String>(8)
+                    .unwrap_or_else(|e| spi_err(e))
+                    .unwrap_or_default(),
+            );
             last_ord = ord;
         }
         if let (Some(k), Some(v)) = (
@@ -423,6 +429,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
     // Decide, in order.
     let mut current: HashMap<String, KeyState> = HashMap::new();
     let mut out: Vec<Row> = Vec::with_capacity(batch.len());
+    let _ = &raw;
     let mut conflicts: Vec<(usize, String)> = Vec::new();
     for (i, (key, change)) in batch.iter().enumerate() {
         let before = current
@@ -460,6 +467,61 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             d.detail.clone(),
         ));
         current.insert(key.clone(), d.state);
+    }
+
+    // Foreign keys: a row whose parent is missing is not written. Every
+    // change of its key in this batch is parked (DEFERRED), in order.
+    let deferred = missing_parents(client, &t, tbl, &current, &loaded);
+    if !deferred.is_empty() {
+        let retrying = client
+            .select(
+                "SELECT coalesce(current_setting('tributary.retrying', true), '') = 'on'",
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| spi_err(e))
+            .first()
+            .get::<bool>(1)
+            .unwrap_or_else(|e| spi_err(e))
+            .unwrap_or(false);
+        let mut parked: Vec<String> = Vec::new();
+        for (i, (key, _)) in batch.iter().enumerate() {
+            let Some((parent, why)) = deferred.get(key) else {
+                continue;
+            };
+            out[i].2 = "DEFERRED".into();
+            out[i].3 = None;
+            out[i].5 = why.clone();
+            parked.push(
+                serde_json::json!({"pk": key, "change": raw[i], "parent": parent, "why": why})
+                    .to_string(),
+            );
+        }
+        conflicts.retain(|(i, _)| !deferred.contains_key(&batch[*i].0));
+        for key in deferred.keys() {
+            match loaded.get(key) {
+                Some(l) => current.insert(key.clone(), l.state.clone()),
+                None => current.remove(key),
+            };
+        }
+        if !retrying {
+            client
+                .update(
+                    "INSERT INTO tributary.pending (relid, pk, origin, change, parent_relid, last_error)
+                     SELECT $2, (x.e ->> 'pk')::jsonb, $3,
+                            -- parked in the public change format, so a retry goes through sync_apply
+                            jsonb_build_object('op', c -> 'op', 'pk', c -> 'pk', 'data', c -> 'values', 'version', c -> 'version')
+                              || CASE WHEN jsonb_typeof(c -> 'expect_version') = 'number'
+                                      THEN jsonb_build_object('expect_version', c -> 'expect_version') ELSE '{}' END,
+                            (x.e ->> 'parent')::bigint::oid, x.e ->> 'why'
+                       FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
+                      CROSS JOIN LATERAL (SELECT (x.e ->> 'change')::jsonb AS c) AS cc
+                      ORDER BY x.n",
+                    None,
+                    &[format!("[{}]", parked.join(",")).into(), tbl.into(), origin.to_string().into()],
+                )
+                .unwrap_or_else(|e| spi_err(e));
+        }
     }
 
     // Write what changed, set-based, keeping the resolver's stamps.
@@ -603,6 +665,118 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         }
     }
     out
+}
+
+/// The keys whose new row would reference a parent row that does not
+/// exist (in its table, or among this batch's rows for a self-reference),
+/// with the parent table's oid and a description. Repeated until stable,
+/// since holding back a row can orphan its children in the same batch.
+fn missing_parents(
+    client: &SpiClient<'_>,
+    t: &Table,
+    tbl: pg_sys::Oid,
+    current: &HashMap<String, KeyState>,
+    loaded: &HashMap<String, Loaded>,
+) -> HashMap<String, (u32, String)> {
+    let fks = client
+        .select(
+            "SELECT c.conname::text, c.confrelid::regclass::text, c.confrelid::bigint,
+                    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i)
+                            JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+                    ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i)
+                            JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+               FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'f' ORDER BY c.conname",
+            None,
+            &[tbl.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e));
+    let fks: Vec<(String, String, i64, Vec<String>, Vec<String>)> = fks
+        .map(|r| {
+            (
+                r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+                r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+                r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+                r.get(4).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+                r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut deferred: HashMap<String, (u32, String)> = HashMap::new();
+    if fks.is_empty() {
+        return deferred;
+    }
+    loop {
+        // The rows this batch would write, as JSON objects keyed by pk.
+        let rows: Vec<String> = current
+            .iter()
+            .filter(|(k, s)| {
+                s.alive
+                    && !deferred.contains_key(*k)
+                    && loaded.get(*k).map(|l| &l.state) != Some(*s)
+            })
+            .map(|(k, s)| {
+                let row = object_text(s.cells.iter().map(|(c, v)| (c, v.value.as_str())));
+                format!(
+                    "{{\"key\": {}, \"row\": {row}}}",
+                    serde_json::Value::String(k.clone())
+                )
+            })
+            .collect();
+        if rows.is_empty() {
+            return deferred;
+        }
+        let arg = format!("[{}]", rows.join(","));
+        let mut found = false;
+        for (name, parent, parent_oid, cols, refcols) in &fks {
+            let not_null = cols
+                .iter()
+                .map(|c| format!("r.{} IS NOT NULL", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let matches = |alias: &str| {
+                cols.iter()
+                    .zip(refcols)
+                    .map(|(c, rc)| format!("{alias}.{} = r.{}", quote_ident(rc), quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            let in_batch = if *parent_oid as u32 == u32::from(tbl) {
+                format!(
+                    " AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements($1::text::jsonb) AS y(f)
+                        CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, y.f -> 'row') AS s WHERE {})",
+                    matches("s"),
+                    tbl = t.name
+                )
+            } else {
+                String::new()
+            };
+            let missing = client
+                .select(
+                    &format!(
+                        "SELECT x.e ->> 'key' FROM jsonb_array_elements($1::text::jsonb) AS x(e)
+                          CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, x.e -> 'row') AS r
+                          WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {}){in_batch}",
+                        matches("p"),
+                        tbl = t.name
+                    ),
+                    None,
+                    &[arg.clone().into()],
+                )
+                .unwrap_or_else(|e| spi_err(e));
+            for r in missing {
+                let key: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+                let why = format!(
+                    "parked: no row in {parent} for ({}) yet (constraint {name}); retried when {parent} changes",
+                    cols.join(", ")
+                );
+                deferred.entry(key).or_insert((*parent_oid as u32, why));
+                found = true;
+            }
+        }
+        if !found {
+            return deferred;
+        }
+    }
 }
 
 fn quote_ident(s: &str) -> String {

@@ -5,11 +5,16 @@
 //!   `sync_apply` set it so that a peer's own writes are not echoed back.
 //! - `tributary.retention`: how long tombstones are kept by `sync_cleanup()`,
 //!   as an interval (default `7 days`).
+//! - `tributary.max_retries`: attempts before a parked change becomes a dead
+//!   letter (default 10).
+//! - `tributary.retrying`: internal, set by `sync_retry_pending`.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 pub static ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static RETRYING: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
@@ -29,5 +34,23 @@ pub fn init() {
         &RETENTION,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tributary.max_retries",
+        c"Attempts after which a parked change (DEFERRED) becomes a dead letter.",
+        c"Parked changes wait for a missing foreign-key parent; see sync_pending.",
+        &MAX_RETRIES,
+        1,
+        1_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"tributary.retrying",
+        c"Internal: set while sync_retry_pending replays parked changes.",
+        c"",
+        &RETRYING,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
     );
 }
