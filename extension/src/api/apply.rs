@@ -667,6 +667,14 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
     out
 }
 
+struct ForeignKey {
+    name: String,
+    parent: String,
+    parent_oid: i64,
+    cols: Vec<String>,
+    refcols: Vec<String>,
+}
+
 /// The keys whose new row would reference a parent row that does not
 /// exist (in its table, or among this batch's rows for a self-reference),
 /// with the parent table's oid and a description. Repeated until stable,
@@ -690,15 +698,13 @@ fn missing_parents(
             &[tbl.into()],
         )
         .unwrap_or_else(|e| spi_err(e));
-    let fks: Vec<(String, String, i64, Vec<String>, Vec<String>)> = fks
-        .map(|r| {
-            (
-                r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
-                r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
-                r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
-                r.get(4).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
-                r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
-            )
+    let fks: Vec<ForeignKey> = fks
+        .map(|r| ForeignKey {
+            name: r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+            parent: r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+            parent_oid: r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+            cols: r.get(4).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+            refcols: r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
         })
         .collect();
     let mut deferred: HashMap<String, (u32, String)> = HashMap::new();
@@ -727,7 +733,14 @@ fn missing_parents(
         }
         let arg = format!("[{}]", rows.join(","));
         let mut found = false;
-        for (name, parent, parent_oid, cols, refcols) in &fks {
+        for ForeignKey {
+            name,
+            parent,
+            parent_oid,
+            cols,
+            refcols,
+        } in &fks
+        {
             let not_null = cols
                 .iter()
                 .map(|c| format!("r.{} IS NOT NULL", quote_ident(c)))
