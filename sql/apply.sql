@@ -59,7 +59,6 @@ DECLARE
     meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';
     cols text[];
     bad record;
-    canonical jsonb;
 BEGIN
     IF origin IS NULL THEN
         PERFORM tributary._raise('22004', 'origin must not be NULL',
@@ -90,12 +89,9 @@ BEGIN
              WHEN NOT coalesce(x.elem ->> 'op' IN ('I', 'U', 'D'), false)
                THEN format('op is %s; it must be "I", "U" or "D"', coalesce((x.elem -> 'op')::text, 'missing'))
              WHEN jsonb_typeof(x.elem -> 'pk') IS DISTINCT FROM 'object' THEN 'pk is missing or not an object'
-             WHEN (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(x.elem -> 'pk') k)
-                  IS DISTINCT FROM (SELECT array_agg(c ORDER BY c) FROM unnest(t.pk_columns) c)
-               THEN format('pk has keys (%s); the primary key of %s is (%s)',
-                           (SELECT string_agg(k, ', ') FROM jsonb_object_keys(x.elem -> 'pk') k), tbl,
-                           array_to_string(t.pk_columns, ', '))
-             WHEN EXISTS (SELECT 1 FROM jsonb_each(x.elem -> 'pk') p WHERE jsonb_typeof(p.value) = 'null')
+             WHEN NOT (x.elem -> 'pk') ?& t.pk_columns OR (x.elem -> 'pk') - t.pk_columns <> '{}'::jsonb
+               THEN format('pk is %s; the primary key of %s is (%s)', x.elem -> 'pk', tbl, array_to_string(t.pk_columns, ', '))
+             WHEN jsonb_path_exists(x.elem -> 'pk', '$.* ? (@ == null)')
                THEN 'a primary key value is null'
              WHEN x.elem ? 'data' AND jsonb_typeof(x.elem -> 'data') <> 'object' THEN 'data is not an object'
              WHEN x.elem ->> 'op' <> 'D' AND NOT x.elem ? 'data' THEN 'data is missing'
@@ -137,34 +133,19 @@ BEGIN
             format('Columns of %s: %s. Nothing of the batch was applied.', tbl, array_to_string(cols, ', ')));
     END IF;
 
-    -- Types: convert every value once, as the column type would store it;
-    -- the canonical JSON of the typed value is what the resolver compares.
+    -- Types: every value must fit its column. Checked here so that the
+    -- error names the change; the engine reads the values the same way.
     BEGIN
-        EXECUTE format($q$
-            SELECT coalesce(jsonb_agg(jsonb_build_object(
-                       'op', x.elem ->> 'op',
-                       'version', (x.elem ->> 'version')::bigint,
-                       'expect_version', (x.elem ->> 'expect_version')::bigint,
-                       'pk', (SELECT jsonb_object_agg(k, r.j -> k) FROM unnest($2::text[]) k),
-                       'values', CASE WHEN x.elem ->> 'op' = 'D' THEN '{}'::jsonb ELSE
-                           (SELECT jsonb_object_agg(k, r.j -> k)
-                              FROM (SELECT unnest($2::text[]) AS k
-                                    UNION SELECT jsonb_array_elements_text(x.elem -> 'changed')
-                                     WHERE x.elem ? 'changed'
-                                    UNION SELECT jsonb_object_keys(x.elem -> 'data')
-                                     WHERE NOT x.elem ? 'changed') s) END)
-                   ORDER BY x.ord), '[]'::jsonb)
-              FROM jsonb_array_elements($1) WITH ORDINALITY AS x(elem, ord)
-              CROSS JOIN LATERAL (SELECT to_jsonb(jsonb_populate_record(NULL::%s,
-                                     coalesce(x.elem -> 'data', '{}') || (x.elem -> 'pk'))) AS j) r$q$, tbl)
-            INTO canonical USING changes, t.pk_columns;
+        EXECUTE format('SELECT count(jsonb_populate_record(NULL::%s, coalesce(x.elem -> ''data'', ''{}'') || (x.elem -> ''pk'')))
+                          FROM jsonb_array_elements($1) AS x(elem)', tbl)
+            USING changes;
     EXCEPTION WHEN data_exception OR invalid_text_representation THEN
         PERFORM tributary._raise_bad_value(tbl, changes);
         RAISE;  -- not located: report the original error
     END;
 
     RETURN QUERY SELECT a.pk::jsonb, a.outcome, a.row_version, a.conflict_id, a.detail
-                   FROM tributary._apply(tbl, canonical::text, origin) AS a ORDER BY a.ord;
+                   FROM tributary._apply(tbl, changes::text, origin) AS a ORDER BY a.ord;
 
     -- Changes parked for want of a row of this table may go through now.
     IF coalesce(current_setting('tributary.retrying', true), '') <> 'on'

@@ -44,6 +44,142 @@ pub fn push_number(out: &mut Vec<u8>, printed: &[u8]) {
     }
 }
 
+/// Splits a JSON object's text into its members: the unescaped key and the
+/// value's exact text. Used on text PostgreSQL produced (`row_json`,
+/// `jsonb::text`), so it only needs to find boundaries, not validate.
+pub fn split_object(text: &str) -> Option<Vec<(String, &str)>> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b'}') {
+        return Some(out);
+    }
+    loop {
+        let (key, next) = read_string(text, i)?;
+        i = skip_ws(b, next);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let end = value_end(b, i)?;
+        out.push((key, &text[i..end]));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// Reads a JSON string starting at `i` (the opening quote); returns it
+/// unescaped and the index after the closing quote.
+fn read_string(text: &str, i: usize) -> Option<(String, usize)> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut out = String::new();
+    let mut j = i + 1;
+    let mut run = j;
+    while j < b.len() {
+        match b[j] {
+            b'"' => {
+                out.push_str(&text[run..j]);
+                return Some((out, j + 1));
+            }
+            b'\\' => {
+                out.push_str(&text[run..j]);
+                let e = *b.get(j + 1)?;
+                j += 2;
+                match e {
+                    b'n' => out.push('\n'),
+                    b't' => out.push('\t'),
+                    b'r' => out.push('\r'),
+                    b'b' => out.push('\u{08}'),
+                    b'f' => out.push('\u{0c}'),
+                    b'u' => {
+                        let hi = u32::from_str_radix(text.get(j..j + 4)?, 16).ok()?;
+                        j += 4;
+                        let c = if (0xd800..0xdc00).contains(&hi)
+                            && text.get(j..j + 2) == Some("\\u")
+                        {
+                            let lo = u32::from_str_radix(text.get(j + 2..j + 6)?, 16).ok()?;
+                            j += 6;
+                            char::from_u32(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00))?
+                        } else {
+                            char::from_u32(hi)?
+                        };
+                        out.push(c);
+                    }
+                    other => out.push(other as char),
+                }
+                run = j;
+            }
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The index after the JSON value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => {
+            let mut j = i + 1;
+            while j < b.len() {
+                match b[j] {
+                    b'\\' => j += 2,
+                    b'"' => return Some(j + 1),
+                    _ => j += 1,
+                }
+            }
+            None
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = value_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +242,31 @@ mod tests {
         o.push(b',');
         push_number(&mut o, b"-Infinity");
         assert_eq!(o, br#"1.50,"NaN","-Infinity""#);
+    }
+
+    #[test]
+    fn objects_split_into_exact_value_texts() {
+        let text = r#"{"id": 1, "q\"t": "a\"b\\c", "n": 1.50, "j": {"k": [1, "x]"]}, "arr": [1,null], "z": null, "t": true}"#;
+        let got = split_object(text).unwrap();
+        let want: Vec<(String, &str)> = vec![
+            ("id".into(), "1"),
+            ("q\"t".into(), r#""a\"b\\c""#),
+            ("n".into(), "1.50"),
+            ("j".into(), r#"{"k": [1, "x]"]}"#),
+            ("arr".into(), "[1,null]"),
+            ("z".into(), "null"),
+            ("t".into(), "true"),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn keys_are_unescaped_including_surrogate_pairs() {
+        let got = split_object(r#"{"]": 1, "a\u00e9\ud83d\ude00\n": 2}"#).unwrap();
+        assert_eq!(got[0].0, "]");
+        assert_eq!(got[1].0, "a\u{e9}\u{1f600}\n");
+        assert_eq!(split_object("{}").unwrap(), vec![]);
+        assert_eq!(split_object("[1]"), None);
+        assert_eq!(split_object(r#"{"a": "unterminated}"#), None);
     }
 }

@@ -365,8 +365,12 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
     }
     let changed = next != *s;
 
-    let manual = !ties.is_empty() || revive_by == Some(By::TieBreak);
-    let prioritized = !by_prio.is_empty() || revive_by == Some(By::Priority);
+    // For a deleted key, what decides is the comparison with the delete;
+    // column-level outcomes only refresh the tombstone's image.
+    let (manual, prioritized) = match revive_by {
+        Some(by) => (by == By::TieBreak, by == By::Priority),
+        None => (!ties.is_empty(), !by_prio.is_empty()),
+    };
     let (outcome, detail) = if manual {
         let remote_won = ties.iter().all(|t| t.1);
         (

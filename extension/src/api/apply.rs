@@ -255,10 +255,6 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
     }
     let t = load_table(client, tbl);
     let prio = load_priorities(client);
-    let changes_arg = || -> pgrx::datum::DatumWithOid<'static> {
-        // SAFETY: a text datum, cast to jsonb in the query.
-        changes.to_string().into()
-    };
 
     // One applier per table at a time: decisions read the rows they write.
     client
@@ -269,59 +265,77 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         )
         .unwrap_or_else(|e| spi_err(e));
 
-    // The batch, flattened: one row per (change, column) with exact texts.
+    // The batch, typed once: each change's values are read through the
+    // column types and printed by row_json, so they compare exactly with
+    // what the table stores.
+    let pk_expr = |alias: &str| {
+        format!(
+            "jsonb_build_object({})::text",
+            t.pk.iter()
+                .map(|c| format!("{}, {alias}.{}", quote_literal(c), quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     let mut batch: Vec<(String, Change)> = Vec::new();
     let mut raw: Vec<String> = Vec::new();
     let rows = client
         .select(
-            "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
-                    (x.c -> 'pk')::text, v.key, v.value::text, x.c::text
-               FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
-               LEFT JOIN LATERAL jsonb_each(x.c -> 'values') AS v ON true
-              ORDER BY x.ord",
+            &format!(
+                "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
+                        {pk}, CASE WHEN x.c ? 'changed' THEN ARRAY(SELECT jsonb_array_elements_text(x.c -> 'changed'))
+                                   ELSE ARRAY(SELECT jsonb_object_keys(coalesce(x.c -> 'data', '{{}}'))) END,
+                        CASE WHEN x.c ->> 'op' <> 'D' THEN tributary.row_json(r)::text END, x.c::text
+                   FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
+                  CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, coalesce(x.c -> 'data', '{{}}') || (x.c -> 'pk')) AS r
+                  ORDER BY x.ord",
+                pk = pk_expr("r"),
+                tbl = t.name
+            ),
             None,
-            &[changes_arg()],
+            &[changes.to_string().into()],
         )
         .unwrap_or_else(|e| spi_err(e));
-    let mut last_ord = 0;
     for r in rows {
-        let ord: i32 = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
-        if ord != last_ord {
-            let op = match r.get::<String>(2).unwrap_or_else(|e| spi_err(e)).as_deref() {
-                Some("I") => Op::Insert,
-                Some("U") => Op::Update,
-                _ => Op::Delete,
-            };
-            batch.push((
-                r.get::<String>(5)
-                    .unwrap_or_else(|e| spi_err(e))
-                    .unwrap_or_default(),
-                Change {
-                    op,
-                    version: r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or(1),
-                    origin: origin.to_string(),
-                    values: BTreeMap::new(),
-                    expect_version: r.get(4).unwrap_or_else(|e| spi_err(e)),
-                },
-            ));
-            raw.push(
-                r.get::<String>(8)
-                    .unwrap_or_else(|e| spi_err(e))
-                    .unwrap_or_default(),
-            );
-            last_ord = ord;
+        let op = match r.get::<String>(2).unwrap_or_else(|e| spi_err(e)).as_deref() {
+            Some("I") => Op::Insert,
+            Some("U") => Op::Update,
+            _ => Op::Delete,
+        };
+        let key: String = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let mut values = BTreeMap::new();
+        if op != Op::Delete {
+            let set: Vec<String> = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+            let row: String = r.get(7).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+            for (col, value) in jsontext::split_object(&row).unwrap_or_default() {
+                if t.pk.contains(&col) || set.contains(&col) {
+                    values.insert(col, value.to_string());
+                }
+            }
         }
-        if let (Some(k), Some(v)) = (
-            r.get::<String>(6).unwrap_or_else(|e| spi_err(e)),
-            r.get::<String>(7).unwrap_or_else(|e| spi_err(e)),
-        ) {
-            batch.last_mut().unwrap().1.values.insert(k, v);
-        }
+        batch.push((
+            key,
+            Change {
+                op,
+                version: r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or(1),
+                origin: origin.to_string(),
+                values,
+                expect_version: r.get(4).unwrap_or_else(|e| spi_err(e)),
+            },
+        ));
+        raw.push(
+            r.get::<String>(8)
+                .unwrap_or_else(|e| spi_err(e))
+                .unwrap_or_default(),
+        );
     }
 
     // The hub's state of every key in the batch.
-    let keys_sql =
-        "SELECT DISTINCT x.c -> 'pk' AS key FROM jsonb_array_elements($1::text::jsonb) AS x(c)";
+    let mut keys: Vec<&str> = batch.iter().map(|b| b.0.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let keys_arg =
+        || -> pgrx::datum::DatumWithOid<'static> { format!("[{}]", keys.join(",")).into() };
     let pk_match =
         t.pk.iter()
             .map(|c| format!("r.{0} = k.{0}", quote_ident(c)))
@@ -331,58 +345,63 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
     let live = client
         .select(
             &format!(
-                "SELECT ks.key::text, r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid,
-                        e.key, e.value::text
-                   FROM ({keys_sql}) ks
+                "SELECT {pk}, r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text
+                   FROM jsonb_array_elements($1::text::jsonb) AS ks(key)
                    CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, ks.key) AS k
                    JOIN {tbl} AS r ON {pk_match}
-                   CROSS JOIN LATERAL jsonb_each(to_jsonb(r) - {META}) AS e
                     FOR UPDATE OF r",
+                pk = pk_expr("r"),
                 tbl = t.name
             ),
             None,
-            &[changes_arg()],
+            &[keys_arg()],
         )
         .unwrap_or_else(|e| spi_err(e));
     for r in live {
         let key: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        let l = loaded.entry(key).or_insert_with(|| {
-            let version: i64 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
-            let row_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-            Loaded {
-                state: KeyState {
-                    alive: true,
-                    version,
-                    cells: BTreeMap::new(),
-                    deleted: None,
-                    origin: row_origin,
-                },
-                xids: HashMap::new(),
-                created_xid: r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
-            }
-        });
+        let version: i64 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
+        let row_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let meta: Option<Vec<u8>> = r.get(4).unwrap_or_else(|e| spi_err(e));
+        let created_xid: i64 = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
+        let row: String = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let entries = meta.map(|m| colvers::decode(&m));
-        let col: String = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        let value: String = r
-            .get(7)
-            .unwrap_or_else(|e| spi_err(e))
-            .unwrap_or_else(|| "null".into());
-        let a = t.attnum.get(&col).copied().unwrap_or(0);
-        let (stamp, xid) = stamps(entries.as_deref(), &l.state.origin, l.created_xid, a);
-        l.xids.insert(col.clone(), xid);
-        l.state.cells.insert(col, Cell { value, stamp });
+        let mut l = Loaded {
+            state: KeyState {
+                alive: true,
+                version,
+                cells: BTreeMap::new(),
+                deleted: None,
+                origin: row_origin,
+            },
+            xids: HashMap::new(),
+            created_xid,
+        };
+        for (col, value) in jsontext::split_object(&row).unwrap_or_default() {
+            let a = t.attnum.get(&col).copied().unwrap_or(0);
+            let (stamp, xid) = stamps(entries.as_deref(), &l.state.origin, created_xid, a);
+            l.xids.insert(col.clone(), xid);
+            l.state.cells.insert(
+                col,
+                Cell {
+                    value: value.to_string(),
+                    stamp,
+                },
+            );
+        }
+        loaded.insert(key, l);
     }
     let dead = client
         .select(
-            "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
-                    coalesce(d.created_xid, 0), e.key, e.value::text
-               FROM tributary.tombstones d
-               LEFT JOIN LATERAL jsonb_each(d.data) AS e ON true
-              WHERE d.relid = $2 AND d.pk IN (SELECT DISTINCT x.c -> 'pk' FROM jsonb_array_elements($1::text::jsonb) AS x(c))
-                FOR UPDATE OF d",
+            &format!(
+                "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
+                        coalesce(d.created_xid, 0), tributary.row_json(jsonb_populate_record(NULL::{tbl}, d.data))::text
+                   FROM tributary.tombstones d
+                  WHERE d.relid = $2 AND d.pk IN (SELECT jsonb_array_elements($1::text::jsonb))
+                    FOR UPDATE OF d",
+                tbl = t.name
+            ),
             None,
-            &[changes_arg(), tbl.into()],
+            &[keys_arg(), tbl.into()],
         )
         .unwrap_or_else(|e| spi_err(e));
     for r in dead {
@@ -399,9 +418,12 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             l.state.deleted = Some(deleted);
             continue;
         }
+        let meta: Option<Vec<u8>> = r.get(4).unwrap_or_else(|e| spi_err(e));
         let creator: String = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let created_xid: i64 = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
-        let l = loaded.entry(key).or_insert_with(|| Loaded {
+        let image: String = r.get(7).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let entries = meta.map(|m| colvers::decode(&m));
+        let mut l = Loaded {
             state: KeyState {
                 alive: false,
                 version,
@@ -411,25 +433,25 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             },
             xids: HashMap::new(),
             created_xid,
-        });
-        if let Some(col) = r.get::<String>(7).unwrap_or_else(|e| spi_err(e)) {
-            let meta: Option<Vec<u8>> = r.get(4).unwrap_or_else(|e| spi_err(e));
-            let entries = meta.map(|m| colvers::decode(&m));
-            let value: String = r
-                .get(8)
-                .unwrap_or_else(|e| spi_err(e))
-                .unwrap_or_else(|| "null".into());
+        };
+        for (col, value) in jsontext::split_object(&image).unwrap_or_default() {
             let a = t.attnum.get(&col).copied().unwrap_or(0);
             let (stamp, xid) = stamps(entries.as_deref(), &creator, created_xid, a);
             l.xids.insert(col.clone(), xid);
-            l.state.cells.insert(col, Cell { value, stamp });
+            l.state.cells.insert(
+                col,
+                Cell {
+                    value: value.to_string(),
+                    stamp,
+                },
+            );
         }
+        loaded.insert(key, l);
     }
 
     // Decide, in order.
     let mut current: HashMap<String, KeyState> = HashMap::new();
     let mut out: Vec<Row> = Vec::with_capacity(batch.len());
-    let _ = &raw;
     let mut conflicts: Vec<(usize, String)> = Vec::new();
     for (i, (key, change)) in batch.iter().enumerate() {
         let before = current
@@ -508,14 +530,9 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             client
                 .update(
                     "INSERT INTO tributary.pending (relid, pk, origin, change, parent_relid, last_error)
-                     SELECT $2, (x.e ->> 'pk')::jsonb, $3,
-                            -- parked in the public change format, so a retry goes through sync_apply
-                            jsonb_build_object('op', c -> 'op', 'pk', c -> 'pk', 'data', c -> 'values', 'version', c -> 'version')
-                              || CASE WHEN jsonb_typeof(c -> 'expect_version') = 'number'
-                                      THEN jsonb_build_object('expect_version', c -> 'expect_version') ELSE '{}' END,
+                     SELECT $2, (x.e ->> 'pk')::jsonb, $3, (x.e ->> 'change')::jsonb,
                             (x.e ->> 'parent')::bigint::oid, x.e ->> 'why'
                        FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
-                      CROSS JOIN LATERAL (SELECT (x.e ->> 'change')::jsonb AS c) AS cc
                       ORDER BY x.n",
                     None,
                     &[format!("[{}]", parked.join(",")).into(), tbl.into(), origin.to_string().into()],
@@ -790,6 +807,10 @@ fn missing_parents(
             return deferred;
         }
     }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn quote_ident(s: &str) -> String {
