@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use tributary_e2e::*;
 
-const TESTS: &[&str] = &["tracking", "errors", "pull"];
+const TESTS: &[&str] = &["tracking", "errors", "pull", "apply"];
 
 #[test]
 fn pg_regress_golden_files_match() {
