@@ -21,6 +21,45 @@ END $$;
 COMMENT ON FUNCTION sync_set_peer(text, integer) IS
   'Set a peer''s priority for the resolver (lower wins). Takes effect for the next sync_apply.';
 
+CREATE FUNCTION sync_set_policy(tbl regclass, policy text, resolver regprocedure DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE
+    t tributary.tracked := tributary._tracked(tbl);
+BEGIN
+    IF policy IS NULL OR policy NOT IN ('ladder', 'last_writer_wins', 'hub_wins', 'peer_wins', 'custom') THEN
+        PERFORM tributary._raise('22023', format('unknown policy %s', coalesce(quote_literal(policy), 'NULL')),
+            'A policy decides overlapping changes at the same revision.',
+            'Use ladder (the default), last_writer_wins, hub_wins, peer_wins or custom.');
+    END IF;
+    IF policy = 'custom' THEN
+        -- Not built yet: refused plainly rather than half-done.
+        PERFORM tributary._raise('0A000', 'the custom policy is not implemented yet',
+            format('sync_set_policy(%L, ''custom'', %s) was refused; %s keeps its policy.', tbl::text,
+                   coalesce(resolver::text, 'NULL'), tbl),
+            'Use ladder, last_writer_wins, hub_wins or peer_wins for now.');
+    END IF;
+    IF resolver IS NOT NULL THEN
+        PERFORM tributary._raise('22023', format('policy %s takes no resolver function', policy),
+            format('resolver = %s.', resolver), 'Pass a resolver only with the custom policy.');
+    END IF;
+    INSERT INTO tributary.policies AS p (relid, policy, resolver) VALUES (tbl, policy, NULL)
+    ON CONFLICT (relid) DO UPDATE SET policy = excluded.policy, resolver = NULL, updated_at = now();
+    -- The row trigger stamps a clock on local writes only under last_writer_wins.
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
+                   CASE WHEN policy = 'last_writer_wins' THEN '''lww''' ELSE '' END);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track', tbl);
+END $$;
+COMMENT ON FUNCTION sync_set_policy(regclass, text, regprocedure) IS
+  'Set how sync_apply decides overlapping changes at the same revision for a table.';
+
+CREATE VIEW sync_policies AS
+    SELECT t.relid::regclass AS tbl, coalesce(p.policy, 'ladder') AS policy, p.resolver, p.updated_at
+    FROM tributary.tracked t LEFT JOIN tributary.policies p ON p.relid = t.relid
+    WHERE t.active;
+
 CREATE VIEW sync_conflicts AS
     SELECT c.id, c.relid::regclass AS tbl, c.pk, c.columns, c.local, c.remote, c.base,
            c.local_version, c.remote_version, c.remote_origin, c.remote_op, c.interim, c.detail,
@@ -41,6 +80,9 @@ BEGIN
         BEGIN
             EXECUTE format('SELECT jsonb_populate_record(NULL::%s, $1)', tbl)
                 USING coalesce(e.elem -> 'data', '{}') || (e.elem -> 'pk');
+            IF jsonb_typeof(e.elem -> 'ts') = 'string' THEN
+                PERFORM (e.elem ->> 'ts')::timestamptz;
+            END IF;
         EXCEPTION WHEN data_exception OR invalid_text_representation THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
             RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = format('change #%s has a value of the wrong type', e.ord),
@@ -59,6 +101,7 @@ DECLARE
     meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';
     cols text[];
     bad record;
+    lww boolean := EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins');
 BEGIN
     IF origin IS NULL THEN
         PERFORM tributary._raise('22004', 'origin must not be NULL',
@@ -109,6 +152,14 @@ BEGIN
                        OR abs((x.elem ->> 'expect_version')::numeric) > 9223372036854775807)
                THEN 'expect_version must be a whole number'
              WHEN x.elem ? 'changed' AND jsonb_typeof(x.elem -> 'changed') <> 'array' THEN 'changed must be an array of column names'
+             WHEN x.elem ? 'ts' AND jsonb_typeof(x.elem -> 'ts') NOT IN ('number', 'string')
+               THEN 'ts must be a hybrid-clock integer or an RFC 3339 timestamp'
+             WHEN jsonb_typeof(x.elem -> 'ts') = 'number'
+                  AND ((x.elem ->> 'ts')::numeric <> trunc((x.elem ->> 'ts')::numeric)
+                       OR abs((x.elem ->> 'ts')::numeric) > 9223372036854775807)
+               THEN 'ts must be a whole number (a hybrid-clock value)'
+             WHEN lww AND NOT x.elem ? 'ts'
+               THEN format('ts is missing; %s uses the last_writer_wins policy, which orders changes by it', tbl)
            END AS problem
       FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord)) AS v
      WHERE v.problem IS NOT NULL
@@ -136,7 +187,8 @@ BEGIN
     -- Types: every value must fit its column. Checked here so that the
     -- error names the change; the engine reads the values the same way.
     BEGIN
-        EXECUTE format('SELECT count(jsonb_populate_record(NULL::%s, coalesce(x.elem -> ''data'', ''{}'') || (x.elem -> ''pk'')))
+        EXECUTE format('SELECT count(jsonb_populate_record(NULL::%s, coalesce(x.elem -> ''data'', ''{}'') || (x.elem -> ''pk''))),
+                               count(CASE WHEN jsonb_typeof(x.elem -> ''ts'') = ''string'' THEN (x.elem ->> ''ts'')::timestamptz END)
                           FROM jsonb_array_elements($1) AS x(elem)', tbl)
             USING changes;
     EXCEPTION WHEN data_exception OR invalid_text_representation THEN

@@ -14,9 +14,11 @@ REVOKE ALL ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) FROM PUBLIC
 REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_resolve_conflict(bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_retry_pending(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_set_policy(regclass, text, regprocedure) FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
-GRANT SELECT ON tributary.tracked, tributary.tombstones, tributary.conflicts, tributary.peers TO PUBLIC;
+GRANT SELECT ON tributary.tracked, tributary.tombstones, tributary.conflicts, tributary.peers, tributary.policies TO PUBLIC;
+GRANT SELECT ON @extschema@.sync_policies TO PUBLIC;
 GRANT SELECT ON @extschema@.sync_conflicts, @extschema@.sync_pending TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tributary.pending TO PUBLIC;  -- row-level security applies
 -- Row-level security limits these to the tables the caller may write.

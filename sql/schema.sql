@@ -32,6 +32,7 @@ CREATE TABLE tributary.tombstones (
     colmeta     bytea,             -- its sync_colmeta
     row_origin  text,              -- its sync_origin
     created_xid bigint,            -- its sync_created_xid
+    ts          bigint,            -- the delete's hybrid-clock time (last_writer_wins tables)
     PRIMARY KEY (relid, pk)
 );
 CREATE INDEX tombstones_window ON tributary.tombstones (relid, xid);
@@ -107,3 +108,11 @@ ALTER TABLE tributary.pending ENABLE ROW LEVEL SECURITY;
 CREATE POLICY pending_readable ON tributary.pending FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
 CREATE POLICY pending_writable ON tributary.pending FOR ALL USING (has_table_privilege(relid, 'INSERT, UPDATE'))
     WITH CHECK (has_table_privilege(relid, 'INSERT, UPDATE'));
+
+-- Per-table resolver policy for overlaps at the same revision.
+CREATE TABLE tributary.policies (
+    relid      oid PRIMARY KEY,
+    policy     text NOT NULL CHECK (policy IN ('ladder', 'last_writer_wins', 'hub_wins', 'peer_wins', 'custom')),
+    resolver   regprocedure,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);

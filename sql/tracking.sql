@@ -159,8 +159,11 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    -- Tables with the last_writer_wins policy stamp a clock on local writes.
     EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
-                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger()', tbl);
+                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
+                   CASE WHEN EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins')
+                        THEN '''lww''' ELSE '' END);
     EXECUTE format('CREATE TRIGGER zzz_tributary_delete AFTER DELETE ON %s
                     FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
                    tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
@@ -252,6 +255,8 @@ BEGIN
              WHERE object_type = 'table' AND classid = 'pg_class'::regclass LOOP
         DELETE FROM tributary.tombstones WHERE relid = o.objid;
         DELETE FROM tributary.tracked WHERE relid = o.objid;
+        DELETE FROM tributary.policies WHERE relid = o.objid;
+        DELETE FROM tributary.pending WHERE relid = o.objid;
     END LOOP;
 END $$;
 CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop EXECUTE FUNCTION tributary._on_sql_drop();

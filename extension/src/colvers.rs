@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  sync_colmeta = entry*
-//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE | origin_len u8 | origin bytes
+//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE | flags_len u8 | [ts i64 LE] | origin bytes
+//!                 flags_len: bit 7 = a ts follows; bits 0-6 = origin length (at most 127)
 //! ```
 //!
 //! - `revision`: the row's `sync_version` at which the column last changed;
@@ -11,6 +12,8 @@
 //! - `xid`: the top-level xid stamp of that change; what
 //!   `sync_changes_since` compares with `since`.
 //! - `origin`: who made that change (`tributary.origin`); empty = local.
+//! - `ts`: the hybrid-clock time of that change, stored only for tables with
+//!   the `last_writer_wins` policy (0 = none).
 //!
 //! A column with no entry is unchanged since the row was created. Its stamp
 //! is then the **creation entry** (attnum 0) when there is one, else
@@ -28,6 +31,9 @@
 /// The attribute number of the creation entry.
 pub const CREATION: u16 = 0;
 const FIXED: usize = 2 + 8 + 8 + 1;
+const HAS_TS: u8 = 0x80;
+/// The longest origin an entry can carry, in bytes.
+pub const MAX_ORIGIN: usize = 127;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColVersion {
@@ -36,6 +42,8 @@ pub struct ColVersion {
     pub xid: i64,
     /// Empty means local.
     pub origin: String,
+    /// Hybrid-clock time, 0 when not recorded.
+    pub ts: i64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -47,29 +55,43 @@ pub fn decode(bytes: &[u8]) -> Vec<ColVersion> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while rest.len() >= FIXED {
-        let olen = rest[18] as usize;
-        if rest.len() < FIXED + olen {
+        let flags = rest[18];
+        let olen = (flags & !HAS_TS) as usize;
+        let tslen = if flags & HAS_TS != 0 { 8 } else { 0 };
+        if rest.len() < FIXED + tslen + olen {
             break;
         }
+        let ts = if tslen > 0 {
+            i64::from_le_bytes(rest[FIXED..FIXED + 8].try_into().unwrap())
+        } else {
+            0
+        };
         out.push(ColVersion {
             attnum: u16::from_le_bytes([rest[0], rest[1]]),
             revision: i64::from_le_bytes(rest[2..10].try_into().unwrap()),
             xid: i64::from_le_bytes(rest[10..18].try_into().unwrap()),
-            origin: String::from_utf8_lossy(&rest[FIXED..FIXED + olen]).into_owned(),
+            origin: String::from_utf8_lossy(&rest[FIXED + tslen..FIXED + tslen + olen])
+                .into_owned(),
+            ts,
         });
-        rest = &rest[FIXED + olen..];
+        rest = &rest[FIXED + tslen + olen..];
     }
     out
 }
 
 pub fn encode(entries: &[ColVersion]) -> Result<Vec<u8>, OriginTooLong> {
-    let mut out = Vec::with_capacity(entries.iter().map(|e| FIXED + e.origin.len()).sum());
+    let mut out = Vec::with_capacity(entries.iter().map(|e| FIXED + 8 + e.origin.len()).sum());
     for e in entries {
-        let olen = u8::try_from(e.origin.len()).map_err(|_| OriginTooLong(e.origin.len()))?;
+        if e.origin.len() > MAX_ORIGIN {
+            return Err(OriginTooLong(e.origin.len()));
+        }
         out.extend_from_slice(&e.attnum.to_le_bytes());
         out.extend_from_slice(&e.revision.to_le_bytes());
         out.extend_from_slice(&e.xid.to_le_bytes());
-        out.push(olen);
+        out.push(e.origin.len() as u8 | if e.ts != 0 { HAS_TS } else { 0 });
+        if e.ts != 0 {
+            out.extend_from_slice(&e.ts.to_le_bytes());
+        }
         out.extend_from_slice(e.origin.as_bytes());
     }
     Ok(out)
@@ -84,6 +106,7 @@ pub fn bump(
     revision: i64,
     xid: i64,
     origin: &str,
+    ts: i64,
 ) -> Option<Vec<ColVersion>> {
     if old.is_empty() && changed.is_empty() {
         return None;
@@ -98,6 +121,7 @@ pub fn bump(
         revision,
         xid,
         origin: origin.to_string(),
+        ts,
     }));
     out.sort_by_key(|e| e.attnum);
     out.dedup_by_key(|e| e.attnum);
@@ -123,6 +147,7 @@ pub fn stamp_of<'a>(
                 revision: 1,
                 xid: created_xid,
                 origin: String::new(),
+                ts: 0,
             })
         })
 }
@@ -157,6 +182,7 @@ mod tests {
             revision,
             xid,
             origin: origin.to_string(),
+            ts: 0,
         }
     }
 
@@ -191,20 +217,20 @@ mod tests {
     #[test]
     fn first_change_of_a_fresh_row_stores_only_the_changed_column() {
         assert_eq!(
-            bump(&[], &[3], 2, 800, "erp"),
+            bump(&[], &[3], 2, 800, "erp", 0),
             Some(vec![cv(3, 2, 800, "erp")])
         );
     }
 
     #[test]
     fn no_change_on_a_fresh_row_stores_nothing() {
-        assert_eq!(bump(&[], &[], 2, 800, ""), None);
+        assert_eq!(bump(&[], &[], 2, 800, "", 0), None);
     }
 
     #[test]
     fn unchanged_columns_keep_their_stamp_and_order_is_by_attnum() {
         let old = vec![cv(2, 3, 10, "a"), cv(5, 4, 11, "b")];
-        let out = bump(&old, &[4, 2], 6, 20, "c").unwrap();
+        let out = bump(&old, &[4, 2], 6, 20, "c", 0).unwrap();
         assert_eq!(
             out,
             vec![cv(2, 6, 20, "c"), cv(4, 6, 20, "c"), cv(5, 4, 11, "b")]

@@ -30,11 +30,25 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
-/// Who wrote a value, at which revision. An empty origin is the hub itself.
+/// Who wrote a value, at which revision (and hybrid-clock time, for
+/// last-writer-wins tables; 0 otherwise). An empty origin is the hub itself.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Stamp {
     pub revision: i64,
     pub origin: String,
+    pub ts: i64,
+}
+
+/// A table's policy for overlaps at the same revision (steps 4-6 of the
+/// ladder). `Ladder` and `LastWriterWins` converge in any arrival order;
+/// `HubWins` and `PeerWins` are defined by arrival order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Policy {
+    #[default]
+    Ladder,
+    LastWriterWins,
+    HubWins,
+    PeerWins,
 }
 
 /// A column's value (canonical JSON text) and its stamp.
@@ -44,11 +58,13 @@ pub struct Cell {
     pub stamp: Stamp,
 }
 
-/// Peer priorities: lower is better. The hub's own writes (empty origin)
-/// rank `local` (0 unless set); unknown peers rank last.
+/// The table's rules: peer priorities (lower is better; the hub's own
+/// writes, an empty origin, rank 0 unless set; unknown peers rank last) and
+/// its policy.
 #[derive(Clone, Debug, Default)]
 pub struct Priorities {
     pub peers: HashMap<String, i32>,
+    pub policy: Policy,
 }
 
 impl Priorities {
@@ -68,6 +84,10 @@ pub enum By {
     Revision,
     Priority,
     TieBreak,
+    /// The hybrid clock (last-writer-wins tables).
+    Clock,
+    /// hub_wins / peer_wins.
+    Policy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,20 +101,74 @@ fn compare(a: (&Stamp, Kind, &str), b: (&Stamp, Kind, &str), prio: &Priorities) 
     if by_rev != Ordering::Equal {
         return (by_rev, By::Revision);
     }
-    // Lower number is better priority, so compare reversed.
-    let by_prio = prio.of(&b.0.origin).cmp(&prio.of(&a.0.origin));
-    if by_prio != Ordering::Equal {
-        return (by_prio, By::Priority);
+    if prio.policy == Policy::LastWriterWins {
+        let by_clock = a.0.ts.cmp(&b.0.ts);
+        if by_clock != Ordering::Equal {
+            return (by_clock, By::Clock);
+        }
+    } else {
+        // Lower number is better priority, so compare reversed.
+        let by_prio = prio.of(&b.0.origin).cmp(&prio.of(&a.0.origin));
+        if by_prio != Ordering::Equal {
+            return (by_prio, By::Priority);
+        }
     }
+    // The tie-break ends in a total order: a clock that did not decide
+    // (ladder tables) still separates otherwise identical writes.
     let tie =
         a.0.origin
             .cmp(&b.0.origin)
             .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(b.2));
+            .then(a.2.cmp(b.2))
+            .then(a.0.ts.cmp(&b.0.ts));
     if tie == Ordering::Equal {
         (Ordering::Equal, By::Same)
     } else {
         (tie, By::TieBreak)
+    }
+}
+
+/// hub_wins / peer_wins decide an overlap at the same revision by who
+/// arrived: the hub's current value, or the incoming one.
+fn by_policy(decided: (Ordering, By), prio: &Priorities, same_value: bool) -> (Ordering, By) {
+    match (decided.1, prio.policy) {
+        (By::Priority | By::TieBreak, Policy::HubWins) if !same_value => {
+            (Ordering::Less, By::Policy)
+        }
+        (By::Priority | By::TieBreak, Policy::PeerWins) if !same_value => {
+            (Ordering::Greater, By::Policy)
+        }
+        _ => decided,
+    }
+}
+
+/// A comparison under the table's policy: hub_wins / peer_wins override
+/// priority and tie-break; under last_writer_wins the deterministic
+/// tie-break after equal clocks is part of the policy, not a conflict.
+fn decide(decided: (Ordering, By), prio: &Priorities, same_value: bool) -> (Ordering, By) {
+    let d = by_policy(decided, prio, same_value);
+    if d.1 == By::TieBreak && prio.policy == Policy::LastWriterWins {
+        (d.0, By::Clock)
+    } else {
+        d
+    }
+}
+
+fn policy_outcome(p: Policy) -> Outcome {
+    match p {
+        Policy::LastWriterWins => Outcome::LastWriterWins,
+        Policy::HubWins => Outcome::HubWins,
+        Policy::PeerWins => Outcome::PeerWins,
+        Policy::Ladder => Outcome::PriorityWin,
+    }
+}
+
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::LastWriterWins => "last_writer_wins (hybrid clock)",
+        Policy::HubWins => "hub_wins",
+        Policy::PeerWins => "peer_wins",
+        Policy::Ladder => "ladder",
     }
 }
 
@@ -163,6 +237,8 @@ pub struct Change {
     pub values: BTreeMap<String, String>,
     /// ETag: apply only if the hub row is still at this version.
     pub expect_version: Option<i64>,
+    /// Hybrid-clock time (last-writer-wins tables), 0 when absent.
+    pub ts: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +249,9 @@ pub enum Outcome {
     FieldMerge,
     PriorityWin,
     Manual,
+    LastWriterWins,
+    HubWins,
+    PeerWins,
 }
 
 impl Outcome {
@@ -184,6 +263,9 @@ impl Outcome {
             Outcome::FieldMerge => "FIELD_MERGE",
             Outcome::PriorityWin => "PRIORITY_WIN",
             Outcome::Manual => "MANUAL",
+            Outcome::LastWriterWins => "LAST_WRITER_WINS",
+            Outcome::HubWins => "HUB_WINS",
+            Outcome::PeerWins => "PEER_WINS",
         }
     }
 }
@@ -219,6 +301,7 @@ fn fresh(change: &Change, revision: i64) -> BTreeMap<String, Cell> {
                     stamp: Stamp {
                         revision,
                         origin: change.origin.clone(),
+                        ts: change.ts,
                     },
                 },
             )
@@ -232,6 +315,7 @@ pub fn resolve(state: Option<&KeyState>, change: &Change, prio: &Priorities) -> 
     let incoming = Stamp {
         revision: change.version,
         origin: change.origin.clone(),
+        ts: change.ts,
     };
     let Some(s) = state else {
         return match change.op {
@@ -278,6 +362,7 @@ pub fn resolve(state: Option<&KeyState>, change: &Change, prio: &Priorities) -> 
                     next.deleted = Some(Stamp {
                         revision,
                         origin: change.origin.clone(),
+                        ts: change.ts,
                     });
                 }
                 Op::Insert | Op::Update => next.cells.extend(fresh(change, revision)),
@@ -304,28 +389,34 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
     let mut lost_rev = 0;
     let mut same = 0;
     let mut by_prio: Vec<(String, bool)> = vec![];
+    let mut by_rule: Vec<(String, bool)> = vec![];
     let mut ties: Vec<(String, bool)> = vec![];
     for (col, value) in &change.values {
-        let (ord, by) = match s.cells.get(col) {
-            None => (Ordering::Greater, By::Revision),
-            Some(cur) => compare(
-                (incoming, Kind::Update, value),
-                (&cur.stamp, Kind::Update, &cur.value),
-                prio,
-            ),
-        };
-        let won = ord == Ordering::Greater;
         // The same value at the same revision is no overlap, whoever wrote
         // it (e.g. the key columns every change carries); the stamp still
         // moves to the larger one so that all replicas agree on it.
         let same_value = s.cells.get(col).is_some_and(|c| &c.value == value);
+        let (ord, by) = decide(
+            match s.cells.get(col) {
+                None => (Ordering::Greater, By::Revision),
+                Some(cur) => compare(
+                    (incoming, Kind::Update, value),
+                    (&cur.stamp, Kind::Update, &cur.value),
+                    prio,
+                ),
+            },
+            prio,
+            same_value,
+        );
+        let won = ord == Ordering::Greater;
         match by {
             By::Same => same += 1,
-            By::Priority | By::TieBreak if same_value => same += 1,
+            By::Priority | By::TieBreak | By::Clock | By::Policy if same_value => same += 1,
             By::Revision if won => won_rev += 1,
             By::Revision => lost_rev += 1,
             By::Priority => by_prio.push((col.clone(), won)),
             By::TieBreak => ties.push((col.clone(), won)),
+            By::Clock | By::Policy => by_rule.push((col.clone(), won)),
         }
         if won {
             next.cells.insert(
@@ -346,11 +437,16 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
         let del = s.deleted.clone().unwrap_or(Stamp {
             revision: 0,
             origin: String::new(),
+            ts: 0,
         });
-        let (ord, by) = match top {
-            Some((st, v)) => compare((st, Kind::Update, v), (&del, Kind::Delete, ""), prio),
-            None => (Ordering::Less, By::Revision),
-        };
+        let (ord, by) = decide(
+            match top {
+                Some((st, v)) => compare((st, Kind::Update, v), (&del, Kind::Delete, ""), prio),
+                None => (Ordering::Less, By::Revision),
+            },
+            prio,
+            false,
+        );
         next.alive = ord == Ordering::Greater;
         revive_by = Some(by);
     }
@@ -367,9 +463,13 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
 
     // For a deleted key, what decides is the comparison with the delete;
     // column-level outcomes only refresh the tombstone's image.
-    let (manual, prioritized) = match revive_by {
-        Some(by) => (by == By::TieBreak, by == By::Priority),
-        None => (!ties.is_empty(), !by_prio.is_empty()),
+    let (manual, prioritized, ruled) = match revive_by {
+        Some(by) => (
+            by == By::TieBreak,
+            by == By::Priority,
+            matches!(by, By::Clock | By::Policy),
+        ),
+        None => (!ties.is_empty(), !by_prio.is_empty(), !by_rule.is_empty()),
     };
     let (outcome, detail) = if manual {
         let remote_won = ties.iter().all(|t| t.1);
@@ -380,6 +480,21 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
                 change.version,
                 if ties.is_empty() { "the row's existence".to_string() } else { join(&ties) },
                 if remote_won { "the incoming value is kept" } else { "the hub's value is kept" }
+            ),
+        )
+    } else if ruled {
+        let won = by_rule.iter().any(|p| p.1) || (revive_by.is_some() && next.alive);
+        (
+            policy_outcome(prio.policy),
+            format!(
+                "{} at revision {}: {}",
+                policy_name(prio.policy),
+                change.version,
+                if won {
+                    "the incoming value is kept"
+                } else {
+                    "the hub's value is kept"
+                }
             ),
         )
     } else if prioritized {
@@ -479,10 +594,14 @@ fn resolve_delete(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priori
             detail: format!("already deleted at revision {}", s.version),
         };
     }
-    let (ord, by) = match s.top(prio) {
-        Some((st, v)) => compare((incoming, Kind::Delete, ""), (st, Kind::Update, v), prio),
-        None => (Ordering::Greater, By::Revision),
-    };
+    let (ord, by) = decide(
+        match s.top(prio) {
+            Some((st, v)) => compare((incoming, Kind::Delete, ""), (st, Kind::Update, v), prio),
+            None => (Ordering::Greater, By::Revision),
+        },
+        prio,
+        false,
+    );
     let wins = ord == Ordering::Greater;
     if wins {
         next.alive = false;
@@ -509,6 +628,10 @@ fn resolve_delete(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priori
         By::Priority => (
             Outcome::PriorityWin,
             format!("delete by {} {} by priority", name(&change.origin), if wins { "wins" } else { "loses" }),
+        ),
+        By::Clock | By::Policy => (
+            policy_outcome(prio.policy),
+            format!("{}: delete {}", policy_name(prio.policy), if wins { "applied" } else { "not applied" }),
         ),
         _ if wins => (Outcome::VersionWin, format!("deleted at revision {}", next.version)),
         _ => (Outcome::StaleSkip, format!("the row changed after the delete's base (revision {})", s.version)),
@@ -563,6 +686,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             expect_version: None,
+            ts: 0,
         }
     }
 
@@ -804,18 +928,23 @@ mod tests {
             origin: origins[r.below(3) as usize].to_string(),
             values,
             expect_version: None,
+            ts: r.below(3) as i64,
         }
     }
 
     /// The convergence property: random changes from 3 peers (with equal and
-    /// unequal priorities), applied in random permutations, give the same
-    /// final state.
+    /// unequal priorities, and on last-writer-wins tables), applied in random
+    /// permutations, give the same final state.
     #[test]
     fn any_arrival_order_converges_to_the_same_state() {
-        for (trial, priorities) in [prio(), Priorities::default()]
+        let lww = Priorities {
+            policy: Policy::LastWriterWins,
+            ..prio()
+        };
+        for (trial, priorities) in [prio(), Priorities::default(), lww]
             .iter()
             .cycle()
-            .take(2000)
+            .take(3000)
             .enumerate()
         {
             let mut r = Rng(0x9e3779b97f4a7c15 ^ (trial as u64 + 1));
@@ -846,5 +975,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn last_writer_wins_decides_same_revision_overlaps_by_the_clock() {
+        let p = Priorities {
+            policy: Policy::LastWriterWins,
+            ..prio()
+        };
+        let mut early = change(Op::Update, 2, "CRM", &[("id", "1"), ("email", r#""crm""#)]);
+        early.ts = 100;
+        let mut late = change(
+            Op::Update,
+            2,
+            "Portal",
+            &[("id", "1"), ("email", r#""portal""#)],
+        );
+        late.ts = 200;
+        for order in [[early.clone(), late.clone()], [late.clone(), early.clone()]] {
+            let (s, o) = run(&order, &p);
+            assert_eq!(
+                val(&s, "email"),
+                r#""portal""#,
+                "the later clock wins whatever the priority"
+            );
+            assert_eq!(o[1], Outcome::LastWriterWins);
+        }
+    }
+
+    #[test]
+    fn hub_wins_and_peer_wins_keep_or_take_at_the_same_revision() {
+        let first = change(
+            Op::Update,
+            2,
+            "CRM",
+            &[("id", "1"), ("email", r#""first""#)],
+        );
+        let second = change(
+            Op::Update,
+            2,
+            "Portal",
+            &[("id", "1"), ("email", r#""second""#)],
+        );
+        let hub = Priorities {
+            policy: Policy::HubWins,
+            ..prio()
+        };
+        let (s, o) = run(&[first.clone(), second.clone()], &hub);
+        assert_eq!((val(&s, "email"), o[1]), (r#""first""#, Outcome::HubWins));
+        let peer = Priorities {
+            policy: Policy::PeerWins,
+            ..prio()
+        };
+        let (s, o) = run(&[first, second], &peer);
+        assert_eq!((val(&s, "email"), o[1]), (r#""second""#, Outcome::PeerWins));
     }
 }

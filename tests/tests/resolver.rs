@@ -667,3 +667,118 @@ fn parent_and_child_in_one_batch_of_a_self_referencing_table_both_apply() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+#[test]
+fn policies_decide_same_revision_overlaps() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    let upd = |id: &str, email: &str, ts: &str| {
+        format!(
+            r#"[{{"op":"U","pk":{{"external_id":"{id}"}},"data":{{"email":"{email}"}},"version":2{ts}}}]"#
+        )
+    };
+    // Bad policies are refused.
+    expect_error(
+        &mut c,
+        "SELECT sync_set_policy('customers', 'newest')",
+        "22023",
+    );
+    expect_error(
+        &mut c,
+        "SELECT sync_set_policy('customers', 'custom', 'lower(text)'::regprocedure)",
+        "0A000",
+    );
+    expect_error(
+        &mut c,
+        "SELECT sync_set_policy('customers', 'hub_wins', 'lower(text)'::regprocedure)",
+        "22023",
+    );
+
+    // last_writer_wins: the later clock wins at the same revision, whatever
+    // the priority and the arrival order; ts is required.
+    c.batch_execute("SELECT sync_set_policy('customers', 'last_writer_wins')")
+        .unwrap();
+    for (first, second) in [("CRM", "Portal"), ("Portal", "CRM")] {
+        let id = format!("L-{first}");
+        apply(
+            &mut c,
+            "customers",
+            &format!(
+                "[{}]",
+                ins(&id, "x", "old@x", 1).replace(r#""version":1"#, r#""version":1,"ts":1"#)
+            ),
+            "ERP",
+        );
+        let ts = |o: &str| {
+            if o == "Portal" {
+                r#","ts":"2026-01-01T00:00:02Z""#
+            } else {
+                r#","ts":"2026-01-01T00:00:01Z""#
+            }
+        };
+        apply(&mut c, "customers", &upd(&id, first, ts(first)), first);
+        let second_out = apply(&mut c, "customers", &upd(&id, second, ts(second)), second);
+        assert_eq!(second_out[0].0, "LAST_WRITER_WINS");
+        assert_eq!(
+            row(&mut c, &id).1.as_deref(),
+            Some("Portal"),
+            "Portal wrote last"
+        );
+    }
+    expect_error(
+        &mut c,
+        &format!(
+            "SELECT * FROM sync_apply('customers', '{}', 'CRM')",
+            upd("L-CRM", "no clock", "")
+        ),
+        "22023",
+    );
+    // Local writes on a last_writer_wins table stamp a clock.
+    c.batch_execute("UPDATE customers SET full_name = 'local' WHERE external_id = 'L-CRM'")
+        .unwrap();
+    let ts: i64 = c
+        .query_one(
+            "SELECT e.ts FROM customers, tributary.colmeta_entries(sync_colmeta) e
+              WHERE external_id = 'L-CRM' AND e.attnum = 2",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        ts > 1_700_000_000_000_000,
+        "a Unix-microsecond clock, got {ts}"
+    );
+
+    // hub_wins keeps the hub's value; peer_wins takes the incoming one.
+    c.batch_execute("SELECT sync_set_policy('customers', 'hub_wins')")
+        .unwrap();
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("H1", "x", "old@x", 1)),
+        "ERP",
+    );
+    apply(&mut c, "customers", &upd("H1", "first", ""), "Portal");
+    assert_eq!(
+        apply(&mut c, "customers", &upd("H1", "second", ""), "CRM")[0].0,
+        "HUB_WINS"
+    );
+    assert_eq!(row(&mut c, "H1").1.as_deref(), Some("first"));
+    c.batch_execute("SELECT sync_set_policy('customers', 'peer_wins')")
+        .unwrap();
+    assert_eq!(
+        apply(&mut c, "customers", &upd("H1", "third", ""), "Portal")[0].0,
+        "PEER_WINS"
+    );
+    assert_eq!(row(&mut c, "H1").1.as_deref(), Some("third"));
+    let p: String = c
+        .query_one(
+            "SELECT policy FROM sync_policies WHERE tbl = 'customers'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(p, "peer_wins");
+}

@@ -17,7 +17,7 @@
 use crate::api::trigger::ApplyMode;
 use crate::colvers::{self, ColVersion};
 use crate::jsontext;
-use crate::resolver::{self, Cell, Change, KeyState, Op, Priorities, Stamp};
+use crate::resolver::{self, Cell, Change, KeyState, Op, Policy, Priorities, Stamp};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -51,6 +51,7 @@ fn stamps(
             Stamp {
                 revision: 1,
                 origin: creator.to_string(),
+                ts: 0,
             },
             created_xid,
         ),
@@ -60,6 +61,7 @@ fn stamps(
                 Stamp {
                     revision: s.revision,
                     origin: s.origin.clone(),
+                    ts: s.ts,
                 },
                 s.xid,
             )
@@ -109,8 +111,24 @@ fn load_table(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Table {
     Table { name, attnum, pk }
 }
 
-fn load_priorities(client: &SpiClient<'_>) -> Priorities {
+fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Priorities {
     let mut p = Priorities::default();
+    let policy: Option<String> = client
+        .select(
+            "SELECT policy FROM tributary.policies WHERE relid = $1",
+            None,
+            &[tbl.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e))
+        .first()
+        .get(1)
+        .unwrap_or(None);
+    p.policy = match policy.as_deref() {
+        Some("last_writer_wins") => Policy::LastWriterWins,
+        Some("hub_wins") => Policy::HubWins,
+        Some("peer_wins") => Policy::PeerWins,
+        _ => Policy::Ladder,
+    };
     for r in client
         .select("SELECT name, priority FROM tributary.peers", None, &[])
         .unwrap_or_else(|e| spi_err(e))
@@ -157,6 +175,7 @@ fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>) -> String {
         revision: 0,
         xid: 0,
         origin: String::new(),
+        ts: 0,
     }];
     for (col, cell) in &state.cells {
         let Some(a) = t.attnum.get(col) else { continue };
@@ -170,6 +189,7 @@ fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>) -> String {
             revision: cell.stamp.revision,
             xid: kept.unwrap_or(0),
             origin: cell.stamp.origin.clone(),
+            ts: cell.stamp.ts,
         });
     }
     entries.sort_by_key(|e| e.attnum);
@@ -254,7 +274,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         .report(PgLogLevel::ERROR);
     }
     let t = load_table(client, tbl);
-    let prio = load_priorities(client);
+    let prio = load_priorities(client, tbl);
 
     // One applier per table at a time: decisions read the rows they write.
     client
@@ -285,7 +305,11 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
                 "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
                         {pk}, CASE WHEN x.c ? 'changed' THEN ARRAY(SELECT jsonb_array_elements_text(x.c -> 'changed'))
                                    ELSE ARRAY(SELECT jsonb_object_keys(coalesce(x.c -> 'data', '{{}}'))) END,
-                        CASE WHEN x.c ->> 'op' <> 'D' THEN tributary.row_json(r)::text END, x.c::text
+                        CASE WHEN x.c ->> 'op' <> 'D' THEN tributary.row_json(r)::text END, x.c::text,
+                        CASE jsonb_typeof(x.c -> 'ts')
+                             WHEN 'number' THEN (x.c ->> 'ts')::numeric::bigint
+                             WHEN 'string' THEN (extract(epoch FROM (x.c ->> 'ts')::timestamptz) * 1000000)::bigint
+                             ELSE 0 END
                    FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
                   CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, coalesce(x.c -> 'data', '{{}}') || (x.c -> 'pk')) AS r
                   ORDER BY x.ord",
@@ -321,6 +345,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
                 origin: origin.to_string(),
                 values,
                 expect_version: r.get(4).unwrap_or_else(|e| spi_err(e)),
+                ts: r.get(9).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
             },
         ));
         raw.push(
@@ -394,7 +419,8 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         .select(
             &format!(
                 "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
-                        coalesce(d.created_xid, 0), tributary.row_json(jsonb_populate_record(NULL::{tbl}, d.data))::text
+                        coalesce(d.created_xid, 0), tributary.row_json(jsonb_populate_record(NULL::{tbl}, d.data))::text,
+                        coalesce(d.ts, 0)
                    FROM tributary.tombstones d
                   WHERE d.relid = $2 AND d.pk IN (SELECT jsonb_array_elements($1::text::jsonb))
                     FOR UPDATE OF d",
@@ -411,6 +437,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         let deleted = Stamp {
             revision: version,
             origin: del_origin.clone(),
+            ts: r.get::<i64>(8).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
         };
         if let Some(l) = loaded.get_mut(&key) {
             // A live row and a tombstone: the key was re-created after a
@@ -565,9 +592,10 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             let del = state.deleted.clone().unwrap_or(Stamp {
                 revision: state.version,
                 origin: state.origin.clone(),
+                ts: 0,
             });
             tombs.push(
-                serde_json::json!({"pk": "", "data": "", "v": del.revision, "o": del.origin, "m": colmeta,
+                serde_json::json!({"pk": "", "data": "", "v": del.revision, "o": del.origin, "ts": del.ts, "m": colmeta,
                                    "ro": state.origin, "cx": before.map(|b| b.created_xid)})
                     .to_string()
                     .replacen("\"pk\":\"\"", &format!("\"pk\":{key}"), 1)
@@ -638,15 +666,16 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         client
             .update(
                 "INSERT INTO tributary.tombstones AS d
-                        (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid)
+                        (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid, ts)
                  SELECT $2, x.e -> 'pk', pg_current_xact_id()::text::bigint, (x.e ->> 'v')::bigint,
                         nullif(x.e ->> 'o', ''), now(), x.e -> 'data', (x.e ->> 'm')::bytea,
-                        nullif(x.e ->> 'ro', ''), coalesce((x.e ->> 'cx')::bigint, pg_current_xact_id()::text::bigint)
+                        nullif(x.e ->> 'ro', ''), coalesce((x.e ->> 'cx')::bigint, pg_current_xact_id()::text::bigint),
+                        nullif((x.e ->> 'ts')::bigint, 0)
                    FROM jsonb_array_elements($1::text::jsonb) AS x(e)
                  ON CONFLICT (relid, pk) DO UPDATE
                     SET xid = excluded.xid, version = excluded.version, origin = excluded.origin,
                         deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
-                        row_origin = excluded.row_origin, created_xid = excluded.created_xid",
+                        row_origin = excluded.row_origin, created_xid = excluded.created_xid, ts = excluded.ts",
                 None,
                 &[format!("[{}]", tombs.join(",")).into(), tbl.into()],
             )

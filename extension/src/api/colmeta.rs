@@ -15,13 +15,24 @@ pub mod tributary {
     /// creation entry; an empty origin is local.
     /// IMMUTABLE, STRICT, PARALLEL SAFE, not SECURITY DEFINER.
     #[pg_extern(immutable, strict, parallel_safe)]
+    // pgrx generates the SQL from the spelled-out TableIterator type.
+    #[allow(clippy::type_complexity)]
     fn colmeta_entries(
         meta: &[u8],
-    ) -> TableIterator<'static, (name!(attnum, i16), name!(revision, i64), name!(xid, i64))> {
+    ) -> TableIterator<
+        'static,
+        (
+            name!(attnum, i16),
+            name!(revision, i64),
+            name!(xid, i64),
+            name!(origin, String),
+            name!(ts, i64),
+        ),
+    > {
         TableIterator::new(
             colvers::decode(meta)
                 .into_iter()
-                .map(|e| (e.attnum as i16, e.revision, e.xid))
+                .map(|e| (e.attnum as i16, e.revision, e.xid, e.origin, e.ts))
                 .collect::<Vec<_>>(),
         )
     }

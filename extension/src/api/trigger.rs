@@ -312,9 +312,10 @@ unsafe fn stamp<'a>(
                         revision: 1,
                         xid: created,
                         origin: creator,
+                        ts: 0,
                     });
                 }
-                let next = colvers::bump(&entries, &changed, version, xid, &origin_name);
+                let next = colvers::bump(&entries, &changed, version, xid, &origin_name, clock(td));
                 (
                     td.tg_newtuple,
                     [
@@ -351,6 +352,24 @@ unsafe fn stamp<'a>(
 /// Apply mode: the resolver wrote sync_version, sync_origin and
 /// sync_colmeta; keep them, stamp the xid (also into the entries the
 /// resolver marked with xid 0: the columns it changed).
+/// The hybrid-clock time of a local write, for tables whose row trigger
+/// was created with the argument `lww` (the last_writer_wins policy): the
+/// transaction's start, in microseconds since the Unix epoch. 0 otherwise,
+/// so that other tables store no clock.
+fn clock(td: &pg_sys::TriggerData) -> i64 {
+    // SAFETY: tg_trigger and its argument array are valid during the call.
+    let lww = unsafe {
+        let t = &*td.tg_trigger;
+        t.tgnargs > 0 && std::ffi::CStr::from_ptr(*t.tgargs).to_bytes() == b"lww"
+    };
+    if lww {
+        // PostgreSQL timestamps count from 2000-01-01.
+        (unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }) + 946_684_800_000_000
+    } else {
+        0
+    }
+}
+
 unsafe fn stamp_applied<'a>(
     td: &'a pg_sys::TriggerData,
     meta: &Meta,
