@@ -33,18 +33,24 @@ BEGIN
             'Use ladder (the default), last_writer_wins, hub_wins, peer_wins or custom.');
     END IF;
     IF policy = 'custom' THEN
-        -- Not built yet: refused plainly rather than half-done.
-        PERFORM tributary._raise('0A000', 'the custom policy is not implemented yet',
-            format('sync_set_policy(%L, ''custom'', %s) was refused; %s keeps its policy.', tbl::text,
-                   coalesce(resolver::text, 'NULL'), tbl),
-            'Use ladder, last_writer_wins, hub_wins or peer_wins for now.');
-    END IF;
-    IF resolver IS NOT NULL THEN
+        IF resolver IS NULL THEN
+            PERFORM tributary._raise('22023', 'the custom policy needs a resolver function',
+                format('sync_set_policy(%L, ''custom'') was given no function.', tbl::text),
+                'Pass a function (local jsonb, remote jsonb, base jsonb) RETURNS jsonb, e.g. ''my_merge(jsonb,jsonb,jsonb)''::regprocedure.');
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = resolver AND p.prorettype = 'jsonb'::regtype
+                         AND p.pronargs = 3 AND p.proargtypes[0] = 'jsonb'::regtype AND p.proargtypes[1] = 'jsonb'::regtype AND p.proargtypes[2] = 'jsonb'::regtype
+                         AND p.prokind = 'f' AND NOT p.proretset) THEN
+            PERFORM tributary._raise('42883', format('%s is not a resolver function', resolver),
+                'A resolver takes (local jsonb, remote jsonb, base jsonb) and returns one jsonb row object.',
+                'CREATE FUNCTION my_merge(local jsonb, remote jsonb, base jsonb) RETURNS jsonb ... and pass ''my_merge(jsonb,jsonb,jsonb)''.');
+        END IF;
+    ELSIF resolver IS NOT NULL THEN
         PERFORM tributary._raise('22023', format('policy %s takes no resolver function', policy),
             format('resolver = %s.', resolver), 'Pass a resolver only with the custom policy.');
     END IF;
-    INSERT INTO tributary.policies AS p (relid, policy, resolver) VALUES (tbl, policy, NULL)
-    ON CONFLICT (relid) DO UPDATE SET policy = excluded.policy, resolver = NULL, updated_at = now();
+    INSERT INTO tributary.policies AS p (relid, policy, resolver) VALUES (tbl, policy, resolver)
+    ON CONFLICT (relid) DO UPDATE SET policy = excluded.policy, resolver = excluded.resolver, updated_at = now();
     -- The row trigger stamps a clock on local writes only under last_writer_wins.
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
     EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s

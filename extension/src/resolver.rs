@@ -49,6 +49,9 @@ pub enum Policy {
     LastWriterWins,
     HubWins,
     PeerWins,
+    /// A user function merges the overlap; the resolver keeps the hub's
+    /// values and names the columns (`Decision::custom`) for the caller.
+    Custom,
 }
 
 /// A column's value (canonical JSON text) and its stamp.
@@ -138,6 +141,9 @@ fn by_policy(decided: (Ordering, By), prio: &Priorities, same_value: bool) -> (O
         (By::Priority | By::TieBreak, Policy::PeerWins) if !same_value => {
             (Ordering::Greater, By::Policy)
         }
+        (By::Priority | By::TieBreak, Policy::Custom) if !same_value => {
+            (Ordering::Less, By::Policy)
+        }
         _ => decided,
     }
 }
@@ -159,6 +165,7 @@ fn policy_outcome(p: Policy) -> Outcome {
         Policy::LastWriterWins => Outcome::LastWriterWins,
         Policy::HubWins => Outcome::HubWins,
         Policy::PeerWins => Outcome::PeerWins,
+        Policy::Custom => Outcome::Custom,
         Policy::Ladder => Outcome::PriorityWin,
     }
 }
@@ -168,6 +175,7 @@ fn policy_name(p: Policy) -> &'static str {
         Policy::LastWriterWins => "last_writer_wins (hybrid clock)",
         Policy::HubWins => "hub_wins",
         Policy::PeerWins => "peer_wins",
+        Policy::Custom => "custom",
         Policy::Ladder => "ladder",
     }
 }
@@ -252,6 +260,7 @@ pub enum Outcome {
     LastWriterWins,
     HubWins,
     PeerWins,
+    Custom,
 }
 
 impl Outcome {
@@ -266,6 +275,7 @@ impl Outcome {
             Outcome::LastWriterWins => "LAST_WRITER_WINS",
             Outcome::HubWins => "HUB_WINS",
             Outcome::PeerWins => "PEER_WINS",
+            Outcome::Custom => "CUSTOM",
         }
     }
 }
@@ -287,6 +297,9 @@ pub struct Decision {
     pub changed: bool,
     pub conflict: Option<Conflict>,
     pub detail: String,
+    /// Under the custom policy: the overlapping columns the user function
+    /// must merge (the state still holds the hub's values for them).
+    pub custom: Vec<String>,
 }
 
 fn fresh(change: &Change, revision: i64) -> BTreeMap<String, Cell> {
@@ -331,6 +344,7 @@ pub fn resolve(state: Option<&KeyState>, change: &Change, prio: &Priorities) -> 
                 changed: true,
                 conflict: None,
                 detail: "no row: inserted".into(),
+                custom: vec![],
             },
             Op::Delete => Decision {
                 outcome: Outcome::VersionWin,
@@ -345,6 +359,7 @@ pub fn resolve(state: Option<&KeyState>, change: &Change, prio: &Priorities) -> 
                 conflict: None,
                 detail: "no row: tombstone recorded, so an older insert cannot bring it back"
                     .into(),
+                custom: vec![],
             },
         };
     };
@@ -373,6 +388,7 @@ pub fn resolve(state: Option<&KeyState>, change: &Change, prio: &Priorities) -> 
                 changed: true,
                 conflict: None,
                 detail: format!("expect_version {ev} matched: applied as revision {revision}"),
+                custom: vec![],
             };
         }
     }
@@ -559,12 +575,18 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
         columns: ties.iter().map(|t| t.0.clone()).collect(),
         remote_won: ties.iter().all(|t| t.1),
     });
+    let custom = if prio.policy == Policy::Custom && revive_by.is_none() {
+        by_rule.iter().map(|r| r.0.clone()).collect()
+    } else {
+        vec![]
+    };
     Decision {
         outcome,
         state: next,
         changed,
         conflict,
         detail,
+        custom,
     }
 }
 
@@ -592,6 +614,7 @@ fn resolve_delete(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priori
             changed,
             conflict: None,
             detail: format!("already deleted at revision {}", s.version),
+            custom: vec![],
         };
     }
     let (ord, by) = decide(
@@ -646,6 +669,7 @@ fn resolve_delete(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priori
         changed,
         conflict,
         detail,
+        custom: vec![],
     }
 }
 
@@ -1029,5 +1053,34 @@ mod tests {
         };
         let (s, o) = run(&[first, second], &peer);
         assert_eq!((val(&s, "email"), o[1]), (r#""second""#, Outcome::PeerWins));
+    }
+
+    #[test]
+    fn the_custom_policy_keeps_the_hub_value_and_names_the_columns_to_merge() {
+        let p = Priorities {
+            policy: Policy::Custom,
+            ..prio()
+        };
+        let first = change(
+            Op::Update,
+            2,
+            "CRM",
+            &[("id", "1"), ("email", r#""a""#), ("name", r#""n""#)],
+        );
+        let second = change(
+            Op::Update,
+            2,
+            "Portal",
+            &[("id", "1"), ("email", r#""b""#), ("name", r#""n""#)],
+        );
+        let (s, _) = run(&[first], &p);
+        let d = resolve(s.as_ref(), &second, &p);
+        assert_eq!(d.outcome, Outcome::Custom);
+        assert_eq!(
+            d.custom,
+            vec!["email"],
+            "only the real overlap goes to the function"
+        );
+        assert_eq!(d.state.cells["email"].value, r#""a""#);
     }
 }

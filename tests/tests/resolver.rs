@@ -688,7 +688,12 @@ fn policies_decide_same_revision_overlaps() {
     expect_error(
         &mut c,
         "SELECT sync_set_policy('customers', 'custom', 'lower(text)'::regprocedure)",
-        "0A000",
+        "42883",
+    );
+    expect_error(
+        &mut c,
+        "SELECT sync_set_policy('customers', 'custom')",
+        "22023",
     );
     expect_error(
         &mut c,
@@ -781,4 +786,46 @@ fn policies_decide_same_revision_overlaps() {
         .unwrap()
         .get(0);
     assert_eq!(p, "peer_wins");
+}
+
+#[test]
+fn the_custom_policy_merges_overlaps_with_a_user_function() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        r#"CREATE FUNCTION join_emails(local jsonb, remote jsonb, base jsonb) RETURNS jsonb
+             LANGUAGE sql IMMUTABLE AS $$ SELECT local || jsonb_build_object('email', (local ->> 'email') || '+' || (remote ->> 'email')) $$;
+           SELECT sync_set_policy('customers', 'custom', 'join_emails(jsonb,jsonb,jsonb)'::regprocedure);"#,
+    )
+    .unwrap();
+    apply(
+        &mut c,
+        "customers",
+        &format!("[{}]", ins("C1", "x", "old@x", 1)),
+        "ERP",
+    );
+    let upd = |email: &str| {
+        format!(
+            r#"[{{"op":"U","pk":{{"external_id":"C1"}},"data":{{"email":"{email}"}},"version":2}}]"#
+        )
+    };
+    apply(&mut c, "customers", &upd("a"), "CRM");
+    let got = apply(&mut c, "customers", &upd("b"), "Portal");
+    assert_eq!(got[0].0, "CUSTOM");
+    assert!(got[0].3.contains("join_emails"), "{}", got[0].3);
+    let r = row(&mut c, "C1");
+    assert_eq!(
+        (r.1.as_deref(), r.3.as_deref()),
+        (Some("a+b"), Some("Portal"))
+    );
+    let p: String = c
+        .query_one(
+            "SELECT resolver::text FROM sync_policies WHERE tbl = 'customers'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(p, "join_emails(jsonb,jsonb,jsonb)");
 }

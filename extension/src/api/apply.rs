@@ -111,22 +111,24 @@ fn load_table(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Table {
     Table { name, attnum, pk }
 }
 
-fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Priorities {
+/// The table's rules, and the custom resolver's name when it has one.
+fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> (Priorities, Option<String>) {
     let mut p = Priorities::default();
-    let policy: Option<String> = client
+    let row = client
         .select(
-            "SELECT policy FROM tributary.policies WHERE relid = $1",
+            "SELECT policy, resolver::oid::regproc::text FROM tributary.policies WHERE relid = $1",
             None,
             &[tbl.into()],
         )
         .unwrap_or_else(|e| spi_err(e))
-        .first()
-        .get(1)
-        .unwrap_or(None);
+        .first();
+    let policy: Option<String> = row.get(1).unwrap_or(None);
+    let resolver: Option<String> = row.get(2).unwrap_or(None);
     p.policy = match policy.as_deref() {
         Some("last_writer_wins") => Policy::LastWriterWins,
         Some("hub_wins") => Policy::HubWins,
         Some("peer_wins") => Policy::PeerWins,
+        Some("custom") => Policy::Custom,
         _ => Policy::Ladder,
     };
     for r in client
@@ -137,7 +139,7 @@ fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Priorities {
         let v: i32 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(i32::MAX);
         p.peers.insert(n, v);
     }
-    p
+    (p, resolver)
 }
 
 /// A JSON object text from canonical value texts.
@@ -274,7 +276,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         .report(PgLogLevel::ERROR);
     }
     let t = load_table(client, tbl);
-    let prio = load_priorities(client, tbl);
+    let (prio, custom_fn) = load_priorities(client, tbl);
 
     // One applier per table at a time: decisions read the rows they write.
     client
@@ -485,7 +487,17 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             .get(key)
             .cloned()
             .or_else(|| loaded.get(key).map(|l| l.state.clone()));
-        let d = resolver::resolve(before.as_ref(), change, &prio);
+        let mut d = resolver::resolve(before.as_ref(), change, &prio);
+        if !d.custom.is_empty() {
+            merge_with_user_function(
+                client,
+                &t,
+                custom_fn.as_deref(),
+                before.as_ref(),
+                change,
+                &mut d,
+            );
+        }
         if let Some(c) = &d.conflict {
             let local = before
                 .as_ref()
@@ -711,6 +723,66 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         }
     }
     out
+}
+
+/// The custom policy: the table's function `(local, remote, base) → jsonb`
+/// merges the overlapping columns. Its result is typed through the table,
+/// like any incoming value, and stamped as the incoming revision; a NULL
+/// result keeps the hub's values.
+fn merge_with_user_function(
+    client: &SpiClient<'_>,
+    t: &Table,
+    func: Option<&str>,
+    before: Option<&KeyState>,
+    change: &Change,
+    d: &mut resolver::Decision,
+) {
+    let Some(func) = func else { return };
+    let local = before
+        .map(|b| object_text(b.cells.iter().map(|(k, c)| (k, c.value.as_str()))))
+        .unwrap_or_else(|| "{}".into());
+    let remote = object_text(change.values.iter().map(|(k, v)| (k, v.as_str())));
+    let merged: Option<String> = client
+        .select(
+            &format!(
+                "SELECT tributary.row_json(jsonb_populate_record(NULL::{tbl}, {func}($1::text::jsonb, $2::text::jsonb, NULL::jsonb)))::text",
+                tbl = t.name
+            ),
+            None,
+            &[local.into(), remote.into()],
+        )
+        .unwrap_or_else(|e| spi_err(e))
+        .first()
+        .get(1)
+        .unwrap_or(None);
+    let Some(merged) = merged else {
+        d.detail = format!("custom: {func} returned NULL: the hub's values are kept");
+        return;
+    };
+    let values: HashMap<String, &str> = jsontext::split_object(&merged)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let stamp = Stamp {
+        revision: change.version,
+        origin: change.origin.clone(),
+        ts: change.ts,
+    };
+    for col in &d.custom {
+        if let Some(v) = values.get(col) {
+            d.state.cells.insert(
+                col.clone(),
+                Cell {
+                    value: v.to_string(),
+                    stamp: stamp.clone(),
+                },
+            );
+        }
+    }
+    d.state.version = d.state.version.max(change.version);
+    d.state.origin = change.origin.clone();
+    d.changed = before != Some(&d.state);
+    d.detail = format!("custom: {func} merged {}", d.custom.join(", "));
 }
 
 struct ForeignKey {
