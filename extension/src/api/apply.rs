@@ -159,10 +159,12 @@ fn object_text<'a>(cells: impl Iterator<Item = (&'a String, &'a str)>) -> String
 }
 
 fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(2 + bytes.len() * 2);
     s.push_str("\\x");
     for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
 }
@@ -300,14 +302,13 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         )
     };
     let mut batch: Vec<(String, Change)> = Vec::new();
-    let mut raw: Vec<String> = Vec::new();
     let rows = client
         .select(
             &format!(
                 "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
                         {pk}, CASE WHEN x.c ? 'changed' THEN ARRAY(SELECT jsonb_array_elements_text(x.c -> 'changed'))
                                    ELSE ARRAY(SELECT jsonb_object_keys(coalesce(x.c -> 'data', '{{}}'))) END,
-                        CASE WHEN x.c ->> 'op' <> 'D' THEN tributary.row_json(r)::text END, x.c::text,
+                        CASE WHEN x.c ->> 'op' <> 'D' THEN tributary.row_json(r)::text END, NULL::text,
                         CASE jsonb_typeof(x.c -> 'ts')
                              WHEN 'number' THEN (x.c ->> 'ts')::numeric::bigint
                              WHEN 'string' THEN (extract(epoch FROM (x.c ->> 'ts')::timestamptz) * 1000000)::bigint
@@ -350,11 +351,6 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
                 ts: r.get(9).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
             },
         ));
-        raw.push(
-            r.get::<String>(8)
-                .unwrap_or_else(|e| spi_err(e))
-                .unwrap_or_default(),
-        );
     }
 
     // The hub's state of every key in the batch.
@@ -545,6 +541,28 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             .get::<bool>(1)
             .unwrap_or_else(|e| spi_err(e))
             .unwrap_or(false);
+        // The parked changes as they were sent (read again only now: rare).
+        let deferred_ords: Vec<i32> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| deferred.contains_key(k))
+            .map(|(i, _)| i as i32 + 1)
+            .collect();
+        let mut raw: HashMap<i32, String> = HashMap::new();
+        for r in client
+            .select(
+                "SELECT x.ord::int, x.c::text FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
+                  WHERE x.ord = ANY ($2)",
+                None,
+                &[changes.to_string().into(), deferred_ords.into()],
+            )
+            .unwrap_or_else(|e| spi_err(e))
+        {
+            raw.insert(
+                r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
+                r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
+            );
+        }
         let mut parked: Vec<String> = Vec::new();
         for (i, (key, _)) in batch.iter().enumerate() {
             let Some((parent, why)) = deferred.get(key) else {
@@ -554,7 +572,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             out[i].3 = None;
             out[i].5 = why.clone();
             parked.push(
-                serde_json::json!({"pk": key, "change": raw[i], "parent": parent, "why": why})
+                serde_json::json!({"pk": key, "change": raw.get(&(i as i32 + 1)), "parent": parent, "why": why})
                     .to_string(),
             );
         }
@@ -592,11 +610,17 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         let cells = object_text(state.cells.iter().map(|(k, c)| (k, c.value.as_str())));
         let colmeta = colmeta_for(&t, state, before);
         if state.alive {
-            upserts.push(
-                serde_json::json!({"row": "", "v": state.version, "o": state.origin, "m": colmeta})
-                    .to_string()
-                    .replacen("\"row\":\"\"", &format!("\"row\":{cells}"), 1),
-            );
+            // {"row": {...}, "v": N, "o": "origin", "m": "\\x..."}, built directly: this
+            // runs once per written row.
+            let mut u = Vec::with_capacity(cells.len() + colmeta.len() + 64);
+            u.extend_from_slice(b"{\"row\": ");
+            u.extend_from_slice(cells.as_bytes());
+            u.extend_from_slice(format!(", \"v\": {}, \"o\": ", state.version).as_bytes());
+            jsontext::push_string(&mut u, state.origin.as_bytes());
+            u.extend_from_slice(b", \"m\": ");
+            jsontext::push_string(&mut u, colmeta.as_bytes());
+            u.push(b'}');
+            upserts.push(String::from_utf8_lossy(&u).into_owned());
         } else {
             if before.is_some_and(|b| b.state.alive) {
                 kills.push(key.clone());
