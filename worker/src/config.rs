@@ -1,0 +1,310 @@
+//! The worker's configuration: one TOML file, with environment overrides.
+//!
+//! ```toml
+//! [source]
+//! url = "postgres://user@127.0.0.1:5432/db"   # password via env TRIBUTARY_SOURCE_PASSWORD
+//! slot = "tributary"
+//! publication = "tributary"
+//! [http]
+//! listen = "127.0.0.1:9187"                     # /metrics and /healthz
+//! [[destination]]
+//! name = "audit"
+//! kind = "queue"
+//! tables = ["public.*"]
+//! ```
+//!
+//! Overrides: `TRIBUTARY_SOURCE_URL`, `TRIBUTARY_SOURCE_SLOT`,
+//! `TRIBUTARY_SOURCE_PUBLICATION`, `TRIBUTARY_SOURCE_PASSWORD`,
+//! `TRIBUTARY_HTTP_LISTEN`. Unknown keys are errors, so a typo is never
+//! silently ignored. `redacted()` prints it with secrets masked.
+
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: Source,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<Destination>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub url: String,
+    #[serde(default = "default_name")]
+    pub slot: String,
+    #[serde(default = "default_name")]
+    pub publication: String,
+    /// Only from the environment (TRIBUTARY_SOURCE_PASSWORD), never the file.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Queue,
+    Sqlite,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub name: String,
+    pub kind: Kind,
+    /// `schema.table` patterns; `*` matches any run of characters.
+    #[serde(default = "all_tables")]
+    pub tables: Vec<String>,
+    /// The SQLite file, for kind = "sqlite".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+fn default_name() -> String {
+    "tributary".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn all_tables() -> Vec<String> {
+    vec!["*.*".into()]
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl Config {
+    /// Reads the file, applies the environment, and validates.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text, env)
+    }
+
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let mut c: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(v) = env("TRIBUTARY_SOURCE_URL") {
+            c.source.url = v;
+        }
+        if let Some(v) = env("TRIBUTARY_SOURCE_SLOT") {
+            c.source.slot = v;
+        }
+        if let Some(v) = env("TRIBUTARY_SOURCE_PUBLICATION") {
+            c.source.publication = v;
+        }
+        if let Some(v) = env("TRIBUTARY_HTTP_LISTEN") {
+            c.http.listen = v;
+        }
+        c.source.password = env("TRIBUTARY_SOURCE_PASSWORD");
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(self.source.url.starts_with("postgres://")
+            || self.source.url.starts_with("postgresql://"))
+        {
+            return bad(format!(
+                "source.url must be a postgres:// URL, got {:?}",
+                redact_url(&self.source.url)
+            ));
+        }
+        for (what, v) in [
+            ("source.slot", &self.source.slot),
+            ("source.publication", &self.source.publication),
+        ] {
+            if !valid_name(v) {
+                return bad(format!(
+                    "{what} {v:?} must be 1-63 characters of a-z, 0-9 and _"
+                ));
+            }
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "http.listen {:?} must be an address like 127.0.0.1:9187",
+                self.http.listen
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.destinations {
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return bad(format!(
+                    "destination name {:?} must be letters, digits, _ and -",
+                    d.name
+                ));
+            }
+            if !seen.insert(&d.name) {
+                return bad(format!("destination {:?} is defined twice", d.name));
+            }
+            if d.tables.is_empty() || d.tables.iter().any(|t| t.is_empty()) {
+                return bad(format!(
+                    "destination {:?}: tables must list at least one pattern",
+                    d.name
+                ));
+            }
+            match (d.kind, &d.path) {
+                (Kind::Sqlite, None) => {
+                    return bad(format!("destination {:?}: kind sqlite needs path", d.name))
+                }
+                (Kind::Queue, Some(_)) => {
+                    return bad(format!(
+                        "destination {:?}: kind queue takes no path",
+                        d.name
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with the password and any password in
+    /// the URL masked.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.source.url = redact_url(&c.source.url);
+        if c.source.password.is_some() {
+            c.source.password = Some("<set by TRIBUTARY_SOURCE_PASSWORD>".into());
+        }
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+/// Masks the password in `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(p) => p,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const GOOD: &str = r#"
+[source]
+url = "postgres://app:s3cret@127.0.0.1:5432/hub"
+[[destination]]
+name = "audit"
+kind = "queue"
+tables = ["public.*"]
+[[destination]]
+name = "edge1"
+kind = "sqlite"
+path = "/var/lib/tributary/edge1.db"
+"#;
+
+    #[test]
+    fn defaults_and_destinations_are_read() {
+        let c = Config::parse(GOOD, no_env).unwrap();
+        assert_eq!(
+            (c.source.slot.as_str(), c.source.publication.as_str()),
+            ("tributary", "tributary")
+        );
+        assert_eq!(c.http.listen, "127.0.0.1:9187");
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.destinations[1].tables, vec!["*.*"]);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "TRIBUTARY_SOURCE_SLOT" => Some("other_slot".to_string()),
+            "TRIBUTARY_SOURCE_PASSWORD" => Some("from-env".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(GOOD, env).unwrap();
+        assert_eq!(c.source.slot, "other_slot");
+        assert_eq!(c.source.password.as_deref(), Some("from-env"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let env = |k: &str| (k == "TRIBUTARY_SOURCE_PASSWORD").then(|| "from-env".to_string());
+        let out = Config::parse(GOOD, env).unwrap().redacted();
+        assert!(
+            !out.contains("s3cret") && !out.contains("from-env"),
+            "{out}"
+        );
+        assert!(out.contains("app:****@127.0.0.1"), "{out}");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_reason() {
+        let cases = [
+            (
+                GOOD.replace("kind = \"queue\"", "kind = \"kafka\""),
+                "unknown variant",
+            ),
+            (
+                GOOD.replace("tables = [\"public.*\"]", "tabels = [\"public.*\"]"),
+                "unknown field",
+            ),
+            (GOOD.replace("postgres://", "mysql://"), "postgres:// URL"),
+            (
+                GOOD.replace("name = \"edge1\"", "name = \"audit\""),
+                "defined twice",
+            ),
+            (
+                GOOD.replace("path = \"/var/lib/tributary/edge1.db\"", ""),
+                "needs path",
+            ),
+            (
+                format!("{GOOD}\n[http]\nlisten = \"nowhere\""),
+                "http.listen",
+            ),
+            (
+                GOOD.replace("[source]", "[source]\nslot = \"Bad-Slot\""),
+                "source.slot",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(&text, no_env).unwrap_err().to_string();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+        }
+    }
+}
