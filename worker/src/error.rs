@@ -3,6 +3,7 @@
 //! saying what the operator must do. An error of unknown kind is transient.
 
 use crate::pgoutput::DecodeError;
+use crate::source::SourceError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -18,6 +19,8 @@ pub enum Error {
     Decode(#[from] DecodeError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
 }
 
 impl Error {
@@ -27,6 +30,8 @@ impl Error {
             // read (retrying would read the same bytes again).
             Error::Config(_) | Error::Decode(_) => ErrorKind::Definite,
             Error::Io(_) => ErrorKind::Transient,
+            Error::Source(SourceError::Definite { .. }) => ErrorKind::Definite,
+            Error::Source(SourceError::Transient { .. }) => ErrorKind::Transient,
         }
     }
 }

@@ -6,10 +6,12 @@
 //!                                                     (issue #4, next steps)
 //! ```
 //!
-//! Built so far: the pgoutput decoder (`pgoutput`), LSNs (`lsn`), the
-//! configuration (`config`) and the one error type (`error`).
+//! Built so far: the replication client (`source`), the pgoutput decoder
+//! (`pgoutput`), LSNs (`lsn`), the configuration (`config`) and the one
+//! error type (`error`).
 
 pub mod config;
 pub mod error;
 pub mod lsn;
 pub mod pgoutput;
+pub mod source;

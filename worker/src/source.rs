@@ -1,0 +1,615 @@
+//! Our own streaming replication client: a `replication=database`
+//! connection speaking the protocol directly (upstream tokio-postgres has
+//! no replication support).
+//!
+//! ```text
+//!  connect (TCP or Unix socket; trust, md5 or SCRAM-SHA-256)
+//!   ├─ IDENTIFY_SYSTEM
+//!   ├─ CREATE_REPLICATION_SLOT name LOGICAL pgoutput [EXPORT_SNAPSHOT]
+//!   └─ START_REPLICATION SLOT name LOGICAL lsn (proto_version '2', streaming 'on', publication_names ...)
+//!        └─ CopyBoth: server  XLogData 'w' | keepalive 'k'
+//!                     client  standby status update 'r' (written, flushed, applied)
+//! ```
+//!
+//! Server errors keep their SQLSTATE, and are classed: a missing or
+//! invalidated slot, a missing publication or a `wal_level` below logical
+//! is definite (the operator must act, and a slot is never silently
+//! recreated); anything else is transient.
+
+use crate::lsn::Lsn;
+use bytes::{Buf, BufMut, BytesMut};
+use postgres_protocol::authentication::sasl;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Where and how to connect, from a `postgres://user:pass@host:port/db` URL.
+/// A host starting with `/` is a Unix socket directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl ConnectOptions {
+    pub fn from_url(url: &str, password: Option<String>) -> Result<ConnectOptions, SourceError> {
+        let bad = |why: &str| SourceError::Definite {
+            code: None,
+            message: format!("invalid source URL: {why}"),
+            hint:
+                "Use postgres://user@host:port/database (password via TRIBUTARY_SOURCE_PASSWORD)."
+                    .into(),
+        };
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| bad("it must start with postgres://"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
+        let (user, url_password) = match auth.split_once(':') {
+            Some((u, p)) => (u.to_string(), Some(p.to_string())),
+            None => (auth.to_string(), None),
+        };
+        let (hostport, dbname) = hostpart.split_once('/').unwrap_or((hostpart, ""));
+        let (mut host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))?,
+            ),
+            None => (hostport.to_string(), 5432),
+        };
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            if let Some(h) = kv.strip_prefix("host=") {
+                host = h.replace("%2F", "/").replace("%2f", "/");
+            }
+        }
+        if host.is_empty() {
+            host = "localhost".into();
+        }
+        let user = if user.is_empty() {
+            "postgres".to_string()
+        } else {
+            user
+        };
+        let dbname = if dbname.is_empty() {
+            user.clone()
+        } else {
+            dbname.to_string()
+        };
+        Ok(ConnectOptions {
+            host,
+            port,
+            user,
+            password: password.or(url_password),
+            dbname,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The operator must act; retrying cannot help.
+    #[error("{message}{}. Hint: {hint}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Definite {
+        code: Option<String>,
+        message: String,
+        hint: String,
+    },
+    /// Retry with backoff.
+    #[error("{message}{}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Transient {
+        code: Option<String>,
+        message: String,
+    },
+}
+
+impl From<std::io::Error> for SourceError {
+    fn from(e: std::io::Error) -> Self {
+        SourceError::Transient {
+            code: None,
+            message: format!("connection: {e}"),
+        }
+    }
+}
+
+/// Classes a server error by SQLSTATE and message.
+pub fn classify(code: &str, message: &str) -> SourceError {
+    let definite = |hint: &str| SourceError::Definite {
+        code: Some(code.to_string()),
+        message: message.to_string(),
+        hint: hint.to_string(),
+    };
+    let m = message.to_ascii_lowercase();
+    if m.contains("replication slot") && (m.contains("does not exist") || code == "42704") {
+        definite("The slot is gone: changes since the worker's last position may be lost. Re-create it and resync the destinations in full; the worker never recreates a slot by itself.")
+    } else if m.contains("can no longer get changes") || m.contains("invalidated") {
+        definite("The slot was invalidated (max_slot_wal_keep_size?): resync the destinations in full from a new slot.")
+    } else if m.contains("publication") && m.contains("does not exist") {
+        definite("Create the publication (SELECT sync_track(...) creates \"tributary\") or fix source.publication.")
+    } else if m.contains("wal_level") {
+        definite("Set wal_level = logical in postgresql.conf and restart PostgreSQL.")
+    } else if code == "28P01" || code == "28000" {
+        definite("Check the user, the password (TRIBUTARY_SOURCE_PASSWORD) and pg_hba.conf (it needs a replication line).")
+    } else if code == "42501" {
+        definite("The worker's role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION.")
+    } else {
+        SourceError::Transient {
+            code: Some(code.to_string()),
+            message: message.to_string(),
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One backend message, framed: its tag and body.
+struct Frame {
+    tag: u8,
+    body: BytesMut,
+}
+
+pub struct Connection {
+    io: Box<dyn Io>,
+    read: BytesMut,
+    write: BytesMut,
+}
+
+/// What IDENTIFY_SYSTEM says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemInfo {
+    pub system_id: String,
+    pub timeline: u32,
+    pub xlogpos: Lsn,
+    pub dbname: String,
+}
+
+/// What CREATE_REPLICATION_SLOT says: where the slot starts, and the
+/// snapshot that sees exactly the data before that point (for a consistent
+/// initial copy), when exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub consistent_point: Lsn,
+    pub snapshot: Option<String>,
+}
+
+/// One event of the replication stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A pgoutput message, at `wal_start`.
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Vec<u8>,
+    },
+    /// The server's position; it asks for a status update when `reply`.
+    Keepalive { wal_end: Lsn, reply: bool },
+}
+
+fn cstr(body: &mut BytesMut) -> String {
+    let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+    let s = String::from_utf8_lossy(&body[..end]).into_owned();
+    body.advance((end + 1).min(body.len()));
+    s
+}
+
+fn server_error(mut body: BytesMut) -> SourceError {
+    let (mut code, mut message) = (String::new(), String::new());
+    while !body.is_empty() {
+        let kind = body.get_u8();
+        if kind == 0 {
+            break;
+        }
+        let v = cstr(&mut body);
+        match kind {
+            b'C' => code = v,
+            b'M' => message = v,
+            _ => {}
+        }
+    }
+    classify(&code, &message)
+}
+
+impl Connection {
+    pub async fn connect(o: &ConnectOptions) -> Result<Connection, SourceError> {
+        let io: Box<dyn Io> = if o.host.starts_with('/') {
+            Box::new(
+                tokio::net::UnixStream::connect(format!("{}/.s.PGSQL.{}", o.host, o.port)).await?,
+            )
+        } else {
+            let s = tokio::net::TcpStream::connect((o.host.as_str(), o.port)).await?;
+            s.set_nodelay(true)?;
+            Box::new(s)
+        };
+        let mut c = Connection {
+            io,
+            read: BytesMut::with_capacity(64 * 1024),
+            write: BytesMut::new(),
+        };
+        let params = [
+            ("user", o.user.as_str()),
+            ("database", o.dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", "tributary-worker"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut c.write)?;
+        c.flush().await?;
+        c.authenticate(o).await?;
+        Ok(c)
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        self.io.write_all(&self.write).await?;
+        self.io.flush().await?;
+        self.write.clear();
+        Ok(())
+    }
+
+    async fn frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if self.read.len() >= 5 {
+                let len = u32::from_be_bytes(self.read[1..5].try_into().unwrap()) as usize;
+                if len < 4 {
+                    return Err(SourceError::Transient {
+                        code: None,
+                        message: "invalid message length from server".into(),
+                    });
+                }
+                if self.read.len() > len {
+                    let mut msg = self.read.split_to(len + 1);
+                    let tag = msg.get_u8();
+                    msg.advance(4);
+                    return Ok(Frame { tag, body: msg });
+                }
+                self.read.reserve(len + 1 - self.read.len());
+            }
+            if self.io.read_buf(&mut self.read).await? == 0 {
+                return Err(SourceError::Transient {
+                    code: None,
+                    message: "the server closed the connection".into(),
+                });
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, o: &ConnectOptions) -> Result<(), SourceError> {
+        let password = || {
+            o.password.clone().ok_or_else(|| SourceError::Definite {
+                code: None,
+                message: "the server asks for a password".into(),
+                hint: "Set TRIBUTARY_SOURCE_PASSWORD.".into(),
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let mut f = self.frame().await?;
+            match f.tag {
+                b'R' => match f.body.get_i32() {
+                    0 => {}
+                    3 => {
+                        frontend::password_message(password()?.as_bytes(), &mut self.write)?;
+                        self.flush().await?;
+                    }
+                    5 => {
+                        let salt: [u8; 4] = f.body[..4].try_into().unwrap_or_default();
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            o.user.as_bytes(),
+                            password()?.as_bytes(),
+                            salt,
+                        );
+                        frontend::password_message(hash.as_bytes(), &mut self.write)?;
+                        self.flush().await?;
+                    }
+                    10 => {
+                        let s = sasl::ScramSha256::new(
+                            password()?.as_bytes(),
+                            sasl::ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(
+                            sasl::SCRAM_SHA_256,
+                            s.message(),
+                            &mut self.write,
+                        )?;
+                        self.flush().await?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or_else(|| SourceError::Transient {
+                            code: None,
+                            message: "SASL out of order".into(),
+                        })?;
+                        s.update(&f.body).map_err(|e| SourceError::Definite {
+                            code: None,
+                            message: format!("SCRAM: {e}"),
+                            hint: "Check the password.".into(),
+                        })?;
+                        frontend::sasl_response(s.message(), &mut self.write)?;
+                        self.flush().await?;
+                    }
+                    12 => {
+                        if let Some(s) = scram.as_mut() {
+                            s.finish(&f.body).map_err(|e| SourceError::Definite {
+                                code: None,
+                                message: format!("SCRAM: {e}"),
+                                hint: "The server's proof did not verify.".into(),
+                            })?;
+                        }
+                    }
+                    other => {
+                        return Err(SourceError::Definite {
+                            code: None,
+                            message: format!("unsupported authentication method {other}"),
+                            hint: "Use trust, md5 or scram-sha-256 in pg_hba.conf for the worker."
+                                .into(),
+                        })
+                    }
+                },
+                b'E' => return Err(server_error(f.body)),
+                b'Z' => return Ok(()),
+                _ => {} // ParameterStatus, BackendKeyData, notices
+            }
+        }
+    }
+
+    /// Runs a replication command; returns its rows as text.
+    pub async fn command(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            let mut f = self.frame().await?;
+            match f.tag {
+                b'D' => {
+                    let n = f.body.get_i16();
+                    let mut row = Vec::with_capacity(n.max(0) as usize);
+                    for _ in 0..n {
+                        let len = f.body.get_i32();
+                        if len < 0 {
+                            row.push(None);
+                        } else {
+                            row.push(Some(
+                                String::from_utf8_lossy(&f.body.split_to(len as usize))
+                                    .into_owned(),
+                            ));
+                        }
+                    }
+                    rows.push(row);
+                }
+                b'E' => failure = Some(server_error(f.body)),
+                b'Z' => return failure.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemInfo, SourceError> {
+        let rows = self.command("IDENTIFY_SYSTEM").await?;
+        let r = rows.first().ok_or_else(|| SourceError::Transient {
+            code: None,
+            message: "IDENTIFY_SYSTEM returned no row".into(),
+        })?;
+        let field = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        Ok(SystemInfo {
+            system_id: field(0),
+            timeline: field(1).parse().unwrap_or(0),
+            xlogpos: field(2).parse().unwrap_or_default(),
+            dbname: field(3),
+        })
+    }
+
+    /// Creates a logical pgoutput slot. With `export_snapshot`, the snapshot
+    /// stays usable until the next command on this connection.
+    pub async fn create_slot(
+        &mut self,
+        name: &str,
+        export_snapshot: bool,
+    ) -> Result<SlotInfo, SourceError> {
+        let rows = self
+            .command(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
+                quote_ident(name),
+                if export_snapshot {
+                    "EXPORT_SNAPSHOT"
+                } else {
+                    "NOEXPORT_SNAPSHOT"
+                }
+            ))
+            .await?;
+        let r = rows.first().ok_or_else(|| SourceError::Transient {
+            code: None,
+            message: "CREATE_REPLICATION_SLOT returned no row".into(),
+        })?;
+        Ok(SlotInfo {
+            name: r.first().cloned().flatten().unwrap_or_default(),
+            consistent_point: r
+                .get(1)
+                .cloned()
+                .flatten()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or_default(),
+            snapshot: r.get(2).cloned().flatten(),
+        })
+    }
+
+    /// Starts streaming from `lsn` (0/0: the slot's confirmed position).
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        lsn: Lsn,
+        publication: &str,
+    ) -> Result<Stream, SourceError> {
+        frontend::query(
+            &format!(
+                "START_REPLICATION SLOT {} LOGICAL {lsn} (proto_version '2', streaming 'on', publication_names {})",
+                quote_ident(slot),
+                quote_literal(&quote_ident(publication))
+            ),
+            &mut self.write,
+        )?;
+        self.flush().await?;
+        loop {
+            let f = self.frame().await?;
+            match f.tag {
+                b'W' => return Ok(Stream { conn: self }),
+                b'E' => return Err(server_error(f.body)),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The CopyBoth replication stream.
+pub struct Stream {
+    conn: Connection,
+}
+
+/// Microseconds since 2000-01-01, PostgreSQL's epoch.
+fn pg_now() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    unix.as_micros() as i64 - 946_684_800_000_000
+}
+
+impl Stream {
+    pub async fn next(&mut self) -> Result<Event, SourceError> {
+        loop {
+            let mut f = self.conn.frame().await?;
+            match f.tag {
+                b'd' if !f.body.is_empty() => match f.body.get_u8() {
+                    b'w' if f.body.len() >= 24 => {
+                        let wal_start = Lsn(f.body.get_u64());
+                        let wal_end = Lsn(f.body.get_u64());
+                        let _send_time = f.body.get_i64();
+                        return Ok(Event::XLogData {
+                            wal_start,
+                            wal_end,
+                            data: f.body.to_vec(),
+                        });
+                    }
+                    b'k' if f.body.len() >= 17 => {
+                        let wal_end = Lsn(f.body.get_u64());
+                        let _send_time = f.body.get_i64();
+                        return Ok(Event::Keepalive {
+                            wal_end,
+                            reply: f.body.get_u8() == 1,
+                        });
+                    }
+                    other => {
+                        return Err(SourceError::Transient {
+                            code: None,
+                            message: format!("unexpected copy message {:?}", other as char),
+                        })
+                    }
+                },
+                b'E' => return Err(server_error(f.body)),
+                b'c' => {
+                    return Err(SourceError::Transient {
+                        code: None,
+                        message: "the server ended the stream".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Tells the server what is durable: the slot may release WAL up to
+    /// `flushed`.
+    pub async fn send_status(
+        &mut self,
+        written: Lsn,
+        flushed: Lsn,
+        applied: Lsn,
+        reply: bool,
+    ) -> Result<(), SourceError> {
+        let mut msg = BytesMut::with_capacity(34);
+        msg.put_u8(b'r');
+        msg.put_u64(written.0);
+        msg.put_u64(flushed.0);
+        msg.put_u64(applied.0);
+        msg.put_i64(pg_now());
+        msg.put_u8(u8::from(reply));
+        frontend::CopyData::new(msg.freeze())?.write(&mut self.conn.write);
+        self.conn.flush().await
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_connect_options() {
+        let o = ConnectOptions::from_url("postgres://rep:pw@127.0.0.1:5433/hub", None).unwrap();
+        assert_eq!(
+            (
+                o.host.as_str(),
+                o.port,
+                o.user.as_str(),
+                o.password.as_deref(),
+                o.dbname.as_str()
+            ),
+            ("127.0.0.1", 5433, "rep", Some("pw"), "hub")
+        );
+        let o = ConnectOptions::from_url(
+            "postgresql://rep@/hub?host=%2Frun%2Fpostgresql",
+            Some("env".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.password.as_deref()),
+            ("/run/postgresql", 5432, Some("env"))
+        );
+        assert!(ConnectOptions::from_url("mysql://x", None).is_err());
+        assert!(ConnectOptions::from_url("postgres://h:notaport/db", None).is_err());
+    }
+
+    #[test]
+    fn server_errors_are_classed() {
+        assert!(matches!(
+            classify("42704", "replication slot \"s\" does not exist"),
+            SourceError::Definite { .. }
+        ));
+        assert!(matches!(
+            classify(
+                "55000",
+                "can no longer get changes from replication slot \"s\""
+            ),
+            SourceError::Definite { .. }
+        ));
+        assert!(matches!(
+            classify("42704", "publication \"p\" does not exist"),
+            SourceError::Definite { .. }
+        ));
+        assert!(matches!(
+            classify("55000", "logical decoding requires wal_level >= logical"),
+            SourceError::Definite { .. }
+        ));
+        assert!(matches!(
+            classify(
+                "57P01",
+                "terminating connection due to administrator command"
+            ),
+            SourceError::Transient { .. }
+        ));
+        assert!(matches!(
+            classify("53300", "too many connections"),
+            SourceError::Transient { .. }
+        ));
+    }
+}
