@@ -15,6 +15,14 @@ REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_resolve_conflict(bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_retry_pending(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_set_policy(regclass, text, regprocedure) FROM PUBLIC;
+-- Queues: creating and consuming are granted explicitly (to the worker's
+-- and the consumers' roles), with the queue tables themselves.
+REVOKE ALL ON FUNCTION @extschema@.sync_queue_create(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_queue_read(text, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_queue_ack(text, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_queue_nack(text, bigint[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_queue_cleanup(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_queue_stats(text) FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
 GRANT SELECT ON tributary.tracked, tributary.tombstones, tributary.conflicts, tributary.peers, tributary.policies TO PUBLIC;

@@ -32,6 +32,11 @@ extension_sql_file!(
 );
 extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["tracking"]);
 extension_sql_file!("../../sql/apply.sql", name = "apply", requires = ["pull"]);
+extension_sql_file!(
+    "../../sql/queue.sql",
+    name = "queue",
+    requires = ["tracking"]
+);
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 
 /// Called once per backend when the library is loaded.

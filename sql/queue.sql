@@ -1,0 +1,160 @@
+-- Outbound queues: the worker's embedded default destination, consumed
+-- with SQL. One durable table per queue in schema tributary (never
+-- published, never tracked).
+--
+--   worker:   INSERT ... ON CONFLICT (lsn, ord) DO NOTHING      -- idempotent by source position
+--   consumer: sync_queue_read(queue, n)  -> leased rows (SKIP LOCKED), in order
+--             sync_queue_ack(queue, ids) -> done;  sync_queue_nack(queue, ids, error) -> again now
+--   a row read tributary.queue_max_attempts times without an ack becomes a dead letter
+
+CREATE TABLE tributary.queues (
+    name         text PRIMARY KEY,
+    relid        oid NOT NULL,
+    max_attempts integer NOT NULL DEFAULT 10,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION tributary._queue(queue text) RETURNS tributary.queues
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE q tributary.queues;
+BEGIN
+    SELECT * INTO q FROM tributary.queues WHERE name = queue;
+    IF NOT FOUND THEN
+        PERFORM tributary._raise('TB006', format('no queue %s', coalesce(quote_literal(queue), 'NULL')),
+            format('Queue %s does not exist.', coalesce(quote_literal(queue), 'NULL')),
+            'Create it with SELECT sync_queue_create(''name''), or list them in tributary.queues.');
+    END IF;
+    RETURN q;
+END $$;
+
+CREATE FUNCTION sync_queue_create(queue text, max_attempts integer DEFAULT 10) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE tbl text := 'queue_' || queue;
+BEGIN
+    IF queue IS NULL OR queue !~ '^[a-z0-9_]{1,48}$' THEN
+        PERFORM tributary._raise('22023', 'invalid queue name',
+            format('Got %s.', coalesce(quote_literal(queue), 'NULL')),
+            'Use 1 to 48 characters of a-z, 0-9 and _.');
+    END IF;
+    IF max_attempts IS NULL OR max_attempts < 1 THEN
+        PERFORM tributary._raise('22023', 'max_attempts must be at least 1',
+            format('max_attempts = %s.', coalesce(max_attempts::text, 'NULL')), 'Pass e.g. 10.');
+    END IF;
+    EXECUTE format($t$
+        CREATE TABLE IF NOT EXISTS tributary.%I (
+            id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            lsn          pg_lsn NOT NULL,        -- commit LSN of the source transaction
+            ord          integer NOT NULL,       -- position of the change in it
+            tbl          text NOT NULL,
+            op           text NOT NULL CHECK (op IN ('I', 'U', 'D', 'T')),
+            pk           jsonb,
+            data         jsonb,
+            origin       text,
+            committed_at timestamptz,
+            status       text NOT NULL DEFAULT 'ready' CHECK (status IN ('ready', 'acked', 'dead')),
+            attempts     integer NOT NULL DEFAULT 0,
+            visible_at   timestamptz NOT NULL DEFAULT now(),
+            acked_at     timestamptz,
+            last_error   text,
+            UNIQUE (lsn, ord)
+        )$t$, tbl);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON tributary.%I (id) WHERE status = ''ready''', tbl || '_ready', tbl);
+    INSERT INTO tributary.queues AS q (name, relid, max_attempts)
+    VALUES (queue, format('tributary.%I', tbl)::regclass, max_attempts)
+    ON CONFLICT (name) DO UPDATE SET max_attempts = excluded.max_attempts;
+END $$;
+COMMENT ON FUNCTION sync_queue_create(text, integer) IS 'Create (or update) an outbound queue. Idempotent.';
+
+-- Leases up to max_rows ready rows, oldest first, skipping rows another
+-- consumer holds. A leased row comes back after `lease` unless acked; a row
+-- leased max_attempts times without an ack becomes a dead letter instead.
+CREATE FUNCTION sync_queue_read(queue text, max_rows integer, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (id bigint, lsn pg_lsn, tbl text, op text, pk jsonb, data jsonb, origin text, committed_at timestamptz)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE q tributary.queues := tributary._queue(queue);
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        PERFORM tributary._raise('22023', 'max_rows must be at least 1',
+            format('max_rows = %s.', coalesce(max_rows::text, 'NULL')), 'Pass the batch size you can process, e.g. 100.');
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        PERFORM tributary._raise('22023', 'lease must be a positive interval',
+            format('lease = %s.', coalesce(lease::text, 'NULL')), 'Pass how long you need to process a batch, e.g. ''30 seconds''.');
+    END IF;
+    -- Rows read too often without an ack: dead letters.
+    EXECUTE format($q$
+        UPDATE tributary.%I AS r SET status = 'dead',
+               last_error = coalesce(r.last_error, 'not acknowledged after ' || r.attempts || ' reads')
+         WHERE r.status = 'ready' AND r.visible_at <= now() AND r.attempts >= $1$q$, 'queue_' || queue)
+        USING q.max_attempts;
+    RETURN QUERY EXECUTE format($q$
+        WITH picked AS (
+            SELECT r.id FROM tributary.%1$I AS r
+             WHERE r.status = 'ready' AND r.visible_at <= now()
+             ORDER BY r.id
+             LIMIT $1
+               FOR UPDATE SKIP LOCKED)
+        UPDATE tributary.%1$I AS r
+           SET attempts = r.attempts + 1, visible_at = now() + $2
+          FROM picked WHERE r.id = picked.id
+        RETURNING r.id, r.lsn, r.tbl, r.op, r.pk, r.data, r.origin, r.committed_at$q$, 'queue_' || queue)
+        USING max_rows, lease;
+END $$;
+
+CREATE FUNCTION sync_queue_ack(queue text, ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    q tributary.queues := tributary._queue(queue);
+    n bigint;
+BEGIN
+    EXECUTE format('UPDATE tributary.%I SET status = ''acked'', acked_at = now()
+                     WHERE id = ANY ($1) AND status = ''ready''', 'queue_' || queue) USING ids;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION sync_queue_nack(queue text, ids bigint[], error text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    q tributary.queues := tributary._queue(queue);
+    n bigint;
+BEGIN
+    EXECUTE format('UPDATE tributary.%I SET visible_at = now(), last_error = coalesce($2, last_error)
+                     WHERE id = ANY ($1) AND status = ''ready''', 'queue_' || queue) USING ids, error;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Acked rows older than tributary.retention are removed; returns how many.
+CREATE FUNCTION sync_queue_cleanup(queue text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    q tributary.queues := tributary._queue(queue);
+    n bigint;
+BEGIN
+    EXECUTE format('DELETE FROM tributary.%I WHERE status = ''acked'' AND acked_at < now() - $1',
+                   'queue_' || queue) USING current_setting('tributary.retention')::interval;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION sync_queue_stats(queue text)
+RETURNS TABLE (ready bigint, leased bigint, acked bigint, dead bigint, oldest_ready timestamptz)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE q tributary.queues := tributary._queue(queue);
+BEGIN
+    RETURN QUERY EXECUTE format($q$
+        SELECT count(*) FILTER (WHERE status = 'ready' AND visible_at <= now()),
+               count(*) FILTER (WHERE status = 'ready' AND visible_at > now()),
+               count(*) FILTER (WHERE status = 'acked'),
+               count(*) FILTER (WHERE status = 'dead'),
+               min(committed_at) FILTER (WHERE status = 'ready')
+          FROM tributary.%I$q$, 'queue_' || queue);
+END $$;
