@@ -39,6 +39,24 @@ struct Loaded {
     created_xid: i64,
 }
 
+impl Loaded {
+    /// The key's cells from a row's JSON text and its packed stamps.
+    fn fill(&mut self, t: &Table, row: &str, entries: Option<&[ColVersion]>, creator: &str) {
+        for (col, value) in jsontext::split_object(row).unwrap_or_default() {
+            let a = t.attnum.get(&col).copied().unwrap_or(0);
+            let (stamp, xid) = stamps(entries, creator, self.created_xid, a);
+            self.xids.insert(col.clone(), xid);
+            self.state.cells.insert(
+                col,
+                Cell {
+                    value: value.to_string(),
+                    stamp,
+                },
+            );
+        }
+    }
+}
+
 fn stamps(
     entries: Option<&[ColVersion]>,
     creator: &str,
@@ -399,18 +417,8 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             xids: HashMap::new(),
             created_xid,
         };
-        for (col, value) in jsontext::split_object(&row).unwrap_or_default() {
-            let a = t.attnum.get(&col).copied().unwrap_or(0);
-            let (stamp, xid) = stamps(entries.as_deref(), &l.state.origin, created_xid, a);
-            l.xids.insert(col.clone(), xid);
-            l.state.cells.insert(
-                col,
-                Cell {
-                    value: value.to_string(),
-                    stamp,
-                },
-            );
-        }
+        let creator = l.state.origin.clone();
+        l.fill(&t, &row, entries.as_deref(), &creator);
         loaded.insert(key, l);
     }
     let dead = client
@@ -459,18 +467,7 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
             xids: HashMap::new(),
             created_xid,
         };
-        for (col, value) in jsontext::split_object(&image).unwrap_or_default() {
-            let a = t.attnum.get(&col).copied().unwrap_or(0);
-            let (stamp, xid) = stamps(entries.as_deref(), &creator, created_xid, a);
-            l.xids.insert(col.clone(), xid);
-            l.state.cells.insert(
-                col,
-                Cell {
-                    value: value.to_string(),
-                    stamp,
-                },
-            );
-        }
+        l.fill(&t, &image, entries.as_deref(), &creator);
         loaded.insert(key, l);
     }
 

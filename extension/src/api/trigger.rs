@@ -331,21 +331,8 @@ unsafe fn stamp<'a>(
             return Err(TrackError::WrongEvent);
         };
 
-    let mut cols = meta.att;
-    let mut values: Vec<pg_sys::Datum> = stamped.iter().map(|s| s.0).collect();
-    let mut nulls: Vec<bool> = stamped.iter().map(|s| s.1).collect();
-    let out = unsafe {
-        pg_sys::heap_modify_tuple_by_cols(
-            tuple,
-            tupdesc,
-            cols.len() as i32,
-            cols.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-        )
-    };
     Ok(Some(unsafe {
-        PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), out)
+        with_stamps(tuple, tupdesc, &meta, &stamped)
     }))
 }
 
@@ -405,21 +392,29 @@ unsafe fn stamp_applied<'a>(
     };
     let origin = (new[at(Meta::ORIGIN)], new_null[at(Meta::ORIGIN)]);
     let colmeta = colmeta_datum((!entries.is_empty()).then_some(entries))?;
-    let mut cols = meta.att;
     let stamped = [int8(version), int8(xid), int8(created), origin, colmeta];
+    Ok(Some(unsafe { with_stamps(tuple, tupdesc, meta, &stamped) }))
+}
+
+/// A copy of `tuple` with the tracking columns replaced by `stamped`.
+unsafe fn with_stamps<'a>(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    meta: &Meta,
+    stamped: &[(pg_sys::Datum, bool); 5],
+) -> PgHeapTuple<'a, AllocatedByPostgres> {
+    let mut cols = meta.att;
     let mut values: Vec<pg_sys::Datum> = stamped.iter().map(|s| s.0).collect();
     let mut nulls: Vec<bool> = stamped.iter().map(|s| s.1).collect();
-    let out = unsafe {
-        pg_sys::heap_modify_tuple_by_cols(
+    unsafe {
+        let out = pg_sys::heap_modify_tuple_by_cols(
             tuple,
             tupdesc,
             cols.len() as i32,
             cols.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
-        )
-    };
-    Ok(Some(unsafe {
+        );
         PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), out)
-    }))
+    }
 }
