@@ -203,7 +203,7 @@ BEGIN
     END;
 
     RETURN QUERY SELECT a.pk::jsonb, a.outcome, a.row_version, a.conflict_id, a.detail
-                   FROM tributary._apply(tbl, changes::text, origin) AS a ORDER BY a.ord;
+                   FROM tributary._apply(tbl, changes, origin) AS a ORDER BY a.ord;
 
     -- Changes parked for want of a row of this table may go through now.
     IF coalesce(current_setting('tributary.retrying', true), '') <> 'on'

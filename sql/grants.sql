@@ -39,6 +39,6 @@ GRANT EXECUTE ON FUNCTION
     tributary.changed_columns(bytea, bigint, bigint, smallint[], text[]),
     tributary.colmeta_entries(bytea),
     tributary.row_json(anyelement),
-    tributary._apply(regclass, text, text),      -- acts only for callers of sync_apply
+    tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
     tributary._raise_bad_value(regclass, jsonb)
   TO PUBLIC;

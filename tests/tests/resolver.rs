@@ -453,7 +453,7 @@ fn sync_apply_is_for_granted_roles_only() {
     assert_eq!(e.code, "42501");
     let e = db_error(
         app.query(
-            "SELECT * FROM tributary._apply('customers', $1, 'CRM')",
+            "SELECT * FROM tributary._apply('customers', $1::text::jsonb, 'CRM')",
             &[&changes],
         )
         .unwrap_err(),

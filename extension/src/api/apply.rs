@@ -235,7 +235,7 @@ pub mod tributary {
     #[pg_extern(
         volatile,
         sql = r#"
-CREATE FUNCTION tributary._apply(tbl regclass, changes text, origin text)
+CREATE FUNCTION tributary._apply(tbl regclass, changes jsonb, origin text)
 RETURNS TABLE (ord integer, pk text, outcome text, row_version bigint, conflict_id bigint, detail text)
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
 "#
@@ -245,8 +245,7 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
     #[allow(clippy::type_complexity)]
     fn _apply(
         tbl: pg_sys::Oid,
-        changes: &str,
-        origin: String,
+        fcinfo: pg_sys::FunctionCallInfo,
     ) -> TableIterator<
         'static,
         (
@@ -258,19 +257,34 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
             name!(detail, String),
         ),
     > {
+        // `changes` (jsonb) and `origin` are read from the call frame: the
+        // batch is handed to the engine's queries as the jsonb datum it is,
+        // never printed and parsed again.
+        let (changes, origin) = unsafe {
+            let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+            let origin = String::from_datum(args[2].value, args[2].isnull).unwrap_or_default();
+            (args[1].value, origin)
+        };
         TableIterator::new(super::apply(tbl, changes, &origin))
     }
 }
 
-/// `changes` is the canonical batch as jsonb's text, so that values keep
-/// PostgreSQL's exact rendering (1.50 stays 1.50).
-fn apply(tbl: pg_sys::Oid, changes: &str, origin: &str) -> Vec<Row> {
+/// `changes` is the validated batch, a jsonb datum. Values are read out of
+/// it by PostgreSQL (never by serde), so they keep their exact rendering.
+fn apply(tbl: pg_sys::Oid, changes: pg_sys::Datum, origin: &str) -> Vec<Row> {
     Spi::connect_mut(|client| run(client, tbl, changes, origin))
 }
 
 type Row = (i32, String, String, Option<i64>, Option<i64>, String);
 
-fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str) -> Vec<Row> {
+fn run(
+    client: &mut SpiClient<'_>,
+    tbl: pg_sys::Oid,
+    changes: pg_sys::Datum,
+    origin: &str,
+) -> Vec<Row> {
+    // SAFETY: a jsonb datum valid for the whole call.
+    let changes_arg = || unsafe { pgrx::datum::DatumWithOid::new(changes, pg_sys::JSONBOID) };
     // Callable by anyone, but it only acts for those who may run sync_apply.
     let allowed: Option<bool> = client
         .select(
@@ -331,14 +345,14 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
                              WHEN 'number' THEN (x.c ->> 'ts')::numeric::bigint
                              WHEN 'string' THEN (extract(epoch FROM (x.c ->> 'ts')::timestamptz) * 1000000)::bigint
                              ELSE 0 END
-                   FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
+                   FROM jsonb_array_elements($1) WITH ORDINALITY AS x(c, ord)
                   CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, coalesce(x.c -> 'data', '{{}}') || (x.c -> 'pk')) AS r
                   ORDER BY x.ord",
                 pk = pk_expr("r"),
                 tbl = t.name
             ),
             None,
-            &[changes.to_string().into()],
+            &[changes_arg()],
         )
         .unwrap_or_else(|e| spi_err(e));
     for r in rows {
@@ -548,10 +562,10 @@ fn run(client: &mut SpiClient<'_>, tbl: pg_sys::Oid, changes: &str, origin: &str
         let mut raw: HashMap<i32, String> = HashMap::new();
         for r in client
             .select(
-                "SELECT x.ord::int, x.c::text FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(c, ord)
+                "SELECT x.ord::int, x.c::text FROM jsonb_array_elements($1) WITH ORDINALITY AS x(c, ord)
                   WHERE x.ord = ANY ($2)",
                 None,
-                &[changes.to_string().into(), deferred_ords.into()],
+                &[changes_arg(), deferred_ords.into()],
             )
             .unwrap_or_else(|e| spi_err(e))
         {
