@@ -339,3 +339,10 @@ pub fn table_state(
         })
         .collect()
 }
+
+/// The single `bigint` a parameterless query returns (counts, mostly).
+pub fn scalar(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}

@@ -41,17 +41,11 @@ fn sync_version_counts_revisions_and_works_as_an_etag() {
     let mut c = db.connect();
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT sync_track('t'); INSERT INTO t VALUES (1, 'a')")
         .unwrap();
-    let v: i64 = c
-        .query_one("SELECT sync_version FROM t", &[])
-        .unwrap()
-        .get(0);
+    let v = scalar(&mut c, "SELECT sync_version FROM t");
     assert_eq!(v, 1);
     for i in 2..=4 {
         c.batch_execute("UPDATE t SET v = v || 'x'").unwrap();
-        let v: i64 = c
-            .query_one("SELECT sync_version FROM t", &[])
-            .unwrap()
-            .get(0);
+        let v = scalar(&mut c, "SELECT sync_version FROM t");
         assert_eq!(v, i);
     }
     // ETag: the update with a stale revision changes nothing.
@@ -303,15 +297,9 @@ fn bad_input_gets_a_specific_sqlstate_detail_and_hint() {
         "22023",
     );
     // Nothing was half-done by the failed calls.
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM sync_tracked_tables()", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut c, "SELECT count(*) FROM sync_tracked_tables()");
     assert_eq!(n, 1);
-    let cols: i64 = c
-        .query_one("SELECT count(*) FROM pg_attribute WHERE attrelid = 'nopk'::regclass AND attname LIKE 'sync_%'", &[])
-        .unwrap()
-        .get(0);
+    let cols = scalar(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'nopk'::regclass AND attname LIKE 'sync_%'");
     assert_eq!(cols, 0, "a refused sync_track leaves the table untouched");
 }
 
@@ -354,23 +342,17 @@ fn hostile_identifiers_work_end_to_end() {
     assert_eq!(p["Data"][0]["]"], 1);
     assert_eq!(p["Data"][0]["col\"q"], "changed");
     // The publication the worker reads holds the table.
-    let n: i64 = c
-        .query_one(
-            r#"SELECT count(*) FROM pg_publication_tables WHERE pubname = 'tributary' AND schemaname = 'we"ird' AND tablename = 'tab''le'"#,
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &mut c,
+        r#"SELECT count(*) FROM pg_publication_tables WHERE pubname = 'tributary' AND schemaname = 'we"ird' AND tablename = 'tab''le'"#,
+    );
     assert_eq!(n, 1);
     c.batch_execute(r#"SELECT sync_untrack('"we""ird"."tab''le"')"#)
         .unwrap();
-    let n: i64 = c
-        .query_one(
-            r#"SELECT count(*) FROM pg_publication_tables WHERE pubname = 'tributary'"#,
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &mut c,
+        r#"SELECT count(*) FROM pg_publication_tables WHERE pubname = 'tributary'"#,
+    );
     assert_eq!(n, 0);
 }
 
@@ -408,10 +390,7 @@ fn readers_need_select_on_the_table_and_admin_functions_are_not_public() {
             .unwrap_err(),
     );
     assert_eq!(e.code, "42501", "reading an unreadable table is refused");
-    let n: i64 = app
-        .query_one("SELECT count(*) FROM tributary.tombstones", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut app, "SELECT count(*) FROM tributary.tombstones");
     assert_eq!(n, 0, "tombstones of unreadable tables are hidden");
     for f in [
         "SELECT sync_track('open_t')",
@@ -427,15 +406,12 @@ fn readers_need_select_on_the_table_and_admin_functions_are_not_public() {
     );
     assert_eq!(e.code, "42501");
     // SECURITY DEFINER functions pin their search_path.
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+    let n = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'tributary'
              WHERE p.prosecdef AND NOT coalesce(p.proconfig::text LIKE '%search_path%', false)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    );
     assert_eq!(n, 0, "every SECURITY DEFINER function sets search_path");
 }
 
@@ -449,10 +425,7 @@ fn untracked_tables_and_dropped_tables_leave_no_state() {
          DROP TABLE t;",
     )
     .unwrap();
-    let n: i64 = c
-        .query_one("SELECT (SELECT count(*) FROM tributary.tracked) + (SELECT count(*) FROM tributary.tombstones)", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut c, "SELECT (SELECT count(*) FROM tributary.tracked) + (SELECT count(*) FROM tributary.tombstones)");
     assert_eq!(n, 0);
     let rows = c.query("SELECT * FROM sync_changes_since(1)", &[]).unwrap();
     assert!(rows.is_empty());

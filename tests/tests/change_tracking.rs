@@ -31,16 +31,10 @@ fn late_commit_of_older_xid_is_not_skipped() {
     // T1 takes the lower xid and writes first, but commits last.
     t1.batch_execute("BEGIN; INSERT INTO items VALUES (1, 't1', 1)")
         .unwrap();
-    let x1: i64 = t1
-        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-        .unwrap()
-        .get(0);
+    let x1 = scalar(&mut t1, "SELECT pg_current_xact_id()::text::bigint");
     t2.batch_execute("BEGIN; INSERT INTO items VALUES (2, 't2', 2)")
         .unwrap();
-    let x2: i64 = t2
-        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-        .unwrap()
-        .get(0);
+    let x2 = scalar(&mut t2, "SELECT pg_current_xact_id()::text::bigint");
     assert!(x1 < x2, "T1 must hold the older xid");
     t2.batch_execute("COMMIT").unwrap();
 
@@ -222,10 +216,7 @@ fn long_transaction_only_delays_delivery_and_is_named_by_version_lag() {
         .get(0);
     long.batch_execute("BEGIN; INSERT INTO items VALUES (100, 'long', 0)")
         .unwrap();
-    let long_xid: i64 = long
-        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-        .unwrap()
-        .get(0);
+    let long_xid = scalar(&mut long, "SELECT pg_current_xact_id()::text::bigint");
 
     let mut reader = Reader::new(db.connect(), "read committed");
     let started = Instant::now();
@@ -291,10 +282,7 @@ fn retention_below_minimum_gets_full_payload_never_a_partial_diff() {
     let mut c = setup_items(&db);
     c.batch_execute("INSERT INTO items SELECT g, 'v', 0 FROM generate_series(1, 10) g")
         .unwrap();
-    let old: i64 = c
-        .query_one("SELECT sync_current_version()", &[])
-        .unwrap()
-        .get(0);
+    let old = scalar(&mut c, "SELECT sync_current_version()");
     c.batch_execute("DELETE FROM items WHERE id <= 3").unwrap();
     // A diff from `old` still carries the deletes.
     let n: i64 = c
@@ -308,12 +296,9 @@ fn retention_below_minimum_gets_full_payload_never_a_partial_diff() {
 
     c.batch_execute("SET tributary.retention = '0 seconds'")
         .unwrap();
-    let purged: i64 = c.query_one("SELECT sync_cleanup()", &[]).unwrap().get(0);
+    let purged = scalar(&mut c, "SELECT sync_cleanup()");
     assert_eq!(purged, 3);
-    let min: i64 = c
-        .query_one("SELECT sync_min_valid_version('items')", &[])
-        .unwrap()
-        .get(0);
+    let min = scalar(&mut c, "SELECT sync_min_valid_version('items')");
     assert!(min > old);
 
     let e = expect_error(
@@ -357,10 +342,7 @@ fn truncate_forces_a_full_resync_and_an_aborted_truncate_does_not() {
     let mut c = setup_items(&db);
     c.batch_execute("INSERT INTO items SELECT g, 'v', 0 FROM generate_series(1, 5) g")
         .unwrap();
-    let before: i64 = c
-        .query_one("SELECT sync_current_version()", &[])
-        .unwrap()
-        .get(0);
+    let before = scalar(&mut c, "SELECT sync_current_version()");
     c.batch_execute("BEGIN; TRUNCATE items; ROLLBACK").unwrap();
     c.query("SELECT * FROM sync_changes_since($1)", &[&before])
         .expect("an aborted truncate changes nothing");
@@ -391,10 +373,7 @@ fn retracking_a_table_forces_readers_of_the_old_epoch_to_resync() {
     let mut c = setup_items(&db);
     c.batch_execute("INSERT INTO items VALUES (1, 'a', 0), (2, 'b', 0)")
         .unwrap();
-    let before: i64 = c
-        .query_one("SELECT sync_current_version()", &[])
-        .unwrap()
-        .get(0);
+    let before = scalar(&mut c, "SELECT sync_current_version()");
     c.batch_execute(
         "SELECT sync_untrack('items'); DELETE FROM items WHERE id = 1; SELECT sync_track('items')",
     )

@@ -53,10 +53,10 @@ fn queue_reads_in_order_with_leases_acks_and_dead_letters() {
     assert_eq!(got_b, vec![4, 5, 6]);
 
     // Acked rows are done; a nacked row comes back at once, with its error.
-    let n: i64 = c
-        .query_one("SELECT sync_queue_ack('audit', ARRAY[1, 2]::bigint[])", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &mut c,
+        "SELECT sync_queue_ack('audit', ARRAY[1, 2]::bigint[])",
+    );
     assert_eq!(n, 2);
     c.execute(
         "SELECT sync_queue_nack('audit', ARRAY[3]::bigint[], 'peer down')",
@@ -93,19 +93,13 @@ fn queue_reads_in_order_with_leases_acks_and_dead_letters() {
 
     // Retention removes acked rows.
     c.batch_execute("SET tributary.retention = '0'").unwrap();
-    let n: i64 = c
-        .query_one("SELECT sync_queue_cleanup('audit')", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut c, "SELECT sync_queue_cleanup('audit')");
     assert_eq!(n, 2);
     // The queue's own table is never published (it would feed itself).
-    let published: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_publication_tables WHERE tablename LIKE 'queue_%'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let published = scalar(
+        &mut c,
+        "SELECT count(*) FROM pg_publication_tables WHERE tablename LIKE 'queue_%'",
+    );
     assert_eq!(published, 0);
 }
 

@@ -171,10 +171,7 @@ fn writes_carry_the_origin_and_are_not_echoed_to_it() {
     let db = cluster.db();
     let mut c = db.connect();
     setup(&mut c);
-    let since: i64 = c
-        .query_one("SELECT sync_current_version()", &[])
-        .unwrap()
-        .get(0);
+    let since = scalar(&mut c, "SELECT sync_current_version()");
     apply(
         &mut c,
         "customers",
@@ -221,26 +218,20 @@ fn deletes_update_against_delete_and_tombstones_stop_resurrection() {
     );
     // Delete against an unchanged row: applied, leaving a tombstone.
     assert_eq!(outcomes(&mut c, &del("D1", 2), "ERP"), ["VERSION_WIN"]);
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM customers WHERE external_id = 'D1'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &mut c,
+        "SELECT count(*) FROM customers WHERE external_id = 'D1'",
+    );
     assert_eq!(n, 0);
     // A stale update (from before the delete) does not bring it back...
     assert_eq!(
         outcomes(&mut c, &upd("D1", "stale", 1), "Portal"),
         ["STALE_SKIP"]
     );
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM customers WHERE external_id = 'D1'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &mut c,
+        "SELECT count(*) FROM customers WHERE external_id = 'D1'",
+    );
     assert_eq!(n, 0);
     // ...a newer one does, with the columns it did not set from before the delete.
     assert_eq!(
@@ -363,13 +354,10 @@ fn a_malformed_batch_is_refused_whole_with_sqlstate_detail_and_hint() {
     );
     assert_eq!(e.code, "22P02");
     assert!(e.detail.is_some());
-    let n: i64 = c
-        .query_one(
-            "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM nums)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n = scalar(
+        &mut c,
+        "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM nums)",
+    );
     assert_eq!(n, 0, "nothing of a refused batch is applied");
 }
 
@@ -575,10 +563,7 @@ fn an_order_before_its_client_is_parked_then_applied_or_dead_lettered() {
         "the detail names what it waits for: {}",
         got[0].3
     );
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM orders", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut c, "SELECT count(*) FROM orders");
     assert_eq!(n, 0);
     let waiting: String = c
         .query_one(
@@ -597,10 +582,7 @@ fn an_order_before_its_client_is_parked_then_applied_or_dead_lettered() {
         .unwrap()
         .get(0);
     assert_eq!(total, "9.50");
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM sync_pending", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut c, "SELECT count(*) FROM sync_pending");
     assert_eq!(n, 0);
 
     // A client that never comes: a dead letter after tributary.max_retries, with the last error.
@@ -661,10 +643,7 @@ fn parent_and_child_in_one_batch_of_a_self_referencing_table_both_apply() {
     );
     let outs: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
     assert_eq!(outs, ["NEW_RECORD", "NEW_RECORD", "DEFERRED"]);
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM nodes", &[])
-        .unwrap()
-        .get(0);
+    let n = scalar(&mut c, "SELECT count(*) FROM nodes");
     assert_eq!(n, 2);
 }
 
@@ -743,14 +722,11 @@ fn policies_decide_same_revision_overlaps() {
     // Local writes on a last_writer_wins table stamp a clock.
     c.batch_execute("UPDATE customers SET full_name = 'local' WHERE external_id = 'L-CRM'")
         .unwrap();
-    let ts: i64 = c
-        .query_one(
-            "SELECT e.ts FROM customers, tributary.colmeta_entries(sync_colmeta) e
+    let ts = scalar(
+        &mut c,
+        "SELECT e.ts FROM customers, tributary.colmeta_entries(sync_colmeta) e
               WHERE external_id = 'L-CRM' AND e.attnum = 2",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    );
     assert!(
         ts > 1_700_000_000_000_000,
         "a Unix-microsecond clock, got {ts}"
