@@ -42,3 +42,4 @@ GRANT EXECUTE ON FUNCTION
     tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
     tributary._raise_bad_value(regclass, jsonb)
   TO PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_worker_grant(regrole) FROM PUBLIC;

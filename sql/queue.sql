@@ -158,3 +158,39 @@ BEGIN
                min(committed_at) FILTER (WHERE status = 'ready')
           FROM tributary.%I$q$, 'queue_' || queue);
 END $$;
+
+-- What each worker destination has durably applied, written by the worker in
+-- the same transaction as the data it covers (queue rows here; a SQLite
+-- peer keeps its own in the file). `lsn` is the end of the last source
+-- transaction applied: after a crash the worker skips what is at or below
+-- it, and confirms the slot only up to the smallest of them.
+CREATE TABLE tributary.worker_progress (
+    slot        text NOT NULL,
+    destination text NOT NULL,
+    lsn         pg_lsn NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot, destination)
+);
+
+-- Grants a worker role what `tributary-worker run` needs on this database,
+-- and nothing more: its progress rows, writing the existing queues, and
+-- applying peers' changes. The role itself needs LOGIN and REPLICATION
+-- (CREATE ROLE w LOGIN REPLICATION). Run it again after creating a queue.
+CREATE FUNCTION sync_worker_grant(worker regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE q record;
+BEGIN
+    IF worker IS NULL THEN
+        PERFORM tributary._raise('22023', 'worker role is NULL', 'Got NULL.', 'Pass the worker''s role name.');
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA tributary TO %s', worker);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON tributary.worker_progress TO %s', worker);
+    EXECUTE format('GRANT SELECT ON tributary.queues TO %s', worker);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) TO %s', worker);
+    FOR q IN SELECT relid FROM tributary.queues LOOP
+        EXECUTE format('GRANT SELECT, INSERT ON %s TO %s', q.relid::regclass, worker);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION sync_worker_grant(regrole) IS
+    'Grant a (LOGIN REPLICATION) role what the tributary worker needs. Re-run after sync_queue_create.';

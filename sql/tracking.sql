@@ -76,6 +76,24 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- A DELETE row message of pgoutput carries only the key, not sync_origin. So
+-- that the worker never echoes a peer's delete back to that peer, a DELETE
+-- statement run under tributary.origin brackets its rows with transactional
+-- logical messages: 'tributary.origin' = <origin> before, '' after. The
+-- worker tags the deletes in between (and their cascades) with that origin.
+-- SECURITY DEFINER: pg_logical_emit_message is not granted to PUBLIC; this
+-- only emits the caller's own tributary.origin, which any session may set.
+CREATE FUNCTION tributary._delete_origin() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE o text := coalesce(current_setting('tributary.origin', true), '');
+BEGIN
+    IF o <> '' THEN
+        PERFORM pg_logical_emit_message(true, 'tributary.origin', CASE WHEN TG_WHEN = 'BEFORE' THEN o ELSE '' END);
+    END IF;
+    RETURN NULL;
+END $$;
+
 -- TRUNCATE deletes rows without tombstones, so every reader older than it
 -- must resync in full: raise the table's minimum valid version past it.
 CREATE FUNCTION tributary._on_truncate() RETURNS trigger
@@ -159,6 +177,8 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
     -- Tables with the last_writer_wins policy stamp a clock on local writes.
     EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
                     FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
@@ -173,12 +193,18 @@ BEGIN
                    tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
     EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s
                     FOR EACH STATEMENT EXECUTE FUNCTION tributary._on_truncate()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_on BEFORE DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_off AFTER DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
     -- ALWAYS: changes applied with session_replication_role = replica are
     -- changes too, and must never be skipped.
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track,
                                    ENABLE ALWAYS TRIGGER zzz_tributary_delete,
                                    ENABLE ALWAYS TRIGGER zzz_tributary_rekey,
-                                   ENABLE ALWAYS TRIGGER zzz_tributary_truncate', tbl);
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_truncate,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_on,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_off', tbl);
 
     -- The publication the worker reads.
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'tributary') THEN
@@ -215,6 +241,8 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
     IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                WHERE p.pubname = 'tributary' AND pr.prrelid = tbl) THEN
         EXECUTE format('ALTER PUBLICATION tributary DROP TABLE %s', tbl);

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use postgres::{Client, NoTls};
 
+pub mod worker;
+
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub struct Cluster {

@@ -173,6 +173,18 @@ impl Config {
                     d.name
                 ));
             }
+            if d.kind == Kind::Queue
+                && (d.name.len() > 48
+                    || !d
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+            {
+                return bad(format!(
+                    "destination {:?}: a queue's name is its table's (tributary.queue_<name>): use 1 to 48 characters of a-z, 0-9 and _",
+                    d.name
+                ));
+            }
             match (d.kind, &d.path) {
                 (Kind::Sqlite, None) => {
                     return bad(format!("destination {:?}: kind sqlite needs path", d.name))
@@ -300,6 +312,10 @@ path = "/var/lib/tributary/edge1.db"
             (
                 GOOD.replace("[source]", "[source]\nslot = \"Bad-Slot\""),
                 "source.slot",
+            ),
+            (
+                GOOD.replace("name = \"audit\"", "name = \"Audit-1\""),
+                "a queue's name",
             ),
         ];
         for (text, want) in cases {

@@ -2,16 +2,25 @@
 //! and fans committed changes out to queues and peers.
 //!
 //! ```text
-//!  slot (pgoutput, proto 2) ──> pgoutput::Decoder ──> [router] ──> [sinks]
-//!                                                     (issue #4, next steps)
+//!  slot ──source──> pgoutput ──transaction──> router ──> sink::queue ──> tributary.queue_<name>
+//!   ^  (replication     (decode)   (whole txns,   (tables,       (data + progress,
+//!   |   protocol)                   spill)         no echo)        one transaction)
+//!   └──────── standby status: confirmed = min(durable progress) ── pipeline
 //! ```
 //!
-//! Built so far: the replication client (`source`), the pgoutput decoder
-//! (`pgoutput`), LSNs (`lsn`), the configuration (`config`) and the one
-//! error type (`error`).
+//! `pipeline::run(config, metrics, shutdown)` is the whole worker; the
+//! binary adds the CLI, logging, signals and the HTTP endpoints (`http`).
 
 pub mod config;
 pub mod error;
+pub mod failpoint;
+pub mod http;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
+pub mod pipeline;
+pub mod router;
+pub mod sink;
 pub mod source;
+pub mod transaction;
+pub mod value;

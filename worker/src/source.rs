@@ -235,6 +235,12 @@ impl Connection {
             ("database", o.dbname.as_str()),
             ("replication", "database"),
             ("application_name", "tributary-worker"),
+            // pgoutput prints values with the walsender's settings: pin
+            // them, so that values map to JSON the same way everywhere.
+            ("DateStyle", "ISO, YMD"),
+            ("IntervalStyle", "postgres"),
+            ("TimeZone", "UTC"),
+            ("extra_float_digits", "3"),
         ];
         frontend::startup_message(params.iter().copied(), &mut c.write)?;
         c.flush().await?;
@@ -446,7 +452,7 @@ impl Connection {
     ) -> Result<Stream, SourceError> {
         frontend::query(
             &format!(
-                "START_REPLICATION SLOT {} LOGICAL {lsn} (proto_version '2', streaming 'on', publication_names {})",
+                "START_REPLICATION SLOT {} LOGICAL {lsn} (proto_version '2', streaming 'on', messages 'true', publication_names {})",
                 quote_ident(slot),
                 quote_literal(&quote_ident(publication))
             ),

@@ -697,6 +697,20 @@ fn run(
             .unwrap_or_else(|e| spi_err(e));
     }
     if !kills.is_empty() {
+        // The delete runs under the peer's tributary.origin, so that the
+        // statement triggers tag it for the worker's echo guard (a pgoutput
+        // delete carries only the key); the caller's setting comes back after.
+        let prev = client
+            .update(
+                "SELECT coalesce(current_setting('tributary.origin', true), ''), set_config('tributary.origin', $1, true)",
+                None,
+                &[origin.to_string().into()],
+            )
+            .unwrap_or_else(|e| spi_err(e))
+            .first()
+            .get::<String>(1)
+            .unwrap_or_else(|e| spi_err(e))
+            .unwrap_or_default();
         client
             .update(
                 &format!(
@@ -706,6 +720,13 @@ fn run(
                 ),
                 None,
                 &[format!("[{}]", kills.join(",")).into()],
+            )
+            .unwrap_or_else(|e| spi_err(e));
+        client
+            .update(
+                "SELECT set_config('tributary.origin', $1, true)",
+                None,
+                &[prev.into()],
             )
             .unwrap_or_else(|e| spi_err(e));
     }

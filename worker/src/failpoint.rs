@@ -1,0 +1,26 @@
+//! Crash points for the fault tests: `TRIBUTARY_FAILPOINT=<name>:<n>`
+//! aborts the process (no cleanup, like `kill -9`) the n-th time the named
+//! point is reached. Unset, a check is one relaxed atomic load.
+//!
+//! Points: `queue.before_commit` (rows written, destination transaction
+//! still open), `queue.after_commit` (committed, slot not yet confirmed).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+pub fn hit(name: &str) {
+    let armed = ARMED.get_or_init(|| {
+        let v = std::env::var("TRIBUTARY_FAILPOINT").ok()?;
+        let (n, count) = v.split_once(':')?;
+        Some((n.to_string(), count.parse().ok()?))
+    });
+    if let Some((n, count)) = armed {
+        if n == name && HITS.fetch_add(1, Relaxed) + 1 == *count {
+            eprintln!("tributary-worker: failpoint {name} reached: aborting");
+            std::process::abort();
+        }
+    }
+}

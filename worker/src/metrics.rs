@@ -1,0 +1,173 @@
+//! The worker's counters and gauges, rendered for Prometheus at `/metrics`.
+//!
+//! Everything is an atomic shared by the pipeline and the HTTP server: no
+//! lock, nothing held across an await.
+
+use crate::lsn::Lsn;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Microseconds since 2000-01-01 (PostgreSQL's epoch), now.
+pub fn pg_now_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    unix.as_micros() as i64 - 946_684_800_000_000
+}
+
+#[derive(Default)]
+pub struct DestinationMetrics {
+    pub name: String,
+    pub kind: &'static str,
+    /// End LSN of the last source transaction durably applied.
+    pub durable_lsn: AtomicU64,
+    /// Commit time of that transaction (µs since 2000-01-01).
+    pub applied_commit_time: AtomicI64,
+    pub rows: AtomicU64,
+    pub transactions: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub destinations: Vec<Arc<DestinationMetrics>>,
+    /// The server's WAL end, from the last message or keepalive.
+    pub server_wal_end: AtomicU64,
+    /// What the slot was last confirmed up to.
+    pub confirmed_lsn: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub connected: AtomicBool,
+    pub errors: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(destinations: impl IntoIterator<Item = (String, &'static str)>) -> Metrics {
+        Metrics {
+            destinations: destinations
+                .into_iter()
+                .map(|(name, kind)| {
+                    Arc::new(DestinationMetrics {
+                        name,
+                        kind,
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let wal_end = self.server_wal_end.load(Relaxed);
+        let now = pg_now_micros();
+        let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(s, "{name}{labels} {v}");
+            }
+        };
+        let per = |f: &dyn Fn(&DestinationMetrics) -> f64| -> Vec<(String, f64)> {
+            self.destinations
+                .iter()
+                .map(|d| {
+                    (
+                        format!(
+                            "{{destination=\"{}\",kind=\"{}\"}}",
+                            escape(&d.name),
+                            d.kind
+                        ),
+                        f(d),
+                    )
+                })
+                .collect()
+        };
+        family(
+            "tributary_destination_lag_bytes",
+            "WAL bytes between the server's end and what the destination has durably applied.",
+            "gauge",
+            per(&|d| wal_end.saturating_sub(d.durable_lsn.load(Relaxed)) as f64),
+        );
+        family(
+            "tributary_destination_lag_seconds",
+            "Age of the last source commit the destination applied, while it is behind; 0 when caught up.",
+            "gauge",
+            per(&|d| {
+                let t = d.applied_commit_time.load(Relaxed);
+                if t == 0 || d.durable_lsn.load(Relaxed) >= wal_end {
+                    0.0
+                } else {
+                    (now - t).max(0) as f64 / 1e6
+                }
+            }),
+        );
+        family(
+            "tributary_destination_rows_total",
+            "Changes durably written to the destination.",
+            "counter",
+            per(&|d| d.rows.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_destination_transactions_total",
+            "Source transactions durably applied by the destination.",
+            "counter",
+            per(&|d| d.transactions.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_destination_errors_total",
+            "Errors writing to the destination.",
+            "counter",
+            per(&|d| d.errors.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_retained_wal_bytes",
+            "WAL the server keeps for the slot beyond what was confirmed.",
+            "gauge",
+            vec![(
+                String::new(),
+                wal_end.saturating_sub(self.confirmed_lsn.load(Relaxed)) as f64,
+            )],
+        );
+        family(
+            "tributary_confirmed_lsn",
+            "Position the slot is confirmed up to.",
+            "gauge",
+            vec![(String::new(), self.confirmed_lsn.load(Relaxed) as f64)],
+        );
+        family(
+            "tributary_received_bytes_total",
+            "pgoutput bytes received from the slot.",
+            "counter",
+            vec![(String::new(), self.received_bytes.load(Relaxed) as f64)],
+        );
+        family(
+            "tributary_source_connected",
+            "1 while streaming from the slot.",
+            "gauge",
+            vec![(
+                String::new(),
+                f64::from(u8::from(self.connected.load(Relaxed))),
+            )],
+        );
+        family(
+            "tributary_errors_total",
+            "Errors that restarted the pipeline.",
+            "counter",
+            vec![(String::new(), self.errors.load(Relaxed) as f64)],
+        );
+        s
+    }
+
+    pub fn confirmed(&self) -> Lsn {
+        Lsn(self.confirmed_lsn.load(Relaxed))
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

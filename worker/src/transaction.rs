@@ -1,0 +1,573 @@
+//! Transaction assembly: pgoutput messages in, whole committed transactions
+//! out, as a flat sequence of [`Item`]s (Begin, Change…, Commit).
+//!
+//! ```text
+//!  B ─ I/U/D/T ─ C            (not streamed: already committed)  ──> items as they arrive
+//!  S(xid) ─ changes ─ E ...   (streamed: may still abort)        ──> spill file per xid
+//!  c(xid)                                                         ──> replay the file as items
+//!  A(xid, sub)                                                    ──> drop the file, or the subxact
+//! ```
+//!
+//! A transaction that is not streamed is sent by the server only after it
+//! committed, so its changes go downstream as they arrive: memory does not
+//! grow with its size. A streamed one is written to a temporary file until
+//! its Stream Commit, then read back one change at a time; an aborted one
+//! (or an aborted subtransaction) reaches no one. Memory stays bounded
+//! either way.
+//!
+//! Values become JSON here (see [`crate::value`]). An unchanged TOASTed
+//! column (`'u'`) is **left out** of `data`, never turned into NULL: a
+//! destination keeps its current value for it.
+
+use crate::lsn::Lsn;
+use crate::pgoutput::{DecodeError, Decoded, Decoder, Message, Relation, Tuple, Value};
+use crate::value;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The tracking columns of a tracked table: metadata, not data.
+const META: [&str; 5] = [
+    "sync_version",
+    "sync_xid",
+    "sync_created_xid",
+    "sync_origin",
+    "sync_colmeta",
+];
+
+/// The prefix of the transactional logical messages that tag the deletes
+/// of a DELETE statement run under `tributary.origin` (see sql/tracking.sql).
+pub const ORIGIN_MESSAGE: &str = "tributary.origin";
+
+/// A published table, as the last Relation message described it.
+#[derive(Debug)]
+pub struct Table {
+    pub id: u32,
+    pub schema: String,
+    pub name: String,
+    /// `schema.name`, each part quoted only when it must be: the queue's
+    /// `tbl` and what destination globs match against (unquoted).
+    pub display: String,
+    pub relation: Relation,
+    origin_col: Option<usize>,
+    version_col: Option<usize>,
+    /// Which destinations take this table (filled by the router).
+    pub(crate) routes: std::sync::OnceLock<Vec<bool>>,
+}
+
+impl Table {
+    fn new(relation: Relation) -> Table {
+        let find = |n: &str| relation.columns.iter().position(|c| c.name == n);
+        Table {
+            id: relation.id,
+            schema: relation.namespace.clone(),
+            name: relation.name.clone(),
+            display: format!(
+                "{}.{}",
+                quote_if_needed(&relation.namespace),
+                quote_if_needed(&relation.name)
+            ),
+            origin_col: find("sync_origin"),
+            version_col: find("sync_version"),
+            routes: std::sync::OnceLock::new(),
+            relation,
+        }
+    }
+
+    /// `schema.name` unquoted, for glob matching.
+    pub fn plain_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+fn quote_if_needed(s: &str) -> String {
+    let simple = !s.is_empty()
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if simple {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Insert => "I",
+            Op::Update => "U",
+            Op::Delete => "D",
+            Op::Truncate => "T",
+        }
+    }
+}
+
+/// One change of a committed transaction.
+#[derive(Debug)]
+pub struct Change {
+    pub table: Arc<Table>,
+    pub op: Op,
+    /// Position in its transaction, from 0: with the commit LSN, the key
+    /// every destination deduplicates on.
+    pub ord: u32,
+    /// The key columns as a JSON object (None for TRUNCATE).
+    pub pk: Option<String>,
+    /// The row as a JSON object, without the tracking columns and without
+    /// unchanged TOASTed columns (None for DELETE and TRUNCATE).
+    pub data: Option<String>,
+    /// Names of the columns left out of `data` because unchanged TOAST.
+    pub unchanged: Vec<String>,
+    /// The row's `sync_version`, when the table is tracked.
+    pub version: Option<i64>,
+    /// Who wrote it: the row's `sync_origin`, the `tributary.origin` a
+    /// delete ran under, or the transaction's replication origin.
+    pub origin: Option<String>,
+}
+
+/// What assembly hands downstream, in commit order.
+#[derive(Debug)]
+pub enum Item {
+    Begin {
+        xid: u32,
+        commit_lsn: Lsn,
+        commit_time: i64,
+    },
+    Change(Change),
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("spill file: {0}")]
+    Spill(#[from] std::io::Error),
+    #[error("a change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// The per-transaction state that turns messages into changes.
+#[derive(Default)]
+struct TxnState {
+    replication_origin: Option<String>,
+    delete_origin: Option<String>,
+    ord: u32,
+}
+
+/// One streamed transaction being spilled.
+struct Spill {
+    file: BufWriter<File>,
+    aborted: HashSet<u32>,
+}
+
+pub struct Assembler {
+    decoder: Decoder,
+    tables: HashMap<u32, Arc<Table>>,
+    /// The open non-streamed transaction.
+    open: Option<TxnState>,
+    streams: HashMap<u32, Spill>,
+    /// The streamed transaction whose segment is open.
+    current_stream: Option<u32>,
+    spill_dir: PathBuf,
+}
+
+impl Assembler {
+    pub fn new(spill_dir: PathBuf) -> Assembler {
+        Assembler {
+            decoder: Decoder::new(),
+            tables: HashMap::new(),
+            open: None,
+            streams: HashMap::new(),
+            current_stream: None,
+            spill_dir,
+        }
+    }
+
+    /// Whether the last message left no transaction half-received and no
+    /// stream open: a keepalive seen now covers everything sent before it.
+    pub fn idle(&self) -> bool {
+        self.open.is_none() && self.streams.is_empty() && !self.decoder.in_stream()
+    }
+
+    /// Whether a non-streamed transaction is being received.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Feeds one XLogData payload. Items of non-streamed transactions are
+    /// pushed to `out`; a Stream Commit returns a [`Replay`] of the spilled
+    /// transaction, to be drained before the next message.
+    pub fn feed(
+        &mut self,
+        buf: &[u8],
+        out: &mut Vec<Item>,
+    ) -> Result<Option<Replay>, AssembleError> {
+        let was_streaming = self.decoder.in_stream();
+        let Decoded { xid, message } = self.decoder.decode(buf)?;
+        if let (true, Some(sub)) = (was_streaming, xid) {
+            // A change (or Relation) of a streamed transaction: spill it,
+            // without its xid, as a plain message for the replay.
+            let top = self.current_stream.ok_or_else(|| {
+                AssembleError::Protocol("a streamed change outside Stream Start/Stop".into())
+            })?;
+            let spill = self.streams.get_mut(&top).ok_or_else(|| {
+                AssembleError::Protocol(format!("no open stream for transaction {top}"))
+            })?;
+            let len = (buf.len() - 4) as u32;
+            spill.file.write_all(&len.to_be_bytes())?;
+            spill.file.write_all(&sub.to_be_bytes())?;
+            spill.file.write_all(&buf[..1])?;
+            spill.file.write_all(&buf[5..])?;
+            return Ok(None);
+        }
+        match message {
+            Message::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
+                self.open = Some(TxnState::default());
+                out.push(Item::Begin {
+                    xid,
+                    commit_lsn: final_lsn,
+                    commit_time,
+                });
+            }
+            Message::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                if self.open.take().is_none() {
+                    return Err(AssembleError::Protocol("Commit without Begin".into()));
+                }
+                out.push(Item::Commit {
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                });
+            }
+            Message::StreamStart { xid, first_segment } => {
+                if first_segment || !self.streams.contains_key(&xid) {
+                    if !first_segment {
+                        return Err(AssembleError::Protocol(format!(
+                            "stream segment of transaction {xid} without its first segment"
+                        )));
+                    }
+                    let file = tempfile::tempfile_in(&self.spill_dir)?;
+                    self.streams.insert(
+                        xid,
+                        Spill {
+                            file: BufWriter::with_capacity(256 * 1024, file),
+                            aborted: HashSet::new(),
+                        },
+                    );
+                }
+                self.current_stream = Some(xid);
+            }
+            Message::StreamStop => self.current_stream = None,
+            Message::StreamAbort { xid, subxact } => {
+                if xid == subxact {
+                    self.streams.remove(&xid);
+                } else if let Some(s) = self.streams.get_mut(&xid) {
+                    s.aborted.insert(subxact);
+                }
+            }
+            Message::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                let spill = self.streams.remove(&xid).ok_or_else(|| {
+                    AssembleError::Protocol(format!("Stream Commit of unknown transaction {xid}"))
+                })?;
+                let mut file = spill.file.into_inner().map_err(|e| e.into_error())?;
+                file.seek(SeekFrom::Start(0))?;
+                out.push(Item::Begin {
+                    xid,
+                    commit_lsn,
+                    commit_time,
+                });
+                return Ok(Some(Replay {
+                    file: BufReader::with_capacity(256 * 1024, file),
+                    aborted: spill.aborted,
+                    decoder: Decoder::new(),
+                    state: TxnState::default(),
+                    commit: Some(Item::Commit {
+                        commit_lsn,
+                        end_lsn,
+                        commit_time,
+                    }),
+                    pending: Vec::new(),
+                }));
+            }
+            other => {
+                let state = self.open.as_mut().ok_or_else(|| {
+                    AssembleError::Protocol("a change outside a transaction".into())
+                })?;
+                convert(&mut self.tables, state, other, out)?;
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Turns one message of a transaction into its changes (Relation messages
+/// update the cache and produce none).
+fn convert(
+    tables: &mut HashMap<u32, Arc<Table>>,
+    st: &mut TxnState,
+    message: Message,
+    out: &mut Vec<Item>,
+) -> Result<(), AssembleError> {
+    let table = |tables: &HashMap<u32, Arc<Table>>, id: u32| {
+        tables
+            .get(&id)
+            .cloned()
+            .ok_or(AssembleError::UnknownRelation(id))
+    };
+    let mut push = |st: &mut TxnState, c: Change| {
+        st.ord += 1;
+        out.push(Item::Change(c));
+    };
+    match message {
+        Message::Relation(r) => {
+            tables.insert(r.id, Arc::new(Table::new(r)));
+        }
+        Message::Origin { name, .. } => st.replication_origin = Some(name),
+        Message::Message {
+            transactional: true,
+            prefix,
+            content,
+            ..
+        } if prefix == ORIGIN_MESSAGE => {
+            st.delete_origin =
+                Some(String::from_utf8_lossy(&content).into_owned()).filter(|s| !s.is_empty());
+        }
+        Message::Insert { relation, new } => {
+            let t = table(tables, relation)?;
+            let c = row_change(&t, Op::Insert, st, &new);
+            push(st, c);
+        }
+        Message::Update {
+            relation, key, new, ..
+        } => {
+            let t = table(tables, relation)?;
+            // A changed key: the old key is gone (a delete), then the row.
+            if let Some(old) = key {
+                let old_pk = key_json(&t, &old);
+                if Some(&old_pk) != key_json_opt(&t, &new).as_ref() {
+                    let c = Change {
+                        table: t.clone(),
+                        op: Op::Delete,
+                        ord: st.ord,
+                        pk: Some(old_pk),
+                        data: None,
+                        unchanged: Vec::new(),
+                        version: None,
+                        origin: origin_of(&t, st, Some(&new)),
+                    };
+                    push(st, c);
+                }
+            }
+            let c = row_change(&t, Op::Update, st, &new);
+            push(st, c);
+        }
+        Message::Delete { relation, key, old } => {
+            let t = table(tables, relation)?;
+            let tuple = key.or(old).ok_or_else(|| {
+                AssembleError::Protocol(format!("a delete on {} without a key", t.display))
+            })?;
+            let c = Change {
+                table: t.clone(),
+                op: Op::Delete,
+                ord: st.ord,
+                pk: Some(key_json(&t, &tuple)),
+                data: None,
+                unchanged: Vec::new(),
+                version: None,
+                origin: st
+                    .delete_origin
+                    .clone()
+                    .or_else(|| st.replication_origin.clone()),
+            };
+            push(st, c);
+        }
+        Message::Truncate { relations, .. } => {
+            for id in relations {
+                let t = table(tables, id)?;
+                let c = Change {
+                    table: t,
+                    op: Op::Truncate,
+                    ord: st.ord,
+                    pk: None,
+                    data: None,
+                    unchanged: Vec::new(),
+                    version: None,
+                    origin: st
+                        .delete_origin
+                        .clone()
+                        .or_else(|| st.replication_origin.clone()),
+                };
+                push(st, c);
+            }
+        }
+        // Type messages, non-transactional and other logical messages
+        // carry no row change.
+        _ => {}
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Text(b) | Value::Binary(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn origin_of(t: &Table, st: &TxnState, row: Option<&Tuple>) -> Option<String> {
+    row.and_then(|r| t.origin_col.and_then(|i| r.0.get(i)))
+        .and_then(text)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| st.replication_origin.clone())
+}
+
+fn row_change(t: &Arc<Table>, op: Op, st: &TxnState, row: &Tuple) -> Change {
+    let mut data = String::with_capacity(64 + 16 * row.0.len());
+    let mut unchanged = Vec::new();
+    data.push('{');
+    let mut first = true;
+    for (col, v) in t.relation.columns.iter().zip(&row.0) {
+        if META.contains(&col.name.as_str()) {
+            continue;
+        }
+        if matches!(v, Value::UnchangedToast) {
+            unchanged.push(col.name.clone());
+            continue;
+        }
+        if !first {
+            data.push(',');
+        }
+        first = false;
+        value::push_str(&mut data, &col.name);
+        data.push(':');
+        match text(v) {
+            Some(b) => value::push_json(&mut data, col.type_oid, b),
+            None => data.push_str("null"),
+        }
+    }
+    data.push('}');
+    Change {
+        table: t.clone(),
+        op,
+        ord: st.ord,
+        pk: key_json_opt(t, row),
+        data: Some(data),
+        unchanged,
+        version: t
+            .version_col
+            .and_then(|i| row.0.get(i))
+            .and_then(text)
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
+        origin: origin_of(t, st, Some(row)),
+    }
+}
+
+fn key_json_opt(t: &Table, row: &Tuple) -> Option<String> {
+    t.relation
+        .columns
+        .iter()
+        .any(|c| c.key)
+        .then(|| key_json(t, row))
+}
+
+/// The key columns of `row` as a JSON object. A key-only tuple (a delete
+/// or an old key) holds NULL in the other columns.
+fn key_json(t: &Table, row: &Tuple) -> String {
+    let mut s = String::from("{");
+    let mut first = true;
+    for (col, v) in t.relation.columns.iter().zip(&row.0) {
+        if !col.key {
+            continue;
+        }
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        value::push_str(&mut s, &col.name);
+        s.push(':');
+        match text(v) {
+            Some(b) => value::push_json(&mut s, col.type_oid, b),
+            None => s.push_str("null"),
+        }
+    }
+    s.push('}');
+    s
+}
+
+/// A committed streamed transaction, read back from its spill file one
+/// change at a time.
+pub struct Replay {
+    file: BufReader<File>,
+    aborted: HashSet<u32>,
+    decoder: Decoder,
+    state: TxnState,
+    commit: Option<Item>,
+    pending: Vec<Item>,
+}
+
+impl Replay {
+    /// The next item (the last is the Commit), or None when done. Relation
+    /// messages spilled with the stream update `assembler`'s cache.
+    pub fn next(&mut self, assembler: &mut Assembler) -> Result<Option<Item>, AssembleError> {
+        loop {
+            if let Some(i) = self.pending.pop() {
+                return Ok(Some(i));
+            }
+            let mut head = [0u8; 8];
+            match self.file.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(self.commit.take());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+            let sub = u32::from_be_bytes(head[4..].try_into().unwrap());
+            let mut buf = vec![0u8; len];
+            self.file.read_exact(&mut buf)?;
+            if self.aborted.contains(&sub) {
+                continue;
+            }
+            let Decoded { message, .. } = self.decoder.decode(&buf)?;
+            let mut out = Vec::new();
+            convert(&mut assembler.tables, &mut self.state, message, &mut out)?;
+            out.reverse();
+            self.pending = out;
+        }
+    }
+}
