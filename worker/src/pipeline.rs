@@ -211,7 +211,7 @@ async fn session(
         outlets,
         metrics: metrics.clone(),
         received: slot_confirmed,
-        last_end: slot_confirmed,
+        last_end: Lsn(0),
         floor: slot_confirmed,
         idle_end: slot_confirmed,
     };
@@ -300,7 +300,8 @@ struct Pipe {
     metrics: Arc<Metrics>,
     /// The furthest WAL position received.
     received: Lsn,
-    /// End LSN of the last transaction handed to the sinks.
+    /// End LSN of the last transaction handed to the sinks (0/0: none yet
+    /// in this session).
     last_end: Lsn,
     /// Where the slot was confirmed when the session began: never go lower.
     floor: Lsn,
@@ -326,6 +327,7 @@ impl Pipe {
             self.dispatch(item).await?;
         }
         if let Some(mut replay) = replay {
+            tracing::debug!("replaying a streamed transaction from its spill file");
             while let Some(item) = replay.next(&mut self.assembler)? {
                 self.dispatch(item).await?;
             }
