@@ -559,3 +559,63 @@ fn streamed_transactions_arrive_whole_and_aborted_ones_reach_no_one() {
         "the streamed path was taken"
     );
 }
+
+/// GET `path` from the worker's HTTP listener: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let (head, body) = r.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_healthz_and_json_logs_report_the_pipeline() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute("CREATE TABLE w (id int PRIMARY KEY, v text); SELECT sync_track('w')")
+        .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let cfg = config(&cluster, &db, "w", QUEUE);
+    let addr = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let mut w = WorkerProc::start(&cfg, &[("TRIBUTARY_LOG_FORMAT", "json")]);
+    w.until(T, "healthz 200", || {
+        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/healthz").0.contains("200")
+    });
+    write_batches(&mut c, 1, 3, 10);
+    w.until(T, "30 rows", || count(&mut c, "audit") == 30);
+    let mut body = String::new();
+    w.until(T, "the metrics to show 30 rows", || {
+        body = http_get(&addr, "/metrics").1;
+        body.contains("tributary_destination_rows_total{destination=\"audit\",kind=\"queue\"} 30")
+    });
+    for family in [
+        "tributary_destination_lag_bytes{destination=\"audit\"",
+        "tributary_destination_lag_seconds{destination=\"audit\"",
+        "tributary_destination_transactions_total{destination=\"audit\",kind=\"queue\"} 3",
+        "tributary_retained_wal_bytes ",
+        "tributary_source_connected 1",
+        "tributary_errors_total 0",
+    ] {
+        assert!(body.contains(family), "{family} missing from:\n{body}");
+    }
+    assert!(http_get(&addr, "/nope").0.contains("404"));
+    assert!(w.sigterm(T).success());
+    // Every log line is one JSON object with a level and a message.
+    let log = w.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("----")).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+    assert!(log.contains("\"message\":\"stopped\""), "{log}");
+}
