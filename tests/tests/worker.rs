@@ -619,3 +619,40 @@ fn metrics_healthz_and_json_logs_report_the_pipeline() {
     }
     assert!(log.contains("\"message\":\"stopped\""), "{log}");
 }
+
+#[test]
+fn a_change_reaching_a_queue_twice_is_dropped_not_duplicated() {
+    // Misconfigured: two workers, on two slots, write the same queue. Both
+    // deliver every change; the queue must still hold each once.
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute("CREATE TABLE w (id int PRIMARY KEY, v text); SELECT sync_track('w')")
+        .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let mut a = WorkerProc::start(&config(&cluster, &db, "a", QUEUE), &[]);
+    let mut b = WorkerProc::start(&config(&cluster, &db, "b", QUEUE), &[]);
+    a.until(T, "both slots", || {
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('a', 'b')",
+        ) == 2
+    });
+    write_batches(&mut c, 1, 20, 10);
+    b.until(T, "200 rows", || count(&mut c, "audit") >= 200);
+    // Both workers caught up: their progress covers the last transaction.
+    let last: String = c
+        .query_one("SELECT max(lsn)::text FROM tributary.queue_audit", &[])
+        .unwrap()
+        .get(0);
+    a.until(T, "both destinations past the last change", || {
+        scalar(
+            &mut c,
+            &format!("SELECT count(*) FROM tributary.worker_progress WHERE lsn > '{last}'"),
+        ) == 2
+    });
+    assert_exactly_once(&mut c, 200);
+    let logs = a.log_text() + &b.log_text();
+    assert!(logs.contains("reached the queue twice"), "{logs}");
+    assert!(a.running() && b.running());
+}

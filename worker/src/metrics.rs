@@ -27,6 +27,8 @@ pub struct DestinationMetrics {
     pub rows: AtomicU64,
     pub transactions: AtomicU64,
     pub errors: AtomicU64,
+    /// The queue met a duplicate: write with ON CONFLICT DO NOTHING.
+    pub guarded: AtomicBool,
 }
 
 #[derive(Default)]

@@ -175,9 +175,15 @@ async fn session(
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         match d.kind {
             Kind::Queue => {
-                let sink = QueueSink::open(&opts, &config.source.slot, &d.name, m).await?;
+                let sink = QueueSink::open(&opts, &config.source.slot, &d.name, m.clone()).await?;
                 tracing::info!(destination = %d.name, progress = %sink.progress(), "queue destination ready");
-                tasks.spawn(sink.run(rx));
+                tasks.spawn(async move {
+                    let r = sink.run(rx).await;
+                    if r.is_err() {
+                        m.errors.fetch_add(1, Relaxed);
+                    }
+                    r
+                });
             }
             Kind::Sqlite => {
                 return Err(Error::Config(format!(

@@ -3,8 +3,7 @@
 //!
 //! ```text
 //!  BEGIN
-//!    INSERT INTO tributary.queue_<name> ... SELECT FROM unnest($1..$8)   (batches of rows)
-//!      ON CONFLICT (lsn, ord) DO NOTHING                                 -- idempotent by position
+//!    COPY tributary.queue_<name> (...) FROM STDIN (FORMAT binary)        (chunks of rows)
 //!    INSERT INTO tributary.worker_progress ... ON CONFLICT DO UPDATE     -- same transaction
 //!  COMMIT                                                                -- now durable: publish it
 //! ```
@@ -13,20 +12,31 @@
 //! slot, exactly-once effect in the queue. Several small source
 //! transactions may share one queue transaction (they commit together or
 //! not at all); a source transaction is never split across two.
+//!
+//! Exactly once rests on the progress row: a transaction at or below it is
+//! skipped before anything is written. The queue's `UNIQUE (lsn, ord)` is
+//! the second line: should a change ever arrive twice anyway (two workers
+//! misconfigured onto one queue), COPY fails on it, the session restarts,
+//! and from then on this destination writes with `INSERT … ON CONFLICT
+//! (lsn, ord) DO NOTHING` (slower: speculative insertion), so the duplicate
+//! is dropped and the stream goes on.
 
 use super::ToSink;
 use crate::error::{Context, Error};
 use crate::lsn::Lsn;
 use crate::metrics::DestinationMetrics;
 use crate::transaction::Change;
+use bytes::{BufMut, BytesMut};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
-/// Rows sent to the server per INSERT.
-const ROWS_PER_INSERT: usize = 4000;
+/// Rows sent to the server per COPY (or INSERT).
+const ROWS_PER_CHUNK: usize = 8192;
 /// A queue transaction is committed once a source transaction ends and the
 /// channel is empty, or once it holds this many rows or is this old.
 const MAX_OPEN_ROWS: usize = 50_000;
@@ -58,43 +68,67 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Binary COPY values the driver has no type for: `pg_lsn` (a u64),
+/// `jsonb` from JSON text (version 1, then the text), and `timestamptz`
+/// from microseconds since 2000-01-01.
+#[derive(Debug)]
+struct PgLsn(u64);
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+#[derive(Debug)]
+struct PgTime(i64);
+
+impl ToSql for PgLsn {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        out.put_u64(self.0);
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::PG_LSN
+    }
+    to_sql_checked!();
+}
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        out.put_u8(1);
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+    to_sql_checked!();
+}
+
+impl ToSql for PgTime {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        out.put_i64(self.0);
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+    to_sql_checked!();
+}
+
+type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+/// A change waiting to be written, with its transaction's commit LSN and time.
+struct Pending {
+    change: Arc<Change>,
+    lsn: Lsn,
+    time: i64,
+}
+
 pub struct QueueSink {
     client: Client,
     slot: String,
     name: String,
+    table: String,
     insert: Statement,
     progress: Lsn,
     metrics: Arc<DestinationMetrics>,
-}
-
-/// The columns of the rows not yet sent, one vector each (sent as arrays).
-#[derive(Default)]
-struct Rows {
-    lsn: Vec<String>,
-    ord: Vec<i32>,
-    tbl: Vec<String>,
-    op: Vec<&'static str>,
-    pk: Vec<Option<String>>,
-    data: Vec<Option<String>>,
-    origin: Vec<Option<String>>,
-    time: Vec<i64>,
-}
-
-impl Rows {
-    fn len(&self) -> usize {
-        self.lsn.len()
-    }
-
-    fn push(&mut self, lsn: &str, time: i64, c: &Change) {
-        self.lsn.push(lsn.to_string());
-        self.ord.push(c.ord as i32);
-        self.tbl.push(c.table.display.clone());
-        self.op.push(c.op.code());
-        self.pk.push(c.pk.clone());
-        self.data.push(c.data.clone());
-        self.origin.push(c.origin.clone());
-        self.time.push(time);
-    }
 }
 
 impl QueueSink {
@@ -144,6 +178,7 @@ impl QueueSink {
             client,
             slot: slot.to_string(),
             name: name.to_string(),
+            table,
             insert,
             progress,
             metrics,
@@ -154,35 +189,115 @@ impl QueueSink {
         self.progress
     }
 
-    async fn send(&self, rows: &mut Rows) -> Result<(), Error> {
-        if rows.len() == 0 {
+    /// Writes the pending rows: binary COPY, or the guarded INSERT once a
+    /// duplicate was met (see the module docs).
+    async fn send(&self, rows: &mut Vec<Pending>) -> Result<(), Error> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let r = std::mem::take(rows);
-        self.client
-            .execute(
-                &self.insert,
-                &[
-                    &r.lsn, &r.ord, &r.tbl, &r.op, &r.pk, &r.data, &r.origin, &r.time,
-                ],
-            )
-            .await
-            .context(format!("destination {}: writing the queue", self.name))?;
+        let ctx = || format!("destination {}: writing the queue", self.name);
+        if self.metrics.guarded.load(Relaxed) {
+            let (mut l, mut o, mut t, mut op, mut pk, mut d, mut og, mut ct) = (
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            );
+            for p in rows.iter() {
+                let c = &p.change;
+                l.push(p.lsn.to_string());
+                o.push(c.ord as i32);
+                t.push(c.table.display.as_str());
+                op.push(c.op.code());
+                pk.push(c.pk.as_deref());
+                d.push(c.data.as_deref());
+                og.push(c.origin.as_deref());
+                ct.push(p.time);
+            }
+            self.client
+                .execute(&self.insert, &[&l, &o, &t, &op, &pk, &d, &og, &ct])
+                .await
+                .context(ctx())?;
+        } else {
+            let sink = self
+                .client
+                .copy_in(&format!(
+                    "COPY {} (lsn, ord, tbl, op, pk, data, origin, committed_at) FROM STDIN (FORMAT binary)",
+                    self.table
+                ))
+                .await
+                .context(ctx())?;
+            let types = [
+                Type::PG_LSN,
+                Type::INT4,
+                Type::TEXT,
+                Type::TEXT,
+                Type::JSONB,
+                Type::JSONB,
+                Type::TEXT,
+                Type::TIMESTAMPTZ,
+            ];
+            let w = BinaryCopyInWriter::new(sink, &types);
+            tokio::pin!(w);
+            for p in rows.iter() {
+                let c = &p.change;
+                let ord = c.ord as i32;
+                let (lsn, time) = (PgLsn(p.lsn.0), PgTime(p.time));
+                let pk = c.pk.as_deref().map(JsonbText);
+                let data = c.data.as_deref().map(JsonbText);
+                let r = w
+                    .as_mut()
+                    .write(&[
+                        &lsn,
+                        &ord,
+                        &c.table.display,
+                        &c.op.code(),
+                        &pk,
+                        &data,
+                        &c.origin,
+                        &time,
+                    ])
+                    .await;
+                self.check_duplicate(r).context(ctx())?;
+            }
+            let r = w.finish().await;
+            self.check_duplicate(r).context(ctx())?;
+        }
+        rows.clear();
         Ok(())
+    }
+
+    /// A unique violation on (lsn, ord) means a change arrived twice: write
+    /// with ON CONFLICT DO NOTHING from the next session on.
+    fn check_duplicate<T>(
+        &self,
+        r: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, tokio_postgres::Error> {
+        if let Err(e) = &r {
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                tracing::warn!(destination = %self.name, "a change reached the queue twice; dropping duplicates from now on");
+                self.metrics.guarded.store(true, Relaxed);
+            }
+        }
+        r
     }
 
     /// Runs until the channel closes. A channel closed in the middle of a
     /// source transaction (the pipeline failed) rolls the open queue
     /// transaction back: nothing half-applied is ever committed.
     pub async fn run(mut self, mut rx: mpsc::Receiver<ToSink>) -> Result<(), Error> {
-        let mut rows = Rows::default();
+        let mut rows: Vec<Pending> = Vec::new();
         // The queue transaction: open, since when, rows in it, and the
         // source transactions it completes (end LSN, commit time, count).
         let mut open: Option<Instant> = None;
         let mut open_rows = 0usize;
         let mut done: Option<(Lsn, i64)> = None;
         let mut done_txns = 0u64;
-        let mut current: Option<(String, i64)> = None;
+        let mut current: Option<(Lsn, i64)> = None;
         let mut skipping = false;
         loop {
             let Some(msg) = rx.recv().await else {
@@ -205,13 +320,13 @@ impl QueueSink {
                     // Applied before the crash: its commit lies below the
                     // stored end of the last applied transaction.
                     skipping = commit_lsn < self.progress;
-                    current = Some((commit_lsn.to_string(), commit_time));
+                    current = Some((commit_lsn, commit_time));
                 }
                 ToSink::Changes(changes) => {
                     if skipping {
                         continue;
                     }
-                    let (lsn, time) = current.as_ref().ok_or_else(|| Error::Definite {
+                    let (lsn, time) = *current.as_ref().ok_or_else(|| Error::Definite {
                         message: "changes outside a transaction".into(),
                         hint: "report this as a bug".into(),
                     })?;
@@ -222,11 +337,13 @@ impl QueueSink {
                             .context(format!("destination {}: BEGIN", self.name))?;
                         open = Some(Instant::now());
                     }
-                    for c in &changes {
-                        rows.push(lsn, *time, c);
-                    }
                     open_rows += changes.len();
-                    if rows.len() >= ROWS_PER_INSERT {
+                    rows.extend(
+                        changes
+                            .into_iter()
+                            .map(|change| Pending { change, lsn, time }),
+                    );
+                    if rows.len() >= ROWS_PER_CHUNK {
                         self.send(&mut rows).await?;
                     }
                 }
@@ -268,7 +385,7 @@ impl QueueSink {
 
     async fn commit(
         &mut self,
-        rows: &mut Rows,
+        rows: &mut Vec<Pending>,
         done: Option<(Lsn, i64)>,
         txns: u64,
         n: usize,
