@@ -273,6 +273,11 @@ impl Connection {
                 }
                 self.read.reserve(len + 1 - self.read.len());
             }
+            // Splitting frames off eats the buffer's spare room: keep it
+            // large, or every read becomes a small syscall.
+            if self.read.capacity() - self.read.len() < 16 * 1024 {
+                self.read.reserve(128 * 1024);
+            }
             if self.io.read_buf(&mut self.read).await? == 0 {
                 return Err(SourceError::Transient {
                     code: None,
