@@ -607,6 +607,14 @@ fn metrics_healthz_and_json_logs_report_the_pipeline() {
     ] {
         assert!(body.contains(family), "{family} missing from:\n{body}");
     }
+    // The slot's retained WAL, polled from pg_replication_slots.
+    w.until(T, "a retained WAL figure", || {
+        http_get(&addr, "/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("tributary_retained_wal_bytes "))
+            .is_some_and(|v| v.parse::<f64>().unwrap() > 0.0)
+    });
     assert!(http_get(&addr, "/nope").0.contains("404"));
     assert!(w.sigterm(T).success());
     // Every log line is one JSON object with a level and a message.

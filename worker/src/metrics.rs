@@ -38,6 +38,8 @@ pub struct Metrics {
     pub server_wal_end: AtomicU64,
     /// What the slot was last confirmed up to.
     pub confirmed_lsn: AtomicU64,
+    /// WAL the server keeps for the slot (current WAL - restart_lsn).
+    pub retained_wal: AtomicU64,
     pub received_bytes: AtomicU64,
     pub connected: AtomicBool,
     pub errors: AtomicU64,
@@ -126,7 +128,13 @@ impl Metrics {
         );
         family(
             "tributary_retained_wal_bytes",
-            "WAL the server keeps for the slot beyond what was confirmed.",
+            "WAL the server keeps for the slot (current WAL position - the slot's restart_lsn).",
+            "gauge",
+            vec![(String::new(), self.retained_wal.load(Relaxed) as f64)],
+        );
+        family(
+            "tributary_unconfirmed_bytes",
+            "WAL the server sent beyond what the slot is confirmed up to.",
             "gauge",
             vec![(
                 String::new(),

@@ -152,6 +152,15 @@ async fn prepare_slot(
     Ok(info.consistent_point)
 }
 
+/// Aborts a helper task when the session ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Outlet {
     tx: mpsc::Sender<ToSink>,
     buffer: Vec<Arc<Change>>,
@@ -202,6 +211,30 @@ async fn session(
         });
     }
     let router = Router::new(routes);
+
+    // What the slot retains on the server, for /metrics: polled on the
+    // ordinary connection while the session lasts.
+    let watch = {
+        let (metrics, slot) = (metrics.clone(), config.source.slot.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(Some(r)) = admin
+                    .query_opt(
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
+                           FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                {
+                    if let Ok(Some(v)) = r.try_get::<_, Option<i64>>(0) {
+                        metrics.retained_wal.store(v.max(0) as u64, Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let _abort_watch = AbortOnDrop(watch);
 
     let conn = Connection::connect(&opts).await?;
     let mut stream = conn
