@@ -15,12 +15,13 @@
 //! (or an aborted subtransaction) reaches no one. Memory stays bounded
 //! either way.
 //!
-//! Values become JSON here (see [`crate::value`]). An unchanged TOASTed
-//! column (`'u'`) is **left out** of `data`, never turned into NULL: a
-//! destination keeps its current value for it.
+//! A change keeps its tuple as sent (text values); each destination shapes
+//! it: JSON for a queue ([`Change::data_json`], via [`crate::value`]),
+//! typed values for SQLite. An unchanged TOASTed column (`'u'`) is **left
+//! out**, never turned into NULL: a destination keeps its current value.
 
 use crate::lsn::Lsn;
-use crate::pgoutput::{DecodeError, Decoded, Decoder, Message, Relation, Tuple, Value};
+use crate::pgoutput::{Column, DecodeError, Decoded, Decoder, Message, Relation, Tuple, Value};
 use crate::value;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -123,18 +124,87 @@ pub struct Change {
     /// Position in its transaction, from 0: with the commit LSN, the key
     /// every destination deduplicates on.
     pub ord: u32,
-    /// The key columns as a JSON object (None for TRUNCATE).
-    pub pk: Option<String>,
-    /// The row as a JSON object, without the tracking columns and without
-    /// unchanged TOASTed columns (None for DELETE and TRUNCATE).
-    pub data: Option<String>,
-    /// Names of the columns left out of `data` because unchanged TOAST.
-    pub unchanged: Vec<String>,
+    /// The new row (insert, update), the key or old row (delete; other
+    /// columns may be NULL), None for TRUNCATE.
+    pub tuple: Option<Tuple>,
     /// The row's `sync_version`, when the table is tracked.
     pub version: Option<i64>,
     /// Who wrote it: the row's `sync_origin`, the `tributary.origin` a
     /// delete ran under, or the transaction's replication origin.
     pub origin: Option<String>,
+}
+
+impl Change {
+    /// The key columns as a JSON object (None for TRUNCATE, or a table
+    /// without a key).
+    pub fn pk_json(&self) -> Option<String> {
+        let row = self.tuple.as_ref()?;
+        key_json_opt(&self.table, row)
+    }
+
+    /// The row as a JSON object, without the tracking columns and without
+    /// unchanged TOASTed columns (None for DELETE and TRUNCATE).
+    pub fn data_json(&self) -> Option<String> {
+        if !matches!(self.op, Op::Insert | Op::Update) {
+            return None;
+        }
+        let row = self.tuple.as_ref()?;
+        let mut data = String::with_capacity(64 + 16 * row.0.len());
+        data.push('{');
+        let mut first = true;
+        for (col, v) in self.data_columns() {
+            if !first {
+                data.push(',');
+            }
+            first = false;
+            value::push_str(&mut data, &col.name);
+            data.push(':');
+            match text(v) {
+                Some(b) => value::push_json(&mut data, col.type_oid, b),
+                None => data.push_str("null"),
+            }
+        }
+        data.push('}');
+        Some(data)
+    }
+
+    /// The data columns with their values: tracking columns and unchanged
+    /// TOAST left out.
+    pub fn data_columns(&self) -> impl Iterator<Item = (&Column, &Value)> {
+        let row = self.tuple.as_ref().map(|t| t.0.as_slice()).unwrap_or(&[]);
+        self.table
+            .relation
+            .columns
+            .iter()
+            .zip(row)
+            .filter(|(c, v)| {
+                !META.contains(&c.name.as_str()) && !matches!(v, Value::UnchangedToast)
+            })
+    }
+
+    /// The key columns with their values.
+    pub fn key_columns(&self) -> impl Iterator<Item = (&Column, &Value)> {
+        let row = self.tuple.as_ref().map(|t| t.0.as_slice()).unwrap_or(&[]);
+        self.table
+            .relation
+            .columns
+            .iter()
+            .zip(row)
+            .filter(|(c, _)| c.key)
+    }
+
+    /// Columns left out because their TOASTed value did not change.
+    pub fn unchanged(&self) -> Vec<&str> {
+        let row = self.tuple.as_ref().map(|t| t.0.as_slice()).unwrap_or(&[]);
+        self.table
+            .relation
+            .columns
+            .iter()
+            .zip(row)
+            .filter(|(_, v)| matches!(v, Value::UnchangedToast))
+            .map(|(c, _)| c.name.as_str())
+            .collect()
+    }
 }
 
 /// What assembly hands downstream, in commit order.
@@ -368,7 +438,7 @@ fn convert(
         }
         Message::Insert { relation, new } => {
             let t = table(tables, relation)?;
-            let c = row_change(&t, Op::Insert, st, &new);
+            let c = row_change(&t, Op::Insert, st, new);
             push(st, c);
         }
         Message::Update {
@@ -377,22 +447,25 @@ fn convert(
             let t = table(tables, relation)?;
             // A changed key: the old key is gone (a delete), then the row.
             if let Some(old) = key {
-                let old_pk = key_json(&t, &old);
-                if Some(&old_pk) != key_json_opt(&t, &new).as_ref() {
+                let moved = t
+                    .relation
+                    .columns
+                    .iter()
+                    .zip(old.0.iter().zip(&new.0))
+                    .any(|(c, (a, b))| c.key && a != b);
+                if moved {
                     let c = Change {
                         table: t.clone(),
                         op: Op::Delete,
                         ord: st.ord,
-                        pk: Some(old_pk),
-                        data: None,
-                        unchanged: Vec::new(),
+                        tuple: Some(old),
                         version: None,
                         origin: origin_of(&t, st, Some(&new)),
                     };
                     push(st, c);
                 }
             }
-            let c = row_change(&t, Op::Update, st, &new);
+            let c = row_change(&t, Op::Update, st, new);
             push(st, c);
         }
         Message::Delete { relation, key, old } => {
@@ -404,9 +477,7 @@ fn convert(
                 table: t.clone(),
                 op: Op::Delete,
                 ord: st.ord,
-                pk: Some(key_json(&t, &tuple)),
-                data: None,
-                unchanged: Vec::new(),
+                tuple: Some(tuple),
                 version: None,
                 origin: st
                     .delete_origin
@@ -422,9 +493,7 @@ fn convert(
                     table: t,
                     op: Op::Truncate,
                     ord: st.ord,
-                    pk: None,
-                    data: None,
-                    unchanged: Vec::new(),
+                    tuple: None,
                     version: None,
                     origin: st
                         .delete_origin
@@ -441,7 +510,8 @@ fn convert(
     Ok(())
 }
 
-fn text(v: &Value) -> Option<&[u8]> {
+/// The bytes of a text or binary value (None for NULL and unchanged TOAST).
+pub fn text(v: &Value) -> Option<&[u8]> {
     match v {
         Value::Text(b) | Value::Binary(b) => Some(b),
         _ => None,
@@ -456,44 +526,18 @@ fn origin_of(t: &Table, st: &TxnState, row: Option<&Tuple>) -> Option<String> {
         .or_else(|| st.replication_origin.clone())
 }
 
-fn row_change(t: &Arc<Table>, op: Op, st: &TxnState, row: &Tuple) -> Change {
-    let mut data = String::with_capacity(64 + 16 * row.0.len());
-    let mut unchanged = Vec::new();
-    data.push('{');
-    let mut first = true;
-    for (col, v) in t.relation.columns.iter().zip(&row.0) {
-        if META.contains(&col.name.as_str()) {
-            continue;
-        }
-        if matches!(v, Value::UnchangedToast) {
-            unchanged.push(col.name.clone());
-            continue;
-        }
-        if !first {
-            data.push(',');
-        }
-        first = false;
-        value::push_str(&mut data, &col.name);
-        data.push(':');
-        match text(v) {
-            Some(b) => value::push_json(&mut data, col.type_oid, b),
-            None => data.push_str("null"),
-        }
-    }
-    data.push('}');
+fn row_change(t: &Arc<Table>, op: Op, st: &TxnState, row: Tuple) -> Change {
     Change {
         table: t.clone(),
         op,
         ord: st.ord,
-        pk: key_json_opt(t, row),
-        data: Some(data),
-        unchanged,
         version: t
             .version_col
             .and_then(|i| row.0.get(i))
             .and_then(text)
             .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
-        origin: origin_of(t, st, Some(row)),
+        origin: origin_of(t, st, Some(&row)),
+        tuple: Some(row),
     }
 }
 

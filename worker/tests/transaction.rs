@@ -51,10 +51,10 @@ fn feed(a: &mut Assembler, msgs: Vec<(Option<u32>, Message)>) -> Vec<Seen> {
             Item::Commit { end_lsn, .. } => Seen::C(end_lsn),
             Item::Change(c) => Seen::Ch(
                 c.op,
-                c.pk.unwrap_or_default(),
-                c.data,
-                c.origin,
-                c.unchanged,
+                c.pk_json().unwrap_or_default(),
+                c.data_json(),
+                c.origin.clone(),
+                c.unchanged().into_iter().map(String::from).collect(),
                 c.ord,
             ),
         })

@@ -213,8 +213,8 @@ impl QueueSink {
                 o.push(c.ord as i32);
                 t.push(c.table.display.as_str());
                 op.push(c.op.code());
-                pk.push(c.pk.as_deref());
-                d.push(c.data.as_deref());
+                pk.push(c.pk_json());
+                d.push(c.data_json());
                 og.push(c.origin.as_deref());
                 ct.push(p.time);
             }
@@ -247,8 +247,9 @@ impl QueueSink {
                 let c = &p.change;
                 let ord = c.ord as i32;
                 let (lsn, time) = (PgLsn(p.lsn.0), PgTime(p.time));
-                let pk = c.pk.as_deref().map(JsonbText);
-                let data = c.data.as_deref().map(JsonbText);
+                let (pk, data) = (c.pk_json(), c.data_json());
+                let pk = pk.as_deref().map(JsonbText);
+                let data = data.as_deref().map(JsonbText);
                 let r = w
                     .as_mut()
                     .write(&[
