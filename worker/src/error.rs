@@ -31,6 +31,9 @@ pub enum Error {
         context: String,
         source: tokio_postgres::Error,
     },
+    /// A peer (SQLite file) failed: locked or unreachable is transient.
+    #[error("{message}")]
+    Peer { message: String, transient: bool },
     /// A state the operator must resolve.
     #[error("{message}. Hint: {hint}")]
     Definite { message: String, hint: String },
@@ -45,6 +48,13 @@ impl Error {
             Error::Assemble(AssembleError::Decode(_)) => ErrorKind::Definite,
             Error::Assemble(_) => ErrorKind::Transient,
             Error::Io(_) => ErrorKind::Transient,
+            Error::Peer { transient, .. } => {
+                if *transient {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Definite
+                }
+            }
             Error::Source(SourceError::Definite { .. }) => ErrorKind::Definite,
             Error::Source(SourceError::Transient { .. }) => ErrorKind::Transient,
             Error::Postgres { source, .. } => match source.code().map(|c| c.code()) {

@@ -27,6 +27,7 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::router::{Route, Router};
 use crate::sink::queue::{self, QueueSink};
+use crate::sink::sqlite::SqliteSink;
 use crate::sink::ToSink;
 use crate::source::{ConnectOptions, Connection, Event, Stream};
 use crate::transaction::{Assembler, Change, Item};
@@ -195,10 +196,16 @@ async fn session(
                 });
             }
             Kind::Sqlite => {
-                return Err(Error::Config(format!(
-                    "destination {}: kind \"sqlite\" is not available in this build yet",
-                    d.name
-                )))
+                let path = std::path::PathBuf::from(d.path.clone().unwrap_or_default());
+                let sink = SqliteSink::open(&path, &config.source.slot, &d.name, m.clone())?;
+                tracing::info!(destination = %d.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
+                tasks.spawn_blocking(move || {
+                    let r = sink.run(rx);
+                    if r.is_err() {
+                        m.errors.fetch_add(1, Relaxed);
+                    }
+                    r
+                });
             }
         }
         outlets.push(Outlet {

@@ -15,7 +15,7 @@
 //! these conversions rely on.
 
 /// Built-in type OIDs the conversion knows.
-mod oid {
+pub mod oid {
     pub const BOOL: u32 = 16;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
@@ -31,7 +31,7 @@ mod oid {
 }
 
 /// The element type of a built-in array type, if `t` is one.
-fn element_of(t: u32) -> Option<u32> {
+pub fn element_of(t: u32) -> Option<u32> {
     Some(match t {
         1000 => oid::BOOL,
         1005 => oid::INT2,
@@ -109,7 +109,7 @@ fn is_json_number(s: &str) -> bool {
 
 /// `2024-01-02 03:04:05.5+01` → `2024-01-02T03:04:05.5+01:00`, the shape
 /// `to_jsonb` gives. `infinity` and other shapes pass through.
-fn iso_timestamp(s: &str) -> String {
+pub fn iso_timestamp(s: &str) -> String {
     let Some((date, time)) = s.split_once(' ') else {
         return s.to_string();
     };

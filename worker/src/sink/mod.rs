@@ -24,6 +24,7 @@
 //!   together with the transactions before it.
 
 pub mod queue;
+pub mod sqlite;
 
 use crate::lsn::Lsn;
 use crate::transaction::Change;

@@ -1,0 +1,288 @@
+//! SQLite peers, push side: the worker binary writing real SQLite files
+//! from a throwaway cluster.
+
+use rusqlite::types::Value as V;
+use std::path::Path;
+use std::time::Duration;
+use tributary_e2e::worker::*;
+use tributary_e2e::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn sqlite_dest(name: &str, path: &Path) -> String {
+    format!(
+        "[[destination]]\nname = \"{name}\"\nkind = \"sqlite\"\npath = \"{}\"\ntables = [\"public.*\", \"sales.*\"]\n",
+        path.display()
+    )
+}
+
+fn lite(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+fn rows(path: &Path, sql: &str) -> Vec<Vec<V>> {
+    let c = lite(path);
+    let mut st = c.prepare(sql).unwrap();
+    let n = st.column_count();
+    st.query_map([], |r| (0..n).map(|i| r.get::<_, V>(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The peer's stored position for slot `w`, or None before its first commit.
+fn peer_lsn(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    let c = lite(path);
+    c.query_row(
+        "SELECT lsn FROM _tributary_state WHERE slot = 'w'",
+        [],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// Waits until the peer has applied everything the hub committed so far.
+fn caught_up(w: &mut WorkerProc, c: &mut Client, path: &Path) {
+    let target: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let target: tributary_worker::lsn::Lsn = target.parse().unwrap();
+    // The last commit's end is at or below the current WAL position; a
+    // marker transaction after it makes sure the peer passes it.
+    c.batch_execute("INSERT INTO marker VALUES (DEFAULT)")
+        .unwrap();
+    w.until(T, "the peer to catch up", || {
+        peer_lsn(path)
+            .and_then(|l| l.parse::<tributary_worker::lsn::Lsn>().ok())
+            .is_some_and(|l| l > target)
+    });
+}
+
+fn setup(c: &mut Client) {
+    c.batch_execute(
+        r#"CREATE TABLE items (id int PRIMARY KEY, v text, n numeric, at timestamptz, tags int[], doc jsonb, ok boolean, raw bytea, f float8);
+           CREATE TABLE "tab'le" ("]" int PRIMARY KEY, """" text);
+           CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY, item int);
+           CREATE TABLE marker (id serial PRIMARY KEY);
+           SELECT sync_track('items'); SELECT sync_track('"tab''le"'); SELECT sync_track('sales.orders');
+           SELECT sync_track('marker');"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn hub_changes_reach_a_sqlite_peer_typed_whole_and_once() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let mut w = WorkerProc::start(
+        &config(&cluster, &db, "w", &sqlite_dest("edge1", &path)),
+        &[],
+    );
+    w.until(T, "the slot", || {
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
+        ) == 1
+    });
+    c.batch_execute(
+        r#"INSERT INTO items VALUES (1, 'one', 12345678901234567890.50, '2024-01-02 03:04:05.25+00', '{1,NULL,3}', '{"k": [1, 2]}', true, '\x00ff', 1.5);
+           INSERT INTO items (id, v) VALUES (2, 'two'), (3, 'three');
+           UPDATE items SET v = 'uno', ok = false WHERE id = 1;
+           DELETE FROM items WHERE id = 2;
+           UPDATE items SET id = 30 WHERE id = 3;
+           INSERT INTO "tab'le" VALUES (7, 'q"uote'), (8, 'x');
+           DELETE FROM "tab'le" WHERE "]" = 8;
+           INSERT INTO sales.orders VALUES (1, 1);"#,
+    )
+    .unwrap();
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(
+        rows(
+            &path,
+            "SELECT id, v, n, at, tags, doc, ok, raw, f FROM items ORDER BY id"
+        ),
+        vec![
+            vec![
+                V::Integer(1),
+                V::Text("uno".into()),
+                V::Text("12345678901234567890.50".into()),
+                V::Text("2024-01-02T03:04:05.25+00:00".into()),
+                V::Text("[1,null,3]".into()),
+                V::Text(r#"{"k": [1, 2]}"#.into()),
+                V::Integer(0),
+                V::Blob(vec![0, 255]),
+                V::Real(1.5),
+            ],
+            vec![
+                V::Integer(30),
+                V::Text("three".into()),
+                V::Null,
+                V::Null,
+                V::Null,
+                V::Null,
+                V::Null,
+                V::Null,
+                V::Null
+            ],
+        ]
+    );
+    assert_eq!(
+        rows(&path, r#"SELECT "]", """" FROM "tab'le""#),
+        vec![vec![V::Integer(7), V::Text("q\"uote".into())]]
+    );
+    assert_eq!(
+        rows(&path, r#"SELECT id, item FROM "sales.orders""#),
+        vec![vec![V::Integer(1), V::Integer(1)]]
+    );
+    // The hub revision of each row, for the peer's own edits later.
+    let hub_v: i64 = scalar(&mut c, "SELECT sync_version FROM items WHERE id = 1");
+    assert_eq!(
+        rows(
+            &path,
+            r#"SELECT version FROM _tributary_versions WHERE tbl = 'items' AND pk = '{"id":1}'"#
+        ),
+        vec![vec![V::Integer(hub_v)]]
+    );
+    assert_eq!(
+        rows(&path, "PRAGMA journal_mode"),
+        vec![vec![V::Text("wal".into())]]
+    );
+    // TRUNCATE empties the peer's table.
+    c.batch_execute(r#"TRUNCATE "tab'le""#).unwrap();
+    caught_up(&mut w, &mut c, &path);
+    assert!(rows(&path, r#"SELECT * FROM "tab'le""#).is_empty());
+    assert!(w.sigterm(T).success());
+}
+
+fn hub_items(c: &mut Client) -> Vec<(i64, String)> {
+    c.query("SELECT id::int8, v FROM items ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn peer_items(path: &Path) -> Vec<(i64, String)> {
+    rows(path, "SELECT id, v FROM items ORDER BY id")
+        .into_iter()
+        .map(|r| match (&r[0], &r[1]) {
+            (V::Integer(i), V::Text(s)) => (*i, s.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Random inserts, updates and deletes in `txns` transactions.
+fn churn(c: &mut Client, txns: usize) {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..txns {
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..rng.gen_range(1..20) {
+            let id = rng.gen_range(1..200);
+            sql.push_str(&match rng.gen_range(0..3) {
+                0 => format!("INSERT INTO items (id, v) VALUES ({id}, 'i{id}') ON CONFLICT (id) DO UPDATE SET v = excluded.v || '+';"),
+                1 => format!("UPDATE items SET v = v || 'u' WHERE id = {id};"),
+                _ => format!("DELETE FROM items WHERE id = {id};"),
+            });
+        }
+        sql.push_str("COMMIT;");
+        c.batch_execute(&sql).unwrap();
+    }
+}
+
+#[test]
+fn a_crashed_worker_leaves_the_peer_equal_to_the_hub() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let cfg = config(&cluster, &db, "w", &sqlite_dest("edge1", &path));
+    let mut w = WorkerProc::start(&cfg, &[]);
+    w.until(T, "the slot", || {
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
+        ) == 1
+    });
+    for hits in [1, 3] {
+        w.kill9();
+        let fp = format!("sqlite.after_commit:{hits}");
+        w.spawn(&[("TRIBUTARY_FAILPOINT", fp.as_str())]);
+        let mut tries = 0;
+        while w.wait(Duration::from_millis(300)).is_none() {
+            churn(&mut c, 3);
+            tries += 1;
+            assert!(tries < 100, "failpoint {fp} not reached:\n{}", w.log_text());
+        }
+    }
+    w.spawn(&[]);
+    for _ in 0..3 {
+        churn(&mut c, 20);
+        std::thread::sleep(Duration::from_millis(100));
+        w.kill9();
+        w.spawn(&[]);
+    }
+    churn(&mut c, 10);
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), hub_items(&mut c));
+    assert!(!hub_items(&mut c).is_empty());
+}
+
+#[test]
+fn a_locked_or_missing_peer_file_is_retried_until_it_catches_up() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    // The directory does not exist yet: the file cannot be opened.
+    let path = dir.path().join("later").join("edge1.db");
+    let mut w = WorkerProc::start(
+        &config(&cluster, &db, "w", &sqlite_dest("edge1", &path)),
+        &[],
+    );
+    let log = w.log.clone();
+    w.until(T, "a retried open error", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("transient error")
+    });
+    c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'while missing')")
+        .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), vec![(1, "while missing".to_string())]);
+
+    // An application holds the write lock longer than busy_timeout.
+    let app = lite(&path);
+    app.execute_batch("BEGIN IMMEDIATE; CREATE TABLE app_scratch (x int);")
+        .unwrap();
+    c.batch_execute("INSERT INTO items (id, v) VALUES (2, 'while locked')")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        peer_items(&path).len(),
+        1,
+        "nothing lands while the file is locked"
+    );
+    app.execute_batch("COMMIT").unwrap();
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), hub_items(&mut c));
+    assert!(w.running());
+}
