@@ -128,7 +128,7 @@ pub fn sqlite_value(type_oid: u32, v: &Value) -> rusqlite::types::Value {
 }
 
 fn unhex(h: &str) -> Option<Vec<u8>> {
-    if h.len() % 2 != 0 {
+    if !h.len().is_multiple_of(2) {
         return None;
     }
     (0..h.len())
