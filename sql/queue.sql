@@ -173,9 +173,10 @@ CREATE TABLE tributary.worker_progress (
 );
 
 -- Grants a worker role what `tributary-worker run` needs on this database,
--- and nothing more: its progress rows, writing the existing queues, and
--- applying peers' changes. The role itself needs LOGIN and REPLICATION
--- (CREATE ROLE w LOGIN REPLICATION). Run it again after creating a queue.
+-- and nothing more: its progress rows, writing the existing queues, reading
+-- the tracked tables (a new peer's initial copy) and applying peers'
+-- changes. The role itself needs LOGIN and REPLICATION (CREATE ROLE w LOGIN
+-- REPLICATION). Run it again after creating a queue or tracking a table.
 CREATE FUNCTION sync_worker_grant(worker regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
 AS $$
@@ -190,6 +191,13 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) TO %s', worker);
     FOR q IN SELECT relid FROM tributary.queues LOOP
         EXECUTE format('GRANT SELECT, INSERT ON %s TO %s', q.relid::regclass, worker);
+    END LOOP;
+    -- The initial copy of a new peer reads the tracked tables.
+    FOR q IN SELECT t.relid, n.nspname FROM tributary.tracked t
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.active LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', q.nspname, worker);
+        EXECUTE format('GRANT SELECT ON %s TO %s', q.relid::regclass, worker);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION sync_worker_grant(regrole) IS

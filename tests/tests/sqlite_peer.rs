@@ -286,3 +286,68 @@ fn a_locked_or_missing_peer_file_is_retried_until_it_catches_up() {
     assert_eq!(peer_items(&path), hub_items(&mut c));
     assert!(w.running());
 }
+
+#[test]
+fn a_new_peer_gets_a_consistent_copy_joined_to_the_stream_without_a_gap() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &[]);
+    c.batch_execute(
+        "INSERT INTO items (id, v) SELECT g, 'before ' || g FROM generate_series(1, 20000) g;",
+    )
+    .unwrap();
+    // Writes keep landing while the copy runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url) = (stop.clone(), cluster.url(&db.name));
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                churn(&mut c, 1);
+                n += 1;
+            }
+            n
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let mut w = WorkerProc::start(
+        &config(&cluster, &db, "w", &sqlite_dest("edge1", &path)),
+        &[],
+    );
+    let log = w.log.clone();
+    w.until(T, "the copy to finish", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("initial copy sent")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(
+        writes > 5,
+        "the writer ran during the copy ({writes} transactions)"
+    );
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), hub_items(&mut c));
+    // Empty tables are created too, with their columns.
+    assert!(rows(&path, r#"SELECT "]", """" FROM "tab'le""#).is_empty());
+    let text = w.log_text();
+    assert!(text.contains("initial copy: table done"), "{text}");
+    // A restart does not copy again.
+    assert!(w.sigterm(T).success());
+    w.spawn(&[]);
+    c.batch_execute("INSERT INTO items (id, v) VALUES (100000, 'after restart')")
+        .unwrap();
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), hub_items(&mut c));
+    assert_eq!(
+        w.log_text().matches("initial copy sent").count(),
+        1,
+        "{}",
+        w.log_text()
+    );
+}

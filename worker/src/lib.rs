@@ -21,6 +21,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod router;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod transaction;
 pub mod value;

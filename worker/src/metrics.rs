@@ -27,6 +27,9 @@ pub struct DestinationMetrics {
     pub rows: AtomicU64,
     pub transactions: AtomicU64,
     pub errors: AtomicU64,
+    /// Initial copy progress.
+    pub snapshot_rows: AtomicU64,
+    pub snapshot_tables: AtomicU64,
     /// The queue met a duplicate: write with ON CONFLICT DO NOTHING.
     pub guarded: AtomicBool,
 }
@@ -125,6 +128,18 @@ impl Metrics {
             "Errors writing to the destination.",
             "counter",
             per(&|d| d.errors.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_snapshot_rows_total",
+            "Rows sent to the destination by its initial copy.",
+            "counter",
+            per(&|d| d.snapshot_rows.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_snapshot_tables_total",
+            "Tables the destination's initial copy has finished.",
+            "counter",
+            per(&|d| d.snapshot_tables.load(Relaxed) as f64),
         );
         family(
             "tributary_retained_wal_bytes",

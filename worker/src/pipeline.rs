@@ -180,6 +180,7 @@ async fn session(
     let mut tasks = JoinSet::new();
     let mut outlets = Vec::new();
     let mut routes = Vec::new();
+    let mut needs_copy = Vec::new();
     for (i, d) in config.destinations.iter().enumerate() {
         let m = metrics.destinations[i].clone();
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -198,6 +199,9 @@ async fn session(
             Kind::Sqlite => {
                 let path = std::path::PathBuf::from(d.path.clone().unwrap_or_default());
                 let sink = SqliteSink::open(&path, &config.source.slot, &d.name, m.clone())?;
+                if sink.progress() == Lsn(0) {
+                    needs_copy.push(i);
+                }
                 tracing::info!(destination = %d.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
                 tasks.spawn_blocking(move || {
                     let r = sink.run(rx);
@@ -242,6 +246,20 @@ async fn session(
         })
     };
     let _abort_watch = AbortOnDrop(watch);
+
+    // New peers get a consistent copy first, joined to the stream.
+    for i in needs_copy {
+        let d = &config.destinations[i];
+        tracing::info!(destination = %d.name, "initial copy");
+        crate::snapshot::copy(
+            &opts,
+            &config.source.publication,
+            d,
+            &outlets[i].tx,
+            &metrics.destinations[i],
+        )
+        .await?;
+    }
 
     let conn = Connection::connect(&opts).await?;
     let mut stream = conn

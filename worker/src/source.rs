@@ -420,10 +420,22 @@ impl Connection {
         name: &str,
         export_snapshot: bool,
     ) -> Result<SlotInfo, SourceError> {
+        self.create_slot_with(name, false, export_snapshot).await
+    }
+
+    /// Creates a logical pgoutput slot; a temporary one is dropped when
+    /// this connection closes.
+    pub async fn create_slot_with(
+        &mut self,
+        name: &str,
+        temporary: bool,
+        export_snapshot: bool,
+    ) -> Result<SlotInfo, SourceError> {
         let rows = self
             .command(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
+                "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput {}",
                 quote_ident(name),
+                if temporary { " TEMPORARY" } else { "" },
                 if export_snapshot {
                     "EXPORT_SNAPSHOT"
                 } else {

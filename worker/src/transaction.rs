@@ -59,7 +59,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(relation: Relation) -> Table {
+    pub fn new(relation: Relation) -> Table {
         let find = |n: &str| relation.columns.iter().position(|c| c.name == n);
         Table {
             id: relation.id,
@@ -75,6 +75,11 @@ impl Table {
             routes: std::sync::OnceLock::new(),
             relation,
         }
+    }
+
+    /// The position of `sync_version`, in a tracked table.
+    pub fn version_col(&self) -> Option<usize> {
+        self.version_col
     }
 
     /// `schema.name` unquoted, for glob matching.

@@ -37,6 +37,9 @@ pub enum ToSink {
         commit_lsn: Lsn,
         commit_time: i64,
     },
+    /// Make sure `table` exists at the destination (the initial copy sends
+    /// it for every table, so that empty ones are created too).
+    Prepare(Arc<crate::transaction::Table>),
     /// The next changes of the open transaction that this sink takes.
     Changes(Vec<Arc<Change>>),
     Commit {

@@ -320,9 +320,12 @@ impl QueueSink {
                 } => {
                     // Applied before the crash: its commit lies below the
                     // stored end of the last applied transaction.
-                    skipping = commit_lsn < self.progress;
+                    // Against what is applied, committed or not yet: an initial
+                    // copy ends at its consistent point, above the stream's start.
+                    skipping = commit_lsn < self.progress.max(done.map_or(Lsn(0), |d| d.0));
                     current = Some((commit_lsn, commit_time));
                 }
+                ToSink::Prepare(_) => {}
                 ToSink::Changes(changes) => {
                     if skipping {
                         continue;

@@ -199,14 +199,20 @@ impl SqliteSink {
             )
             .optional()
             .map_err(|e| sql_err(&what, e))?;
-        let progress = progress.and_then(|s| s.parse().ok()).unwrap_or_default();
-        metrics.durable_lsn.store(progress, Relaxed);
+        let progress: Lsn = match progress {
+            Some(s) => s.parse().map_err(|e| Error::Peer {
+                message: format!("destination {name}: _tributary_state holds {e}"),
+                transient: false,
+            })?,
+            None => Lsn(0),
+        };
+        metrics.durable_lsn.store(progress.0, Relaxed);
         Ok(SqliteSink {
             conn,
             path: path.to_path_buf(),
             slot: slot.to_string(),
             name: name.to_string(),
-            progress: Lsn(progress),
+            progress,
             metrics,
             tables: HashMap::new(),
         })
@@ -438,8 +444,20 @@ impl SqliteSink {
                         commit_lsn,
                         commit_time,
                     } => {
-                        skipping = commit_lsn < self.progress;
+                        // Against what is applied, committed or not yet: an initial
+                        // copy ends at its consistent point, above the stream's start.
+                        skipping = commit_lsn < self.progress.max(done.map_or(Lsn(0), |d| d.0));
                         current = Some((commit_lsn, commit_time));
+                    }
+                    ToSink::Prepare(table) => {
+                        if skipping {
+                            continue;
+                        }
+                        if open.is_none() {
+                            self.begin()?;
+                            open = Some(Instant::now());
+                        }
+                        self.mapped(&table)?;
                     }
                     ToSink::Changes(changes) => {
                         if skipping {

@@ -1,0 +1,197 @@
+//! The initial copy of a new peer, joined to the stream without a gap or an
+//! overlap.
+//!
+//! ```text
+//!  replication conn:  CREATE_REPLICATION_SLOT tributary_snap_<pid> TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT
+//!                       -> consistent point C, snapshot S
+//!  ordinary conn:     BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
+//!                     SELECT col::text, ... FROM each published table the peer takes
+//!  sink:              Begin · Prepare(table)… · Changes… · Commit{end = C}   (one SQLite transaction)
+//! ```
+//!
+//! Snapshot S sees exactly the transactions that committed before C; the
+//! stream delivers those that commit at or after C. Storing C as the peer's
+//! progress, in the same transaction as the copy, makes the peer skip every
+//! streamed transaction with a commit LSN below C (already in the copy) and
+//! apply the rest. The main slot's position is at or below C (it was read
+//! before the temporary slot existed, and this destination's progress holds
+//! it there), so nothing at or after C is missed.
+
+use crate::config::Destination;
+use crate::error::{Context, Error};
+use crate::lsn::Lsn;
+use crate::metrics::DestinationMetrics;
+use crate::pgoutput::{Column, Relation, Tuple, Value};
+use crate::router::glob_match;
+use crate::sink::ToSink;
+use crate::source::{ConnectOptions, Connection};
+use crate::transaction::{Change, Op, Table};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Copies every published table `dest` takes into its sink through `tx`,
+/// as one transaction ending at the returned consistent point.
+pub async fn copy(
+    opts: &ConnectOptions,
+    publication: &str,
+    dest: &Destination,
+    tx: &mpsc::Sender<ToSink>,
+    metrics: &DestinationMetrics,
+) -> Result<Lsn, Error> {
+    let mut repl = Connection::connect(opts).await?;
+    let slot = format!("tributary_snap_{}", std::process::id());
+    let info = repl.create_slot_with(&slot, true, true).await?;
+    let snapshot = info.snapshot.ok_or_else(|| Error::Definite {
+        message: "the server exported no snapshot for the initial copy".into(),
+        hint: "report this as a bug".into(),
+    })?;
+    let client = crate::sink::queue::connect(opts, "tributary-worker snapshot").await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+             SET TRANSACTION SNAPSHOT '{}';
+             SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';
+             SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3;",
+            snapshot.replace('\'', "''")
+        ))
+        .await
+        .context("initial copy: importing the snapshot")?;
+    // The snapshot is ours now: the exporting connection (and its
+    // temporary slot) can go.
+    drop(repl);
+    let send = |m: ToSink| async {
+        tx.send(m).await.map_err(|_| Error::Definite {
+            message: format!("destination {}: stopped during its initial copy", dest.name),
+            hint: "see its error above".into(),
+        })
+    };
+    send(ToSink::Begin {
+        commit_lsn: Lsn(0),
+        commit_time: crate::metrics::pg_now_micros(),
+    })
+    .await?;
+    let tables = client
+        .query(
+            "SELECT c.oid::int8, n.nspname::text, c.relname::text
+               FROM pg_publication_tables pt
+               JOIN pg_namespace n ON n.nspname = pt.schemaname
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+              WHERE pt.pubname = $1 ORDER BY 2, 3",
+            &[&publication],
+        )
+        .await
+        .context("initial copy: listing the published tables")?;
+    let mut ord = 0u32;
+    for t in tables {
+        let (oid, schema, name): (i64, String, String) = (t.get(0), t.get(1), t.get(2));
+        if !dest
+            .tables
+            .iter()
+            .any(|g| glob_match(g, &format!("{schema}.{name}")))
+        {
+            continue;
+        }
+        let cols = client
+            .query(
+                "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
+                        coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+                   FROM pg_attribute a
+                   LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+                  WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .context(format!("initial copy: columns of {schema}.{name}"))?;
+        let columns: Vec<Column> = cols
+            .iter()
+            .map(|c| Column {
+                name: c.get(0),
+                type_oid: c.get::<_, i64>(1) as u32,
+                type_modifier: c.get(2),
+                key: c.get(3),
+            })
+            .collect();
+        let select = format!(
+            "SELECT {} FROM ONLY {}.{}",
+            columns
+                .iter()
+                .map(|c| format!("{}::text", ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ident(&schema),
+            ident(&name)
+        );
+        let table = Arc::new(Table::new(Relation {
+            id: oid as u32,
+            namespace: schema.clone(),
+            name: name.clone(),
+            replica_identity: b'd',
+            columns,
+        }));
+        send(ToSink::Prepare(table.clone())).await?;
+        let rows = client
+            .query_raw(&select, std::iter::empty::<i64>())
+            .await
+            .context(format!("initial copy: reading {schema}.{name}"))?;
+        tokio::pin!(rows);
+        let mut batch = Vec::with_capacity(1024);
+        let mut n = 0u64;
+        use futures_util::StreamExt;
+        while let Some(r) = rows.next().await {
+            let r = r.context(format!("initial copy: reading {schema}.{name}"))?;
+            let tuple = Tuple(
+                (0..r.len())
+                    .map(|i| match r.get::<_, Option<&str>>(i) {
+                        Some(s) => Value::Text(s.as_bytes().to_vec()),
+                        None => Value::Null,
+                    })
+                    .collect(),
+            );
+            let version = table.version_col().and_then(|i| match &tuple.0[i] {
+                Value::Text(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                _ => None,
+            });
+            batch.push(Arc::new(Change {
+                table: table.clone(),
+                op: Op::Insert,
+                ord,
+                tuple: Some(tuple),
+                version,
+                origin: None,
+            }));
+            ord = ord.wrapping_add(1);
+            n += 1;
+            if batch.len() == 1024 {
+                send(ToSink::Changes(std::mem::take(&mut batch))).await?;
+                metrics.snapshot_rows.fetch_add(1024, Relaxed);
+            }
+            if n.is_multiple_of(100_000) {
+                tracing::info!(destination = %dest.name, table = %table.display, rows = n, "initial copy in progress");
+            }
+        }
+        metrics.snapshot_rows.fetch_add(batch.len() as u64, Relaxed);
+        if !batch.is_empty() {
+            send(ToSink::Changes(batch)).await?;
+        }
+        metrics.snapshot_tables.fetch_add(1, Relaxed);
+        tracing::info!(destination = %dest.name, table = %table.display, rows = n, "initial copy: table done");
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .context("initial copy: closing the snapshot")?;
+    send(ToSink::Commit {
+        end_lsn: info.consistent_point,
+    })
+    .await?;
+    tracing::info!(destination = %dest.name, at = %info.consistent_point,
+        rows = metrics.snapshot_rows.load(Relaxed), tables = metrics.snapshot_tables.load(Relaxed),
+        "initial copy sent; streaming from here");
+    Ok(info.consistent_point)
+}
