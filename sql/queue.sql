@@ -172,6 +172,16 @@ CREATE TABLE tributary.worker_progress (
     PRIMARY KEY (slot, destination)
 );
 
+-- Hands a peer the hub's resolved rows after its changes were applied, in
+-- commit order with everything else: a transactional logical message the
+-- worker turns into writes for that peer only (see docs/architecture.md,
+-- "Pull"). SECURITY DEFINER: pg_logical_emit_message is not granted to
+-- PUBLIC; this one emits only this prefix, and only the worker's role may
+-- call it (sync_worker_grant).
+CREATE FUNCTION tributary._emit_writeback(content text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN PERFORM pg_logical_emit_message(true, 'tributary.writeback', content); END $$;
+
 -- Grants a worker role what `tributary-worker run` needs on this database,
 -- and nothing more: its progress rows, writing the existing queues, reading
 -- the tracked tables (a new peer's initial copy) and applying peers'
@@ -189,6 +199,7 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON tributary.worker_progress TO %s', worker);
     EXECUTE format('GRANT SELECT ON tributary.queues TO %s', worker);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) TO %s', worker);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tributary._emit_writeback(text) TO %s', worker);
     FOR q IN SELECT relid FROM tributary.queues LOOP
         EXECUTE format('GRANT SELECT, INSERT ON %s TO %s', q.relid::regclass, worker);
     END LOOP;
@@ -197,7 +208,9 @@ BEGIN
                JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE t.active LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', q.nspname, worker);
-        EXECUTE format('GRANT SELECT ON %s TO %s', q.relid::regclass, worker);
+        -- SELECT for the initial copy; writing for sync_apply of the
+        -- peers' own changes.
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s', q.relid::regclass, worker);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION sync_worker_grant(regrole) IS

@@ -351,3 +351,213 @@ fn a_new_peer_gets_a_consistent_copy_joined_to_the_stream_without_a_gap() {
         w.log_text()
     );
 }
+
+/// The rows of `sql` at the hub, as strings (NULL as "∅").
+fn hub_rows(c: &mut Client, sql: &str) -> Vec<Vec<String>> {
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i).unwrap_or_else(|| "∅".into()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The same from a peer file (values as text).
+fn peer_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    rows(path, sql)
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| match v {
+                    V::Null => "∅".to_string(),
+                    V::Integer(i) => i.to_string(),
+                    V::Real(f) => f.to_string(),
+                    V::Text(t) => t,
+                    V::Blob(b) => format!("{b:?}"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn outbox_len(path: &Path) -> i64 {
+    lite(path)
+        .query_row("SELECT count(*) FROM _tributary_outbox", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Two SQLite peers (pulling every 50 ms) and a queue.
+fn two_peers(dir: &Path) -> String {
+    let peer = |name: &str| {
+        sqlite_dest(name, &dir.join(format!("{name}.db")))
+            .replace("tables =", "pull_interval_ms = 50\ntables =")
+    };
+    format!(
+        "{}\n{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.*\"]\n",
+        peer("edge1"),
+        peer("edge2")
+    )
+}
+
+#[test]
+fn a_peer_edit_reaches_the_hub_and_the_other_peer_and_is_never_echoed() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'hub one'), (2, 'hub two')")
+        .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2) = (dir.path().join("edge1.db"), dir.path().join("edge2.db"));
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &two_peers(dir.path())), &[]);
+    caught_up(&mut w, &mut c, &e1);
+    caught_up(&mut w, &mut c, &e2);
+    // The app on edge1 writes: an insert, an update, a delete.
+    {
+        let app = lite(&e1);
+        app.execute_batch(
+            "INSERT INTO items (id, v, n) VALUES (3, 'from edge1', '12.50');
+             UPDATE items SET v = 'edge1 changed' WHERE id = 1;
+             DELETE FROM items WHERE id = 2;",
+        )
+        .unwrap();
+    }
+    w.until(T, "edge1's changes at the hub", || {
+        hub_rows(&mut c, "SELECT id::text, v, n::text FROM items ORDER BY id")
+            == vec![
+                vec!["1".to_string(), "edge1 changed".into(), "∅".into()],
+                vec!["3".into(), "from edge1".into(), "12.50".into()],
+            ]
+    });
+    caught_up(&mut w, &mut c, &e2);
+    caught_up(&mut w, &mut c, &e1);
+    let want = hub_rows(
+        &mut c,
+        "SELECT id::text, v, coalesce(n::text, '∅') FROM items ORDER BY id",
+    );
+    assert_eq!(
+        peer_rows(&e2, "SELECT id, v, coalesce(n, '∅') FROM items ORDER BY id"),
+        want
+    );
+    assert_eq!(
+        peer_rows(&e1, "SELECT id, v, coalesce(n, '∅') FROM items ORDER BY id"),
+        want
+    );
+    assert_eq!(outbox_len(&e1), 0, "the outbox is emptied once applied");
+    // The hub tagged them with edge1: the queue shows it, and edge1's own
+    // changes did not come back to edge1's outbox as new local edits.
+    // (Within one sync_apply batch the hub writes set-based: no order.)
+    let origins = hub_rows(
+        &mut c,
+        "SELECT op, pk->>'id', coalesce(origin, '∅') FROM tributary.queue_audit
+          WHERE pk->>'id' IN ('1','2','3') AND origin IS NOT NULL ORDER BY pk->>'id'",
+    );
+    assert_eq!(
+        origins,
+        vec![
+            vec!["U".to_string(), "1".into(), "edge1".into()],
+            vec!["D".into(), "2".into(), "edge1".into()],
+            vec!["I".into(), "3".into(), "edge1".into()],
+        ]
+    );
+    assert!(rows(&e1, "SELECT * FROM _tributary_errors").is_empty());
+    assert!(w.running());
+}
+
+#[test]
+fn field_merge_deferred_and_rejected_outcomes_reach_the_peer() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        "CREATE TABLE customers (id text PRIMARY KEY, full_name text, email text);
+         CREATE TABLE orders (id int PRIMARY KEY, customer text REFERENCES customers, total numeric);
+         SELECT sync_track('customers'); SELECT sync_track('orders');
+         INSERT INTO customers VALUES ('C1', 'Ada', 'ada@old');",
+    )
+    .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = dir.path().join("edge1.db");
+    let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &e1);
+    // edge1 goes offline; meanwhile both sides edit C1 from the same base.
+    assert!(w.sigterm(T).success());
+    c.batch_execute("UPDATE customers SET email = 'ada@hub' WHERE id = 'C1'")
+        .unwrap();
+    {
+        let app = lite(&e1);
+        app.execute_batch(
+            "UPDATE customers SET full_name = 'Ada L.' WHERE id = 'C1';
+             INSERT INTO orders VALUES (10, 'C9', '5.00');          -- its customer is unknown yet
+             INSERT INTO items (id, v) VALUES (50, 'fine');
+             INSERT INTO items (id, v) VALUES (51, 'bad');
+             UPDATE items SET f = 'not a number' WHERE id = 51;     -- SQLite takes it, the hub cannot",
+        )
+        .unwrap();
+    }
+    w.spawn(&[]);
+    w.until(T, "the outbox to drain", || outbox_len(&e1) == 0);
+    caught_up(&mut w, &mut c, &e1);
+    // FIELD_MERGE: both columns kept, at the hub and back at edge1.
+    assert_eq!(
+        hub_rows(&mut c, "SELECT full_name, email FROM customers"),
+        vec![vec!["Ada L.".to_string(), "ada@hub".into()]]
+    );
+    assert_eq!(
+        peer_rows(&e1, "SELECT full_name, email FROM customers"),
+        vec![vec!["Ada L.".to_string(), "ada@hub".into()]]
+    );
+    // The order is parked at the hub, and the app sees why.
+    let errs = peer_rows(
+        &e1,
+        "SELECT tbl, pk, op, outcome FROM _tributary_errors ORDER BY id",
+    );
+    assert!(
+        errs.contains(&vec![
+            "orders".to_string(),
+            r#"{"id":10}"#.into(),
+            "I".into(),
+            "DEFERRED".into()
+        ]),
+        "{errs:?}"
+    );
+    // The bad value is refused with its SQLSTATE; the good row of the same
+    // table still lands, and edge1 loses the refused row (the hub has none).
+    let bad = peer_rows(
+        &e1,
+        "SELECT outcome, detail FROM _tributary_errors WHERE pk = '{\"id\":51}'",
+    );
+    assert_eq!(bad.len(), 1, "{errs:?}");
+    assert_eq!(bad[0][0], "REJECTED");
+    assert!(bad[0][1].contains("SQLSTATE 22P02"), "{bad:?}");
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM items WHERE id = 50"),
+        1
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM items WHERE id = 51"),
+        0
+    );
+    assert!(peer_rows(&e1, "SELECT id FROM items WHERE id = 51").is_empty());
+    // The order's customer arrives at the hub: the parked order lands, and
+    // edge1 keeps it.
+    c.batch_execute("INSERT INTO customers VALUES ('C9', 'Grace', 'g@x')")
+        .unwrap();
+    c.batch_execute(r#"SELECT * FROM sync_apply('customers', '[{"op":"U","pk":{"id":"C9"},"data":{"full_name":"Grace H."},"version":2}]', 'crm')"#)
+        .unwrap();
+    w.until(T, "the parked order to land", || {
+        scalar(&mut c, "SELECT count(*) FROM orders WHERE id = 10") == 1
+    });
+    caught_up(&mut w, &mut c, &e1);
+    assert_eq!(
+        peer_rows(&e1, "SELECT id, customer, total FROM orders"),
+        vec![vec!["10".to_string(), "C9".into(), "5.00".into()]]
+    );
+}

@@ -79,6 +79,10 @@ pub struct Destination {
     /// The SQLite file, for kind = "sqlite".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// How often a SQLite peer's outbox is read (kind = "sqlite"; 200 ms
+    /// by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_interval_ms: Option<u64>,
 }
 
 fn default_name() -> String {

@@ -45,7 +45,9 @@ impl Error {
             // A configuration the operator must fix, or a stream we cannot
             // read (retrying would read the same bytes again).
             Error::Config(_) | Error::Decode(_) | Error::Definite { .. } => ErrorKind::Definite,
-            Error::Assemble(AssembleError::Decode(_)) => ErrorKind::Definite,
+            Error::Assemble(AssembleError::Decode(_) | AssembleError::BadWriteback(_)) => {
+                ErrorKind::Definite
+            }
             Error::Assemble(_) => ErrorKind::Transient,
             Error::Io(_) => ErrorKind::Transient,
             Error::Peer { transient, .. } => {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod http;
+pub mod inbound;
 pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;

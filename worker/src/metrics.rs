@@ -27,6 +27,8 @@ pub struct DestinationMetrics {
     pub rows: AtomicU64,
     pub transactions: AtomicU64,
     pub errors: AtomicU64,
+    /// Peer changes sent to the hub (pull).
+    pub pulled: AtomicU64,
     /// Initial copy progress.
     pub snapshot_rows: AtomicU64,
     pub snapshot_tables: AtomicU64,
@@ -128,6 +130,12 @@ impl Metrics {
             "Errors writing to the destination.",
             "counter",
             per(&|d| d.errors.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_destination_pulled_total",
+            "A peer's own changes sent to the hub through sync_apply.",
+            "counter",
+            per(&|d| d.pulled.load(Relaxed) as f64),
         );
         family(
             "tributary_snapshot_rows_total",

@@ -181,6 +181,9 @@ async fn session(
     let mut outlets = Vec::new();
     let mut routes = Vec::new();
     let mut needs_copy = Vec::new();
+    // Ends the peers' pull loops with the session.
+    let stop_pull = CancellationToken::new();
+    let _stop_pull = stop_pull.clone().drop_guard();
     for (i, d) in config.destinations.iter().enumerate() {
         let m = metrics.destinations[i].clone();
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
@@ -203,6 +206,14 @@ async fn session(
                     needs_copy.push(i);
                 }
                 tracing::info!(destination = %d.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
+                tasks.spawn(crate::inbound::run(
+                    opts.clone(),
+                    d.name.clone(),
+                    path.clone(),
+                    std::time::Duration::from_millis(d.pull_interval_ms.unwrap_or(200)),
+                    m.clone(),
+                    stop_pull.clone(),
+                ));
                 tasks.spawn_blocking(move || {
                     let r = sink.run(rx);
                     if r.is_err() {
@@ -318,7 +329,8 @@ async fn session(
         }
     };
     // Closing the channels ends the sinks: they commit whole transactions
-    // and roll back a half-received one.
+    // and roll back a half-received one. The pull loops end between rounds.
+    stop_pull.cancel();
     let Pipe { outlets, .. } = &mut pipe;
     outlets.clear();
     let mut sink_error = None;

@@ -74,6 +74,9 @@ impl Router {
                 .map(|r| r.tables.iter().any(|g| glob_match(g, &name)))
                 .collect()
         });
+        if let Some(only) = &change.only_for {
+            return **only == *self.routes[i].name;
+        }
         tables[i] && change.origin.as_deref() != Some(self.routes[i].name.as_str())
     }
 }

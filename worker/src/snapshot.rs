@@ -164,6 +164,7 @@ pub async fn copy(
                 tuple: Some(tuple),
                 version,
                 origin: None,
+                only_for: None,
             }));
             ord = ord.wrapping_add(1);
             n += 1;

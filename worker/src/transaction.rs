@@ -42,6 +42,26 @@ const META: [&str; 5] = [
 /// of a DELETE statement run under `tributary.origin` (see sql/tracking.sql).
 pub const ORIGIN_MESSAGE: &str = "tributary.origin";
 
+/// The prefix of the transactional logical messages that carry a peer the
+/// hub's resolved rows after its own changes were applied (see
+/// `inbound`): they become changes for that peer only.
+pub const WRITEBACK_MESSAGE: &str = "tributary.writeback";
+
+/// The content of a write-back message.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct Writeback {
+    pub peer: String,
+    pub oid: u32,
+    pub schema: String,
+    pub table: String,
+    /// (name, type oid, part of the key)
+    pub columns: Vec<(String, u32, bool)>,
+    /// Rows to hold, every column as PostgreSQL prints it.
+    pub upserts: Vec<Vec<Option<String>>>,
+    /// Keys to remove (the other columns null).
+    pub deletes: Vec<Vec<Option<String>>>,
+}
+
 /// A published table, as the last Relation message described it.
 #[derive(Debug)]
 pub struct Table {
@@ -137,6 +157,8 @@ pub struct Change {
     /// Who wrote it: the row's `sync_origin`, the `tributary.origin` a
     /// delete ran under, or the transaction's replication origin.
     pub origin: Option<String>,
+    /// For one destination only (a write-back of resolved rows).
+    pub only_for: Option<Arc<str>>,
 }
 
 impl Change {
@@ -238,6 +260,8 @@ pub enum AssembleError {
     UnknownRelation(u32),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("a {WRITEBACK_MESSAGE} message that cannot be read: {0}")]
+    BadWriteback(String),
 }
 
 /// The per-transaction state that turns messages into changes.
@@ -441,6 +465,69 @@ fn convert(
             st.delete_origin =
                 Some(String::from_utf8_lossy(&content).into_owned()).filter(|s| !s.is_empty());
         }
+        Message::Message {
+            transactional: true,
+            prefix,
+            content,
+            ..
+        } if prefix == WRITEBACK_MESSAGE => {
+            let w: Writeback = serde_json::from_slice(&content)
+                .map_err(|e| AssembleError::BadWriteback(e.to_string()))?;
+            let columns: Vec<Column> = w
+                .columns
+                .iter()
+                .map(|(name, type_oid, key)| Column {
+                    key: *key,
+                    name: name.clone(),
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect();
+            // The stream's own description of the table when it matches.
+            let t = match tables.get(&w.oid) {
+                Some(t)
+                    if t.relation.columns.len() == columns.len()
+                        && t.relation.columns.iter().zip(&columns).all(|(a, b)| {
+                            a.name == b.name && a.type_oid == b.type_oid && a.key == b.key
+                        }) =>
+                {
+                    t.clone()
+                }
+                _ => Arc::new(Table::new(Relation {
+                    id: w.oid,
+                    namespace: w.schema.clone(),
+                    name: w.table.clone(),
+                    replica_identity: b'd',
+                    columns,
+                })),
+            };
+            let peer: Arc<str> = Arc::from(w.peer.as_str());
+            let tuple = |vals: Vec<Option<String>>| {
+                Tuple(
+                    vals.into_iter()
+                        .map(|v| v.map_or(Value::Null, |s| Value::Text(s.into_bytes())))
+                        .collect(),
+                )
+            };
+            for row in w.upserts {
+                let mut c = row_change(&t, Op::Update, st, tuple(row));
+                c.origin = None;
+                c.only_for = Some(peer.clone());
+                push(st, c);
+            }
+            for key in w.deletes {
+                let c = Change {
+                    table: t.clone(),
+                    op: Op::Delete,
+                    ord: st.ord,
+                    tuple: Some(tuple(key)),
+                    version: None,
+                    origin: None,
+                    only_for: Some(peer.clone()),
+                };
+                push(st, c);
+            }
+        }
         Message::Insert { relation, new } => {
             let t = table(tables, relation)?;
             let c = row_change(&t, Op::Insert, st, new);
@@ -466,6 +553,7 @@ fn convert(
                         tuple: Some(old),
                         version: None,
                         origin: origin_of(&t, st, Some(&new)),
+                        only_for: None,
                     };
                     push(st, c);
                 }
@@ -488,6 +576,7 @@ fn convert(
                     .delete_origin
                     .clone()
                     .or_else(|| st.replication_origin.clone()),
+                only_for: None,
             };
             push(st, c);
         }
@@ -504,6 +593,7 @@ fn convert(
                         .delete_origin
                         .clone()
                         .or_else(|| st.replication_origin.clone()),
+                    only_for: None,
                 };
                 push(st, c);
             }
@@ -543,6 +633,7 @@ fn row_change(t: &Arc<Table>, op: Op, st: &TxnState, row: Tuple) -> Change {
             .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
         origin: origin_of(t, st, Some(&row)),
         tuple: Some(row),
+        only_for: None,
     }
 }
 

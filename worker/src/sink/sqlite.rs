@@ -71,6 +71,34 @@ CREATE TABLE IF NOT EXISTS _tributary_versions (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _tributary_ctl (applying INTEGER NOT NULL);
 INSERT INTO _tributary_ctl (applying) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM _tributary_ctl);
+CREATE TABLE IF NOT EXISTS _tributary_tables (
+    tbl TEXT PRIMARY KEY,
+    hub TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _tributary_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('I', 'U', 'D')),
+    data TEXT,
+    changed TEXT,
+    base INTEGER,
+    gen INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (tbl, pk)
+);
+CREATE TABLE IF NOT EXISTS _tributary_errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    op TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    local_data TEXT,
+    hub_row TEXT,
+    conflict_id INTEGER,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
 ";
 
 /// Quotes an SQLite identifier.
@@ -135,6 +163,147 @@ fn unhex(h: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// The key of a change as the file's triggers write it: `json_object` over
+/// the stored SQLite values, so that `_tributary_versions` and
+/// `_tributary_outbox` agree on it.
+pub fn lite_pk(c: &Change) -> Option<String> {
+    use rusqlite::types::Value as V;
+    let mut s = String::from("{");
+    let mut any = false;
+    for (col, v) in c.key_columns() {
+        if any {
+            s.push(',');
+        }
+        any = true;
+        value::push_str(&mut s, &col.name);
+        s.push(':');
+        match sqlite_value(col.type_oid, v) {
+            V::Null => s.push_str("null"),
+            V::Integer(i) => s.push_str(&i.to_string()),
+            V::Real(f) => s.push_str(&format!("{f:?}")),
+            V::Text(t) => value::push_str(&mut s, &t),
+            V::Blob(b) => {
+                let hex: String = b.iter().map(|x| format!("{x:02X}")).collect();
+                value::push_str(&mut s, &format!("\\x{hex}"))
+            }
+        }
+    }
+    s.push('}');
+    any.then_some(s)
+}
+
+/// The JSON a trigger writes for column `c` of row `r` (NEW or OLD):
+/// the value as `sync_apply` reads it back into the hub's type.
+fn json_expr(r: &str, c: &Column) -> String {
+    let col = format!("{r}.{}", ident(&c.name));
+    if c.type_oid == 17 {
+        format!("CASE WHEN {col} IS NULL THEN NULL ELSE '\\x' || hex({col}) END")
+    } else if matches!(c.type_oid, oid::JSON | oid::JSONB)
+        || value::element_of(c.type_oid).is_some()
+    {
+        format!("CASE WHEN json_valid({col}) THEN json({col}) ELSE {col} END")
+    } else {
+        col
+    }
+}
+
+fn json_object_expr(r: &str, cols: &[&Column]) -> String {
+    let parts: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{}, {}", quote_lit(&c.name), json_expr(r, c)))
+        .collect();
+    format!("json_object({})", parts.join(", "))
+}
+
+/// The capture triggers of a peer table: each local insert, update and
+/// delete lands in `_tributary_outbox`, one row per key (collapsed), with
+/// the row image and the hub revision it was made on. Writes the worker
+/// makes itself (`_tributary_ctl.applying = 1`) are not captured.
+pub fn outbox_triggers(plain: &str, cols: &[&Column]) -> String {
+    let keys: Vec<&Column> = cols.iter().copied().filter(|c| c.key).collect();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let t = quote_lit(plain);
+    let tq = ident(plain);
+    let name = |k: &str| ident(&format!("_tributary_{k}_{plain}"));
+    let pk = |r: &str| json_object_expr(r, &keys);
+    let data = |r: &str| json_object_expr(r, cols);
+    let base = |r: &str| {
+        format!(
+            "(SELECT version FROM _tributary_versions WHERE tbl = {t} AND pk = {})",
+            pk(r)
+        )
+    };
+    let same_key: Vec<String> = keys
+        .iter()
+        .map(|k| format!("OLD.{0} IS NEW.{0}", ident(&k.name)))
+        .collect();
+    let same_key = same_key.join(" AND ");
+    let changed: Vec<String> = cols
+        .iter()
+        .filter(|c| !c.key)
+        .map(|c| {
+            format!(
+                "SELECT {} AS c WHERE OLD.{1} IS NOT NEW.{1}",
+                quote_lit(&c.name),
+                ident(&c.name)
+            )
+        })
+        .collect();
+    let changed = if changed.is_empty() {
+        "json_array()".to_string()
+    } else {
+        format!(
+            "(SELECT json_group_array(c) FROM ({}))",
+            changed.join(" UNION ALL ")
+        )
+    };
+    let when = "(SELECT applying FROM _tributary_ctl) = 0";
+    let upsert_i = |r: &str| {
+        format!(
+            "INSERT INTO _tributary_outbox (tbl, pk, op, data, changed, base) VALUES ({t}, {}, 'I', {}, NULL, {})
+               ON CONFLICT (tbl, pk) DO UPDATE SET op = CASE WHEN _tributary_outbox.op = 'D' THEN 'U' ELSE 'I' END,
+                 data = excluded.data, changed = NULL, gen = _tributary_outbox.gen + 1, at = excluded.at;",
+            pk(r), data(r), base(r)
+        )
+    };
+    let upsert_d = |r: &str| {
+        format!(
+            "INSERT INTO _tributary_outbox (tbl, pk, op, data, changed, base) VALUES ({t}, {}, 'D', NULL, NULL, {})
+               ON CONFLICT (tbl, pk) DO UPDATE SET op = 'D', data = NULL, changed = NULL,
+                 gen = _tributary_outbox.gen + 1, at = excluded.at;",
+            pk(r), base(r)
+        )
+    };
+    format!(
+        "DROP TRIGGER IF EXISTS {i}; DROP TRIGGER IF EXISTS {u}; DROP TRIGGER IF EXISTS {k}; DROP TRIGGER IF EXISTS {d};
+CREATE TRIGGER {i} AFTER INSERT ON {tq} WHEN {when} BEGIN {ins} END;
+CREATE TRIGGER {u} AFTER UPDATE ON {tq} WHEN {when} AND {same_key} BEGIN
+  INSERT INTO _tributary_outbox (tbl, pk, op, data, changed, base) VALUES ({t}, {pk_new}, 'U', {data_new}, {changed}, {base_new})
+    ON CONFLICT (tbl, pk) DO UPDATE SET
+      op = CASE WHEN _tributary_outbox.op = 'I' THEN 'I' ELSE 'U' END,
+      data = excluded.data,
+      changed = CASE WHEN _tributary_outbox.op = 'U' THEN
+        (SELECT json_group_array(value) FROM (SELECT value FROM json_each(_tributary_outbox.changed)
+                                              UNION SELECT value FROM json_each(excluded.changed)))
+        ELSE NULL END,
+      gen = _tributary_outbox.gen + 1, at = excluded.at;
+END;
+CREATE TRIGGER {k} AFTER UPDATE ON {tq} WHEN {when} AND NOT ({same_key}) BEGIN {del_old} {ins} END;
+CREATE TRIGGER {d} AFTER DELETE ON {tq} WHEN {when} BEGIN {del_old} END;",
+        i = name("i"),
+        u = name("u"),
+        k = name("k"),
+        d = name("d"),
+        ins = upsert_i("NEW"),
+        del_old = upsert_d("OLD"),
+        pk_new = pk("NEW"),
+        data_new = data("NEW"),
+        base_new = base("NEW"),
+    )
 }
 
 /// A hub table as it is mapped into the file.
@@ -286,6 +455,16 @@ impl SqliteSink {
                         .map_err(|e| self.err(e))?;
                 }
             }
+            self.conn
+                .execute(
+                    "INSERT INTO _tributary_tables (tbl, hub) VALUES (?1, ?2)
+                     ON CONFLICT (tbl) DO UPDATE SET hub = excluded.hub",
+                    params![plain, format!("{}.{}", ident(&t.schema), ident(&t.name))],
+                )
+                .map_err(|e| self.err(e))?;
+            self.conn
+                .execute_batch(&outbox_triggers(&plain, &cols))
+                .map_err(|e| self.err(e))?;
             self.tables.insert(
                 t.id,
                 Mapped {
@@ -348,7 +527,7 @@ impl SqliteSink {
                     .prepare_cached(&sql)
                     .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
                     .map_err(err)?;
-                if let (Some(v), Some(pk)) = (c.version, c.pk_json()) {
+                if let (Some(v), Some(pk)) = (c.version, lite_pk(c)) {
                     conn.prepare_cached(
                         "INSERT INTO _tributary_versions (tbl, pk, version) VALUES (?1, ?2, ?3)
                          ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
@@ -373,7 +552,7 @@ impl SqliteSink {
                     .prepare_cached(&format!("DELETE FROM {name} WHERE {}", cond.join(" AND ")))
                     .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
                     .map_err(err)?;
-                if let Some(pk) = c.pk_json() {
+                if let Some(pk) = lite_pk(c) {
                     conn.prepare_cached(
                         "DELETE FROM _tributary_versions WHERE tbl = ?1 AND pk = ?2",
                     )

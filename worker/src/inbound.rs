@@ -1,0 +1,576 @@
+//! Pull: a SQLite peer's own changes back to the hub, through the resolver.
+//!
+//! ```text
+//!  app writes ──triggers──> _tributary_outbox (one row per key: op, row image, changed, base revision, gen)
+//!      │ every pull_interval_ms
+//!      v
+//!  hub transaction:  sync_apply(tbl, changes, origin => <destination name>)
+//!                    rows of those keys, as they now are (FOR SHARE by sync_apply's own locks)
+//!                    tributary._emit_writeback({peer, rows})      -- a logical message, in commit order
+//!  COMMIT
+//!      v
+//!  SQLite transaction: delete the sent outbox rows whose gen did not move;
+//!                      MANUAL / DEFERRED / REJECTED -> _tributary_errors (with the hub's row)
+//! ```
+//!
+//! The peer gets the hub's resolved rows back through the stream (the
+//! write-back message reaches only this peer), ordered with every other
+//! change: a later hub change can never be overwritten by an older
+//! write-back. The stream's echo guard keeps the peer's own change from
+//! coming back as such; where the hub's result differs (a merge, a lost
+//! conflict) the write-back brings the difference, and where it does not,
+//! the write-back changes nothing in the file.
+//!
+//! A crash between the hub's commit and the outbox cleanup sends the same
+//! changes again: the resolver finds the same stamps and changes nothing
+//! (tested with `kill -9`).
+
+use crate::error::{Context, Error};
+use crate::sink::sqlite::ident;
+use crate::source::ConnectOptions;
+use rusqlite::{params, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+/// Outbox rows sent per round.
+const BATCH: usize = 500;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    tbl: String,
+    hub: String,
+    pk: String,
+    op: String,
+    data: Option<String>,
+    changed: Option<String>,
+    base: Option<i64>,
+    gen: i64,
+    ts: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Outcome {
+    outcome: String,
+    conflict_id: Option<i64>,
+    detail: Option<String>,
+    hub_row: Option<String>,
+}
+
+fn lite_err(what: &str, e: rusqlite::Error) -> Error {
+    Error::Peer {
+        message: format!("{what}: {e}"),
+        transient: true,
+    }
+}
+
+fn open(path: &Path) -> Result<rusqlite::Connection, Error> {
+    let what = format!("pull from {}", path.display());
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| lite_err(&what, e))?;
+    c.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| lite_err(&what, e))?;
+    Ok(c)
+}
+
+fn read_outbox(path: &Path) -> Result<Vec<Entry>, Error> {
+    let what = format!("reading the outbox of {}", path.display());
+    let c = open(path)?;
+    // The file may not have its bookkeeping tables yet (before the initial
+    // copy): nothing to send.
+    let ready: Option<i64> = c
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE name = '_tributary_outbox'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| lite_err(&what, e))?;
+    if ready.is_none() {
+        return Ok(vec![]);
+    }
+    let mut st = c
+        .prepare(
+            "SELECT o.tbl, t.hub, o.pk, o.op, o.data, o.changed, o.base, o.gen,
+                    CAST((julianday(o.at) - 2440587.5) * 86400000000 AS INTEGER)
+               FROM _tributary_outbox o JOIN _tributary_tables t ON t.tbl = o.tbl
+              ORDER BY o.seq LIMIT ?1",
+        )
+        .map_err(|e| lite_err(&what, e))?;
+    let rows = st
+        .query_map([BATCH as i64], |r| {
+            Ok(Entry {
+                tbl: r.get(0)?,
+                hub: r.get(1)?,
+                pk: r.get(2)?,
+                op: r.get(3)?,
+                data: r.get(4)?,
+                changed: r.get(5)?,
+                base: r.get(6)?,
+                gen: r.get(7)?,
+                ts: r.get(8)?,
+            })
+        })
+        .map_err(|e| lite_err(&what, e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| lite_err(&what, e))
+}
+
+/// Removes what was sent (unless edited again since) and records the
+/// outcomes the app must see, in one SQLite transaction.
+fn finish(path: &Path, sent: &[(Entry, Outcome)]) -> Result<(), Error> {
+    let what = format!("clearing the outbox of {}", path.display());
+    let mut c = open(path)?;
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| lite_err(&what, e))?;
+    for (e, o) in sent {
+        tx.execute(
+            "DELETE FROM _tributary_outbox WHERE tbl = ?1 AND pk = ?2 AND gen = ?3",
+            params![e.tbl, e.pk, e.gen],
+        )
+        .map_err(|er| lite_err(&what, er))?;
+        if matches!(o.outcome.as_str(), "MANUAL" | "DEFERRED" | "REJECTED") {
+            tx.execute(
+                "INSERT INTO _tributary_errors (tbl, pk, op, outcome, detail, local_data, hub_row, conflict_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![e.tbl, e.pk, e.op, o.outcome, o.detail, e.data, o.hub_row, o.conflict_id],
+            )
+            .map_err(|er| lite_err(&what, er))?;
+        }
+    }
+    tx.commit().map_err(|e| lite_err(&what, e))
+}
+
+/// A hub table's columns: (name, type oid, key), in attribute order.
+async fn columns(client: &Client, hub: &str) -> Result<Vec<(String, u32, bool)>, Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::int8, coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+               FROM pg_attribute a
+               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&hub],
+        )
+        .await
+        .context(format!("pull: columns of {hub}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u32, r.get(2)))
+        .collect())
+}
+
+/// Whether sync_apply refused the changes themselves (bad data, a
+/// constraint), as opposed to failing for a reason a retry can fix
+/// (deadlock, connection) or the operator must (privileges).
+fn refused(e: &tokio_postgres::Error) -> bool {
+    match e.code().map(|c| c.code()) {
+        Some(c) => {
+            c.starts_with("22")
+                || c.starts_with("23")
+                || c.starts_with("TB")
+                || matches!(c, "42703" | "42804" | "42P18")
+        }
+        None => false,
+    }
+}
+
+fn change_json(e: &Entry) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("op".into(), e.op.clone().into());
+    m.insert(
+        "pk".into(),
+        serde_json::from_str(&e.pk).unwrap_or(serde_json::Value::Null),
+    );
+    if let Some(d) = &e.data {
+        m.insert(
+            "data".into(),
+            serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
+        );
+    }
+    if let Some(ch) = e.changed.as_deref().filter(|_| e.op == "U") {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(ch) {
+            m.insert("changed".into(), v);
+        }
+    }
+    m.insert("version".into(), (e.base.unwrap_or(0) + 1).into());
+    m.insert("ts".into(), e.ts.into());
+    serde_json::Value::Object(m)
+}
+
+/// A hub table's columns: (name, type oid, part of the key).
+type Columns = Arc<Vec<(String, u32, bool)>>;
+
+struct Puller {
+    client: Client,
+    name: String,
+    path: PathBuf,
+    columns: HashMap<String, Columns>,
+    metrics: Arc<crate::metrics::DestinationMetrics>,
+}
+
+impl Puller {
+    async fn columns(&mut self, hub: &str) -> Result<Columns, Error> {
+        if let Some(c) = self.columns.get(hub) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(columns(&self.client, hub).await?);
+        self.columns.insert(hub.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// One hub transaction: apply `entries` (one table), then emit the
+    /// write-back. Returns one outcome per entry, or the database error
+    /// that refused the batch.
+    async fn apply(
+        &mut self,
+        hub: &str,
+        entries: &[Entry],
+    ) -> Result<Result<Vec<Outcome>, tokio_postgres::Error>, Error> {
+        let cols = self.columns(hub).await?;
+        let changes =
+            serde_json::Value::Array(entries.iter().map(change_json).collect()).to_string();
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .context("pull: BEGIN")?;
+        let r = self
+            .client
+            .query(
+                "SELECT outcome, conflict_id, detail FROM sync_apply($1::text::regclass, $2::text::jsonb, $3)",
+                &[&hub, &changes, &self.name],
+            )
+            .await;
+        let rows = match r {
+            Ok(rows) => rows,
+            Err(e) if refused(&e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Ok(Err(e));
+            }
+            Err(e) => return Err(e).context("pull: sync_apply"),
+        };
+        let mut outcomes: Vec<Outcome> = rows
+            .iter()
+            .map(|r| Outcome {
+                outcome: r.get(0),
+                conflict_id: r.get(1),
+                detail: r.get(2),
+                hub_row: None,
+            })
+            .collect();
+        if outcomes.len() != entries.len() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(Error::Definite {
+                message: format!(
+                    "sync_apply returned {} outcomes for {} changes",
+                    outcomes.len(),
+                    entries.len()
+                ),
+                hint: "report this as a bug".into(),
+            });
+        }
+        let deferred: Vec<bool> = outcomes.iter().map(|o| o.outcome == "DEFERRED").collect();
+        let hub_rows = self.write_back(hub, &cols, entries, &deferred).await?;
+        for (o, r) in outcomes.iter_mut().zip(hub_rows) {
+            o.hub_row = r;
+        }
+        crate::failpoint::hit("pull.before_hub_commit");
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .context("pull: COMMIT")?;
+        crate::failpoint::hit("pull.after_hub_commit");
+        Ok(Ok(outcomes))
+    }
+
+    /// Inside the open hub transaction: reads the keys of `entries` as the
+    /// hub now holds them and emits the write-back message for this peer:
+    /// rows to hold, and keys to drop (unless `deferred`: parked at the
+    /// hub, to come later). Returns each row as JSON, for the errors table.
+    async fn write_back(
+        &mut self,
+        hub: &str,
+        cols: &[(String, u32, bool)],
+        entries: &[Entry],
+        deferred: &[bool],
+    ) -> Result<Vec<Option<String>>, Error> {
+        // Rows sync_apply touched are locked until our commit, so what we
+        // read is what our commit leaves.
+        let mut rows = self.fetch(hub, cols, entries).await?;
+        if (0..entries.len()).any(|i| rows[i].0.is_none() && !deferred[i]) {
+            // Keys the hub does not hold: make sure no one inserts them
+            // before we commit the write-back that removes them at the peer
+            // (SHARE mode waits for writers in flight, then holds new ones
+            // off until our commit).
+            self.client
+                .batch_execute(&format!("LOCK TABLE {hub} IN SHARE MODE"))
+                .await
+                .context(format!("pull: locking {hub}"))?;
+            rows = self.fetch(hub, cols, entries).await?;
+        }
+        let mut upserts = vec![];
+        let mut deletes = vec![];
+        for (i, e) in entries.iter().enumerate() {
+            match &rows[i].0 {
+                Some(values) => upserts.push(values.clone()),
+                None if !deferred[i] => {
+                    // The key as the hub types it, other columns null.
+                    let pk: serde_json::Value =
+                        serde_json::from_str(&e.pk).unwrap_or(serde_json::Value::Null);
+                    deletes.push(
+                        cols.iter()
+                            .map(|(n, _, key)| {
+                                if *key {
+                                    pk.get(n).and_then(|v| match v {
+                                        serde_json::Value::Null => None,
+                                        serde_json::Value::String(s) => Some(s.clone()),
+                                        other => Some(other.to_string()),
+                                    })
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                None => {}
+            }
+        }
+        let (schema, table, oid) = self.names(hub).await?;
+        let msg = crate::transaction::Writeback {
+            peer: self.name.clone(),
+            oid,
+            schema,
+            table,
+            columns: cols.to_vec(),
+            upserts,
+            deletes,
+        };
+        self.client
+            .execute(
+                "SELECT tributary._emit_writeback($1)",
+                &[&serde_json::to_string(&msg).unwrap_or_default()],
+            )
+            .await
+            .context("pull: emitting the write-back")?;
+        Ok(rows.into_iter().map(|r| r.1).collect())
+    }
+
+    /// After a change was refused: the peer gets the hub's row back (or
+    /// loses the key), so that it converges; the refused change stays in
+    /// `_tributary_errors`.
+    async fn resync(&mut self, hub: &str, e: &Entry) -> Result<Option<String>, Error> {
+        let cols = self.columns(hub).await?;
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .context("pull: BEGIN")?;
+        let rows = self
+            .write_back(hub, &cols, std::slice::from_ref(e), &[false])
+            .await?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .context("pull: COMMIT")?;
+        Ok(rows.into_iter().next().flatten())
+    }
+
+    async fn names(&self, hub: &str) -> Result<(String, String, u32), Error> {
+        let r = self
+            .client
+            .query_one(
+                "SELECT n.nspname::text, c.relname::text, c.oid::int8
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1::text::regclass",
+                &[&hub],
+            )
+            .await
+            .context(format!("pull: naming {hub}"))?;
+        Ok((r.get(0), r.get(1), r.get::<_, i64>(2) as u32))
+    }
+
+    /// For each entry's key: the hub row's columns as text (None when the
+    /// hub holds no such row), and the row as JSON for the errors table.
+    async fn fetch(
+        &self,
+        hub: &str,
+        cols: &[(String, u32, bool)],
+        entries: &[Entry],
+    ) -> Result<Vec<(Option<Vec<Option<String>>>, Option<String>)>, Error> {
+        let keys = serde_json::Value::Array(
+            entries
+                .iter()
+                .map(|e| serde_json::from_str(&e.pk).unwrap_or(serde_json::Value::Null))
+                .collect(),
+        )
+        .to_string();
+        let select: Vec<String> = cols
+            .iter()
+            .map(|(n, _, _)| format!("t.{}::text", ident(n)))
+            .collect();
+        let join: Vec<String> = cols
+            .iter()
+            .filter(|c| c.2)
+            .map(|(n, _, _)| {
+                format!(
+                    "t.{0} = (jsonb_populate_record(NULL::{hub}, k.v)).{0}",
+                    ident(n)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT k.ord, t.ctid IS NOT NULL, tributary.row_json(t)::text, {}
+               FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS k(v, ord)
+               LEFT JOIN {hub} t ON {}
+              ORDER BY k.ord",
+            select.join(", "),
+            join.join(" AND ")
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&keys])
+            .await
+            .context(format!("pull: reading back {hub}"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                if r.get::<_, bool>(1) {
+                    let vals = (0..cols.len())
+                        .map(|i| r.get::<_, Option<String>>(3 + i))
+                        .collect();
+                    (Some(vals), r.get(2))
+                } else {
+                    (None, None)
+                }
+            })
+            .collect())
+    }
+
+    /// One round: read, apply per table, clean up. Returns how many outbox
+    /// rows were handled.
+    async fn round(&mut self) -> Result<usize, Error> {
+        let path = self.path.clone();
+        let batch = tokio::task::spawn_blocking(move || read_outbox(&path))
+            .await
+            .map_err(|e| Error::Definite {
+                message: format!("pull task: {e}"),
+                hint: "report this as a bug".into(),
+            })??;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        // Per table, in the order the tables were first written.
+        let mut order: Vec<String> = vec![];
+        let mut groups: HashMap<String, Vec<Entry>> = HashMap::new();
+        for e in &batch {
+            if !groups.contains_key(&e.hub) {
+                order.push(e.hub.clone());
+            }
+            groups.entry(e.hub.clone()).or_default().push(e.clone());
+        }
+        let mut sent: Vec<(Entry, Outcome)> = vec![];
+        for hub in order {
+            let entries = &groups[&hub];
+            match self.apply(&hub, entries).await? {
+                Ok(outcomes) => sent.extend(entries.iter().cloned().zip(outcomes)),
+                Err(_) => {
+                    // The batch was refused whole: find the poison change(s)
+                    // by applying one at a time.
+                    for e in entries {
+                        match self.apply(&hub, std::slice::from_ref(e)).await? {
+                            Ok(mut o) => sent.push((e.clone(), o.remove(0))),
+                            Err(err) => {
+                                let d = err.as_db_error();
+                                let detail = d.map(|d| {
+                                    format!(
+                                        "{} (SQLSTATE {}){}{}",
+                                        d.message(),
+                                        d.code().code(),
+                                        d.detail()
+                                            .map(|x| format!(" DETAIL: {x}"))
+                                            .unwrap_or_default(),
+                                        d.hint().map(|x| format!(" HINT: {x}")).unwrap_or_default()
+                                    )
+                                });
+                                tracing::warn!(destination = %self.name, table = %hub, pk = %e.pk, error = ?detail, "a peer change was rejected");
+                                let hub_row = self.resync(&hub, e).await?;
+                                sent.push((
+                                    e.clone(),
+                                    Outcome {
+                                        outcome: "REJECTED".into(),
+                                        conflict_id: None,
+                                        detail,
+                                        hub_row,
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let n = sent.len();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || finish(&path, &sent))
+            .await
+            .map_err(|e| Error::Definite {
+                message: format!("pull task: {e}"),
+                hint: "report this as a bug".into(),
+            })??;
+        self.metrics.pulled.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+}
+
+/// Pulls the peer's outbox until `stop` fires.
+pub async fn run(
+    opts: ConnectOptions,
+    name: String,
+    path: PathBuf,
+    interval: Duration,
+    metrics: Arc<crate::metrics::DestinationMetrics>,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    let client =
+        crate::sink::queue::connect(&opts, &format!("tributary-worker pull {name}")).await?;
+    client
+        .batch_execute(
+            "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC';
+             SET extra_float_digits = 3;",
+        )
+        .await
+        .context("pull: session settings")?;
+    let mut p = Puller {
+        client,
+        name,
+        path,
+        columns: HashMap::new(),
+        metrics,
+    };
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        if !p.path.exists() {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => continue,
+            }
+        }
+        let n = p.round().await?;
+        if n < BATCH {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
