@@ -1,84 +1,173 @@
 #!/usr/bin/env bash
-# The demo: a throwaway PostgreSQL 15 cluster with the tributary extension,
-# two tracked tables, and a scripted session showing changes arriving through
-# sync_changes_since and sync_payload, including a late commit of a
-# transaction that took its xid first. Installs what is missing first.
+# The demo, end to end: a throwaway PostgreSQL 15 hub with the tributary
+# extension, the worker, two SQLite peers (edge1, edge2) and an outbound
+# queue (audit). Writes on the hub and on a peer arrive everywhere; offline
+# edits conflict and are resolved (priority, field merge, manual); an order
+# is parked until its customer arrives. Installs what is missing first, and
+# leaves the files in place to inspect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source scripts/cluster.sh
+WORKER=$PWD/target/release/tributary-worker
 
 DIR=$(mktemp -d /tmp/tributary-demo-XXXX)
-trap 'cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
-cluster_start "$DIR"
+chmod 755 "$DIR"
+WPID=
+finish() {
+  [ -n "$WPID" ] && kill -TERM "$WPID" 2>/dev/null && wait "$WPID" 2>/dev/null
+  cluster_stop "$DIR/pg"
+}
+trap finish EXIT
+mkdir -p "$DIR/pg"
+cluster_start "$DIR/pg"
+START=$(date +%s)
 
 h() { printf '\n\033[1;34m## %s\033[0m\n' "$*"; }
 note() { printf '\033[2m%s\033[0m\n' "$*"; }
-q() { echo "tributary=# $1"; psql -X -q -P pager=off -v ON_ERROR_STOP=1 -d demo -c "$1"; }
+q() { echo "hub=# $1"; psql -X -q -P pager=off -v ON_ERROR_STOP=1 -d demo -c "$1"; }
 val() { psql -X -q -At -v ON_ERROR_STOP=1 -d demo -c "$1"; }
+lite() { local db=$1; shift; echo "$db> $*"; sqlite3 -header -column "$DIR/$db.db" "$@"; }
+liteval() { sqlite3 "$DIR/$1.db" "$2"; }
+# wait_for "what" 'shell condition'
+wait_for() {
+  local what=$1 cond=$2 end=$((SECONDS + 30))
+  until eval "$cond" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || { echo "timed out waiting for $what"; tail -20 "$DIR/worker.log"; exit 1; }
+    sleep 0.1
+  done
+}
+# Everything the hub committed so far has reached both peers: a heartbeat
+# written after it has, by their stored positions.
+synced() {
+  local target p end lsn
+  target=$(val "SELECT pg_current_wal_lsn()")
+  val "INSERT INTO heartbeat DEFAULT VALUES" >/dev/null
+  for p in edge1 edge2; do
+    end=$((SECONDS + 30))
+    while :; do
+      lsn=$(liteval $p "SELECT lsn FROM _tributary_state" 2>/dev/null || true)
+      [ "$(val "SELECT '${lsn:-0/0}'::pg_lsn > '$target'::pg_lsn")" = t ] && break
+      [ $SECONDS -lt $end ] || { echo "timed out waiting for $p"; tail -20 "$DIR/worker.log"; exit 1; }
+      sleep 0.1
+    done
+  done
+}
+outboxes_empty() {
+  wait_for "the peers' outboxes to drain" \
+    "[ \"\$(liteval edge1 'SELECT count(*) FROM _tributary_outbox')\$(liteval edge2 'SELECT count(*) FROM _tributary_outbox')\" = 00 ]"
+}
+start_worker() {
+  "$WORKER" run --config "$DIR/worker.toml" >>"$DIR/worker.log" 2>&1 &
+  WPID=$!
+}
 
 psql -X -q -c "CREATE DATABASE demo"
-h "1. Install the extension and track two tables"
-q "CREATE EXTENSION tributary"
-q "CREATE TABLE customers (external_id text PRIMARY KEY, full_name text, email text);
+
+h "1. The hub: customers and orders, tracked; peers and their priorities"
+q "CREATE EXTENSION tributary;
+   CREATE TABLE customers (external_id text PRIMARY KEY, full_name text, email text);
    CREATE TABLE orders (id int PRIMARY KEY, customer_id text REFERENCES customers, total numeric);
+   CREATE TABLE heartbeat (id serial PRIMARY KEY);
    INSERT INTO customers VALUES ('CUST-001', 'Ada Lovelace', 'ada@example.com'),
                                 ('CUST-002', 'Alan Turing', 'alan@example.com');
-   SELECT sync_track('customers'); SELECT sync_track('orders');"
-q "SELECT tbl, pk_columns FROM sync_tracked_tables()"
+   SELECT sync_track('customers'), sync_track('orders'), sync_track('heartbeat');
+   SELECT sync_set_peer('edge1', 1), sync_set_peer('crm', 1), sync_set_peer('edge2', 2);"
+note "Lower number = higher priority. The worker runs as a REPLICATION role, not a superuser:"
+q "CREATE ROLE tributary_worker LOGIN REPLICATION;
+   SELECT sync_queue_create('audit'); SELECT sync_worker_grant('tributary_worker');"
 
-h "2. A new offline client asks for its first payload (version 0 -> Full)"
-q "SELECT jsonb_pretty(sync_payload('customers', 0))"
-V0=$(val "SELECT sync_payload('customers', 0) -> 'Metadata' -> 'Sync' ->> 'Version'")
-note "The client stores Version = $V0 and sends it next time."
+h "2. The worker: two SQLite peers and an outbound queue"
+cat >"$DIR/worker.toml" <<TOML
+[source]
+url = "postgres://tributary_worker@127.0.0.1:$PGPORT/demo"
+slot = "tributary"
+[http]
+listen = "127.0.0.1:$(free_port)"
+[[destination]]
+name = "edge1"
+kind = "sqlite"
+path = "$DIR/edge1.db"
+tables = ["public.customers", "public.orders", "public.heartbeat"]
+[[destination]]
+name = "edge2"
+kind = "sqlite"
+path = "$DIR/edge2.db"
+tables = ["public.customers", "public.orders", "public.heartbeat"]
+[[destination]]
+name = "audit"
+kind = "queue"
+tables = ["public.customers", "public.orders"]
+TOML
+"$WORKER" check-config --config "$DIR/worker.toml" | sed 's/^/    /'
+start_worker
+wait_for "the initial copies" "[ \"\$(grep -c 'initial copy sent' '$DIR/worker.log')\" = 2 ]"
+note "Each new peer got a consistent copy first, joined to the stream without a gap:"
+grep -o 'initial copy: table done.*' "$DIR/worker.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/    /' | head -4
+lite edge1 "SELECT * FROM customers"
 
-h "3. The app writes: an insert, an update (twice) and a delete"
-q "INSERT INTO customers VALUES ('CUST-003', 'Grace Hopper', 'grace@example.com');
-   UPDATE customers SET email = 'ada@lovelace.example' WHERE external_id = 'CUST-001';
-   UPDATE customers SET full_name = 'Ada King' WHERE external_id = 'CUST-001';
-   DELETE FROM customers WHERE external_id = 'CUST-002';"
-q "SELECT external_id, sync_version FROM customers ORDER BY 1"
-note "sync_version is the row's revision: usable as an ETag (UPDATE ... WHERE sync_version = \$etag)."
+h "3. The hub writes; the change arrives at both peers and in the queue"
+q "INSERT INTO customers VALUES ('CUST-003', 'Grace Hopper', 'grace@example.com')"
+synced
+lite edge2 "SELECT * FROM customers WHERE external_id = 'CUST-003'"
+q "SELECT id, op, tbl, pk, data ->> 'full_name' AS full_name, origin FROM sync_queue_read('audit', 10)"
 
-h "4. The client pulls the net changes since its version"
-q "SELECT op, pk, data, row_version, changed_columns FROM sync_changes_since($V0) ORDER BY pk"
-q "SELECT jsonb_pretty(sync_payload('customers', $V0))"
+h "4. An app writes on edge1; the hub and edge2 get it, edge1 gets no echo"
+lite edge1 "UPDATE customers SET email = 'ada@lovelace.example' WHERE external_id = 'CUST-001';
+            SELECT tbl, pk, op, data FROM _tributary_outbox"
+note "Captured by edge1's triggers. The worker sends it to sync_apply(..., origin => 'edge1'):"
+outboxes_empty
+synced
+q "SELECT external_id, email, sync_origin FROM customers WHERE external_id = 'CUST-001'"
+lite edge2 "SELECT external_id, email FROM customers WHERE external_id = 'CUST-001'"
+q "SELECT op, pk, data ->> 'email' AS email, origin FROM sync_queue_read('audit', 10)"
+note "edge1 wrote it, so the stream does not send it back to edge1 (the queue still gets it, tagged)."
 
-h "5. A late commit: T1 takes the older xid first, T2 commits first"
-LAST=$(val "SELECT sync_current_version()")
-# A gate session holds an advisory lock; T1 writes, then waits on the gate.
-psql -X -q -d demo -c "SET application_name = 'demo-gate'; SELECT pg_advisory_lock(42); SELECT pg_sleep(600)" >/dev/null 2>&1 &
-until [ "$(val "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")" = 1 ]; do sleep 0.1; done
-psql -X -q -d demo -c "SET application_name = 'demo-T1'" -c "BEGIN; INSERT INTO orders VALUES (1, 'CUST-001', 99.50); SELECT pg_advisory_xact_lock(42); COMMIT;" >/dev/null 2>&1 &
-T1=$!
-until [ "$(val "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'demo-T1' AND backend_xid IS NOT NULL AND wait_event_type = 'Lock'")" = 1 ]; do sleep 0.1; done
-note "T1 has inserted order 1 (xid $(val "SELECT backend_xid FROM pg_stat_activity WHERE application_name = 'demo-T1'")) and is still open."
-q "INSERT INTO orders VALUES (2, 'CUST-003', 12.00)  -- T2, a later xid, commits now"
-V1=$(val "SELECT sync_current_version()")
-q "SELECT op, pk FROM sync_changes_since($LAST, $V1)  -- the reader polls"
-note "Nothing yet: the version ($V1) cannot pass T1's running xid, so T2's change waits with it."
-q "SELECT held_back_by, kind, application_name, state FROM sync_version_lag() LIMIT 1"
-val "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'demo-gate'" >/dev/null
-wait "$T1" || true
-note "T1 committed."
-V2=$(val "SELECT sync_current_version()")
-q "SELECT op, pk, data FROM sync_changes_since($LAST, $V2) ORDER BY pk"
-note "Both orders arrive, each exactly once. A timestamp or sequence cursor would have skipped order 1."
+h "5. Offline edits conflict; the hub resolves them when the worker is back"
+kill -TERM "$WPID"; wait "$WPID" || true; WPID=
+note "The worker is stopped (SIGTERM: it finished its transaction and confirmed the slot). Meanwhile:"
+V=$(val "SELECT sync_version FROM customers WHERE external_id = 'CUST-001'")
+lite edge1 "UPDATE customers SET full_name = 'Alan M. Turing' WHERE external_id = 'CUST-002';  -- priority: edge1 (1) vs edge2 (2)
+            UPDATE customers SET full_name = 'Ada, Countess of Lovelace' WHERE external_id = 'CUST-001'  -- manual: vs crm, same priority"
+lite edge2 "UPDATE customers SET full_name = 'A. Turing' WHERE external_id = 'CUST-002';
+            UPDATE customers SET full_name = 'Grace B. Hopper' WHERE external_id = 'CUST-003'  -- field merge with the hub's email change"
+q "UPDATE customers SET email = 'grace@navy.example' WHERE external_id = 'CUST-003'"
+q "SELECT pk ->> 'external_id' AS key, outcome FROM sync_apply('customers',
+     '[{\"op\":\"U\",\"pk\":{\"external_id\":\"CUST-001\"},\"data\":{\"full_name\":\"Ada King (CRM)\"},\"version\":$((V + 1))}]', 'crm')"
+start_worker
+outboxes_empty
+synced
+q "SELECT external_id, full_name, email, sync_origin FROM customers ORDER BY 1"
+lite edge1 "SELECT * FROM customers ORDER BY 1"
+lite edge2 "SELECT * FROM customers ORDER BY 1"
+note "CUST-002: PRIORITY_WIN, edge1's name everywhere. CUST-003: FIELD_MERGE, edge2's name and the hub's email."
+note "CUST-001: MANUAL. The hub keeps a deterministic interim value and logs the conflict; edge1's app sees it:"
+q "SELECT id, pk ->> 'external_id' AS key, local ->> 'full_name' AS hub_side, remote ->> 'full_name' AS remote_side, remote_origin, status FROM sync_conflicts"
+lite edge1 "SELECT tbl, pk, outcome, hub_row FROM _tributary_errors"
 
-h "6. Origins: a peer's own writes are not sent back to it"
-q "SET tributary.origin = 'crm'; UPDATE customers SET email = 'grace@navy.example' WHERE external_id = 'CUST-003'"
-V3=$(val "SELECT sync_current_version()")
-q "SELECT op, pk, origin FROM sync_changes_since($V2, $V3)"
-q "SELECT count(*) AS for_crm FROM sync_changes_since($V2, $V3, skip_origin => 'crm')"
-
-h "7. Retention: a client older than the purged tombstones gets Full, never a partial diff"
-q "SET tributary.retention = '0'; SELECT sync_cleanup() AS tombstones_purged"
-q "SELECT sync_min_valid_version('customers') > $V0 AS min_valid_raised"
-q "SELECT sync_payload('customers', $V0) -> 'Metadata' AS answer_for_old_client"
+h "6. An order arrives before its customer: parked, then applied"
+q "SELECT pk, outcome, detail FROM sync_apply('orders',
+     '[{\"op\":\"I\",\"pk\":{\"id\":500},\"data\":{\"id\":500,\"customer_id\":\"CUST-100\",\"total\":42.50},\"version\":1}]', 'portal')"
+q "SELECT tbl, pk, waiting_for, status FROM sync_pending"
+lite edge2 "INSERT INTO customers VALUES ('CUST-100', 'Katherine Johnson', 'kj@example.com')"
+outboxes_empty
+wait_for "the parked order" "[ \"\$(val 'SELECT count(*) FROM orders WHERE id = 500')\" = 1 ]"
+synced
+q "SELECT o.id, o.customer_id, c.full_name, o.total FROM orders o JOIN customers c ON c.external_id = o.customer_id"
+lite edge1 "SELECT * FROM orders"
+q "SELECT count(*) AS still_parked FROM sync_pending WHERE status = 'pending'"
 
 h "Summary"
-echo "  tracked tables:   $(val "SELECT string_agg(tbl::text, ', ') FROM sync_tracked_tables()")"
-echo "  current version:  $(val "SELECT sync_current_version()")"
-echo "  customers:        $(val "SELECT count(*) FROM customers") rows, orders: $(val "SELECT count(*) FROM orders") rows"
-echo "  client protocol:  v := sync_current_version(); SELECT * FROM sync_changes_since(last, v); last := v"
-echo "Demo finished; the throwaway cluster in $DIR is stopped and removed."
+for p in edge1 edge2; do
+  echo "  $p: $(liteval $p 'SELECT count(*) FROM customers') customers, $(liteval $p 'SELECT count(*) FROM orders') orders, $(liteval $p 'SELECT count(*) FROM _tributary_errors') entries in _tributary_errors"
+done
+echo "  hub:   $(val 'SELECT count(*) FROM customers') customers, $(val 'SELECT count(*) FROM orders') orders, $(val 'SELECT count(*) FROM sync_conflicts') conflict(s) logged"
+echo "  queue: $(val "SELECT ready + leased FROM sync_queue_stats('audit')") change(s) for consumers of 'audit'"
+same=$(diff <(liteval edge1 'SELECT * FROM customers ORDER BY 1') <(liteval edge2 'SELECT * FROM customers ORDER BY 1') >/dev/null && echo yes || echo NO)
+echo "  edge1 and edge2 hold the same customers: $same"
+echo "  took $(( $(date +%s) - START )) s"
+echo
+echo "Files left to inspect in $DIR:"
+echo "  edge1.db, edge2.db   sqlite3 $DIR/edge1.db 'SELECT * FROM customers'"
+echo "  worker.toml, worker.log"
+echo "  pg/                  the hub's data directory (stopped)"

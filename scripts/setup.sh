@@ -41,4 +41,6 @@ say "building and installing the tributary extension (release)"
 sudo_flag=(); [ "$(id -u)" = 0 ] || sudo_flag=(--sudo)
 cargo pgrx install --release -p tributary --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/tmp/tributary-install.log 2>&1 \
   || { cat /tmp/tributary-install.log; exit 1; }
+say "building the worker (release)"
+cargo build -q --release -p tributary-worker
 say "setup done"

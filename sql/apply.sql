@@ -208,7 +208,7 @@ BEGIN
     -- Changes parked for want of a row of this table may go through now.
     IF coalesce(current_setting('tributary.retrying', true), '') <> 'on'
        AND EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = tbl AND q.status = 'pending') THEN
-        PERFORM count(*) FROM @extschema@.sync_retry_pending(tbl);
+        PERFORM count(*) FROM tributary._retry_pending(tbl);
     END IF;
 END $$;
 COMMENT ON FUNCTION sync_apply(regclass, jsonb, text) IS
@@ -296,7 +296,9 @@ COMMENT ON VIEW sync_pending IS
 -- holds. A change that is still missing its parent stays parked with one
 -- more attempt; after tributary.max_retries attempts it becomes a dead
 -- letter. Returns what happened to each.
-CREATE FUNCTION sync_retry_pending(tbl regclass DEFAULT NULL)
+-- The engine behind it, also run by sync_apply for whoever may call
+-- sync_apply (a peer's role is granted sync_apply only).
+CREATE FUNCTION tributary._retry_pending(tbl regclass)
 RETURNS TABLE (id bigint, tbl_name regclass, pk jsonb, outcome text, attempts integer, detail text)
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -306,6 +308,11 @@ DECLARE
     cap integer := coalesce(nullif(current_setting('tributary.max_retries', true), '')::integer, 10);
     prev text := current_setting('tributary.retrying', true);
 BEGIN
+    IF NOT has_function_privilege('@extschema@.sync_apply(regclass, jsonb, text)', 'EXECUTE') THEN
+        PERFORM tributary._raise('42501', 'permission denied to retry parked changes',
+            format('Role %s may not run sync_apply.', current_user),
+            'Grant EXECUTE on sync_apply (or sync_retry_pending) to this role.');
+    END IF;
     PERFORM set_config('tributary.retrying', 'on', true);
     FOR p IN SELECT * FROM tributary.pending q
               WHERE q.status = 'pending' AND (tbl IS NULL OR q.relid = tbl OR q.parent_relid = tbl)
@@ -329,5 +336,9 @@ BEGIN
     END LOOP;
     PERFORM set_config('tributary.retrying', coalesce(nullif(prev, ''), 'off'), true);
 END $$;
+CREATE FUNCTION sync_retry_pending(tbl regclass DEFAULT NULL)
+RETURNS TABLE (id bigint, tbl_name regclass, pk jsonb, outcome text, attempts integer, detail text)
+LANGUAGE sql VOLATILE
+AS $$ SELECT * FROM tributary._retry_pending(tbl) $$;
 COMMENT ON FUNCTION sync_retry_pending(regclass) IS
   'Retry parked changes (all, or those of / waiting for one table). sync_apply also calls it for the changes waiting for the table it wrote.';
