@@ -561,3 +561,276 @@ fn field_merge_deferred_and_rejected_outcomes_reach_the_peer() {
         vec![vec!["10".to_string(), "C9".into(), "5.00".into()]]
     );
 }
+
+fn metric(addr: &str, line_prefix: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line_prefix} not in:\n{r}"))
+}
+
+fn listen_addr(cfg: &str) -> String {
+    cfg.lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string()
+}
+
+#[test]
+fn no_echo_each_write_is_applied_once_at_every_other_peer() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        "CREATE TABLE customers (id text PRIMARY KEY, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, customer text REFERENCES customers);
+         SELECT sync_track('customers'); SELECT sync_track('orders');",
+    )
+    .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2) = (dir.path().join("edge1.db"), dir.path().join("edge2.db"));
+    let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
+    let addr = listen_addr(&cfg);
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &e1);
+    caught_up(&mut w, &mut c, &e2);
+    let applied = |p: &str| {
+        metric(
+            &addr,
+            &format!("tributary_destination_applied_total{{destination=\"{p}\",kind=\"sqlite\"}} "),
+        )
+    };
+    // The heartbeats of caught_up count as hub writes too: measure them.
+    let (a1, a2) = (applied("edge1"), applied("edge2"));
+    let markers = scalar(&mut c, "SELECT count(*) FROM marker");
+    let k = 5;
+    let mut hub_writes = 0.0;
+    for i in 0..k {
+        // The hub: a parent and its child in one transaction.
+        c.batch_execute(&format!(
+            "BEGIN; INSERT INTO customers VALUES ('h{i}', 'hub'); INSERT INTO orders VALUES ({i}, 'h{i}'); COMMIT;"
+        ))
+        .unwrap();
+        hub_writes += 2.0;
+        // edge1: a parent and child in one SQLite transaction, and a row of
+        // the table with hostile names.
+        lite(&e1)
+            .execute_batch(&format!(
+                r#"BEGIN; INSERT INTO customers VALUES ('a{i}', 'edge1'); INSERT INTO orders VALUES ({}, 'a{i}');
+                   INSERT INTO "tab'le" ("]", """") VALUES ({i}, 'q"{i}'); COMMIT;"#,
+                100 + i
+            ))
+            .unwrap();
+        // edge2: an update.
+        lite(&e2)
+            .execute_batch(&format!(
+                "UPDATE customers SET name = 'edge2 {i}' WHERE id = 'h{i}'"
+            ))
+            .unwrap();
+        w.until(T, "the outboxes to drain", || {
+            outbox_len(&e1) == 0 && outbox_len(&e2) == 0
+        });
+    }
+    caught_up(&mut w, &mut c, &e1);
+    caught_up(&mut w, &mut c, &e2);
+    // Every write reached every other place once: edge1 got the hub's and
+    // edge2's, edge2 the hub's and edge1's; nobody got their own back. (The
+    // markers caught_up writes at the hub count as hub writes.)
+    let hub_writes = hub_writes + (scalar(&mut c, "SELECT count(*) FROM marker") - markers) as f64;
+    let (d1, d2) = (applied("edge1") - a1, applied("edge2") - a2);
+    let edge1_writes = 3.0 * k as f64;
+    let edge2_writes = k as f64;
+    assert_eq!(d1, hub_writes + edge2_writes, "edge1 applies");
+    assert_eq!(d2, hub_writes + edge1_writes, "edge2 applies");
+    assert_eq!(
+        hub_rows(&mut c, r#"SELECT "]"::text, """" FROM "tab'le" ORDER BY 1"#).len(),
+        k
+    );
+    assert_eq!(scalar(&mut c, "SELECT count(*) FROM orders"), 2 * k as i64);
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM sync_pending"),
+        0,
+        "parents came first"
+    );
+    for p in [&e1, &e2] {
+        assert_eq!(
+            peer_rows(p, "SELECT id, name FROM customers ORDER BY id"),
+            hub_rows(&mut c, "SELECT id, name FROM customers ORDER BY id")
+        );
+    }
+}
+
+/// Random writes by an app on a peer file, on keys 1..40.
+fn peer_churn(path: &Path, txns: usize, tag: &str) {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let app = lite(path);
+    for _ in 0..txns {
+        let id = rng.gen_range(1..40);
+        let sql = match rng.gen_range(0..4) {
+            0 => format!("INSERT INTO items (id, v) VALUES ({id}, '{tag}{id}') ON CONFLICT (id) DO UPDATE SET v = excluded.v"),
+            1 | 2 => format!("UPDATE items SET v = '{tag}' || v WHERE id = {id}"),
+            _ => format!("DELETE FROM items WHERE id = {id}"),
+        };
+        app.execute_batch(&sql).unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..15)));
+    }
+}
+
+fn quiesce(w: &mut WorkerProc, c: &mut Client, peers: &[&Path]) {
+    for _ in 0..3 {
+        for p in peers {
+            let p = p.to_path_buf();
+            w.until(T, "the outboxes to drain", || outbox_len(&p) == 0);
+        }
+        for p in peers {
+            caught_up(w, c, p);
+        }
+    }
+}
+
+#[test]
+fn hub_and_two_peers_writing_the_same_keys_at_once_converge() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("INSERT INTO items (id, v) SELECT g, 'seed' FROM generate_series(1, 30) g")
+        .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2) = (dir.path().join("edge1.db"), dir.path().join("edge2.db"));
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &two_peers(dir.path())), &[]);
+    caught_up(&mut w, &mut c, &e1);
+    caught_up(&mut w, &mut c, &e2);
+    let t1 = {
+        let p = e1.clone();
+        std::thread::spawn(move || peer_churn(&p, 150, "a"))
+    };
+    let t2 = {
+        let p = e2.clone();
+        std::thread::spawn(move || peer_churn(&p, 150, "b"))
+    };
+    churn(&mut c, 60);
+    t1.join().unwrap();
+    t2.join().unwrap();
+    quiesce(&mut w, &mut c, &[&e1, &e2]);
+    let hub = hub_items(&mut c);
+    assert!(!hub.is_empty());
+    assert_eq!(peer_items(&e1), hub, "edge1 converged");
+    assert_eq!(peer_items(&e2), hub, "edge2 converged");
+    assert!(w.running());
+}
+
+#[test]
+fn a_crash_mid_pull_loses_nothing_and_applies_nothing_twice() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = dir.path().join("edge1.db");
+    let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &e1);
+    let mut n = 0;
+    for point in [
+        "pull.before_hub_commit",
+        "pull.after_hub_commit",
+        "pull.after_hub_commit",
+    ] {
+        w.kill9();
+        let fp = format!("{point}:1");
+        w.spawn(&[("TRIBUTARY_FAILPOINT", fp.as_str())]);
+        n += 1;
+        lite(&e1)
+            .execute_batch(&format!(
+                "INSERT INTO items (id, v) VALUES ({n}, 'edge1 {n}')"
+            ))
+            .unwrap();
+        let st = w
+            .wait(T)
+            .unwrap_or_else(|| panic!("{fp} not reached:\n{}", w.log_text()));
+        assert!(!st.success());
+    }
+    w.spawn(&[]);
+    w.until(T, "the outbox to drain", || outbox_len(&e1) == 0);
+    caught_up(&mut w, &mut c, &e1);
+    // Every change once at the hub: present, at its first revision, and
+    // in the queue once.
+    assert_eq!(
+        hub_rows(
+            &mut c,
+            "SELECT id::text, v, sync_version::text FROM items ORDER BY id"
+        ),
+        (1..=n)
+            .map(|i| vec![i.to_string(), format!("edge1 {i}"), "1".into()])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM tributary.queue_audit WHERE tbl = 'public.items'"
+        ),
+        n as i64
+    );
+    assert_eq!(peer_items(&e1), hub_items(&mut c));
+}
+
+#[test]
+fn an_offline_delete_against_a_hub_update_ends_the_same_everywhere_and_stays_dead() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'one'), (2, 'two')")
+        .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2) = (dir.path().join("edge1.db"), dir.path().join("edge2.db"));
+    let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &e1);
+    caught_up(&mut w, &mut c, &e2);
+    assert!(w.sigterm(T).success());
+    // Offline: edge1 deletes row 1 while the hub updates it, from the same
+    // revision; edge2 edits row 2 from its old revision, after the hub
+    // deleted row 2.
+    lite(&e1)
+        .execute_batch("DELETE FROM items WHERE id = 1")
+        .unwrap();
+    c.batch_execute("UPDATE items SET v = 'hub edit' WHERE id = 1; DELETE FROM items WHERE id = 2")
+        .unwrap();
+    lite(&e2)
+        .execute_batch("UPDATE items SET v = 'stale edit' WHERE id = 2")
+        .unwrap();
+    w.spawn(&[]);
+    quiesce(&mut w, &mut c, &[&e1, &e2]);
+    let hub = hub_items(&mut c);
+    assert_eq!(peer_items(&e1), hub);
+    assert_eq!(peer_items(&e2), hub);
+    assert!(
+        hub.iter().all(|(id, _)| *id != 2),
+        "a stale edit does not bring a deleted row back"
+    );
+    // Tombstones purged: still the same everywhere, and nothing returns.
+    c.batch_execute("SET tributary.retention = '0'; SELECT sync_cleanup()")
+        .unwrap();
+    lite(&e1)
+        .execute_batch("INSERT INTO items (id, v) VALUES (3, 'after cleanup')")
+        .unwrap();
+    quiesce(&mut w, &mut c, &[&e1, &e2]);
+    let hub2 = hub_items(&mut c);
+    assert_eq!(peer_items(&e1), hub2);
+    assert_eq!(peer_items(&e2), hub2);
+    assert!(hub2.iter().all(|(id, _)| *id != 2));
+}

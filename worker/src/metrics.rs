@@ -27,6 +27,9 @@ pub struct DestinationMetrics {
     pub rows: AtomicU64,
     pub transactions: AtomicU64,
     pub errors: AtomicU64,
+    /// Changes that altered a peer file (a write-back equal to what the
+    /// peer holds is not one).
+    pub applied: AtomicU64,
     /// Peer changes sent to the hub (pull).
     pub pulled: AtomicU64,
     /// Initial copy progress.
@@ -130,6 +133,12 @@ impl Metrics {
             "Errors writing to the destination.",
             "counter",
             per(&|d| d.errors.load(Relaxed) as f64),
+        );
+        family(
+            "tributary_destination_applied_total",
+            "Changes that altered a SQLite peer (writes equal to what it holds excluded).",
+            "counter",
+            per(&|d| d.applied.load(Relaxed) as f64),
         );
         family(
             "tributary_destination_pulled_total",

@@ -647,7 +647,9 @@ impl SqliteSink {
                             open = Some(Instant::now());
                         }
                         for c in &changes {
-                            self.apply(c)?;
+                            if self.apply(c)? {
+                                self.metrics.applied.fetch_add(1, Relaxed);
+                            }
                         }
                         open_rows += changes.len() as u64;
                     }
