@@ -244,27 +244,32 @@ fn a_crashed_worker_leaves_the_peer_equal_to_the_hub() {
 }
 
 #[test]
-fn a_locked_or_missing_peer_file_is_retried_until_it_catches_up() {
+fn a_locked_or_missing_peer_is_detached_while_the_others_go_on_then_catches_up() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
     setup(&mut c);
-    setup_worker_role(&db, &[]);
+    setup_worker_role(&db, &["audit"]);
     let dir = tempfile::tempdir().unwrap();
     // The directory does not exist yet: the file cannot be opened.
     let path = dir.path().join("later").join("edge1.db");
-    let mut w = WorkerProc::start(
-        &config(&cluster, &db, "w", &sqlite_dest("edge1", &path)),
-        &[],
+    let dests = format!(
+        "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.items\"]\n",
+        sqlite_dest("edge1", &path)
     );
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
     let log = w.log.clone();
-    w.until(T, "a retried open error", || {
+    w.until(T, "edge1 to be detached", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("transient error")
+            .contains("detached; the other destinations go on")
     });
+    let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
     c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'while missing')")
         .unwrap();
+    w.until(T, "the queue to go on without edge1", || {
+        queued(&mut c) == 1
+    });
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     caught_up(&mut w, &mut c, &path);
     assert_eq!(peer_items(&path), vec![(1, "while missing".to_string())]);
@@ -275,7 +280,16 @@ fn a_locked_or_missing_peer_file_is_retried_until_it_catches_up() {
         .unwrap();
     c.batch_execute("INSERT INTO items (id, v) VALUES (2, 'while locked')")
         .unwrap();
-    std::thread::sleep(Duration::from_secs(7));
+    w.until(T, "the queue to go on while edge1 is locked", || {
+        queued(&mut c) == 2
+    });
+    for i in 3..6 {
+        c.batch_execute(&format!(
+            "INSERT INTO items (id, v) VALUES ({i}, 'still locked')"
+        ))
+        .unwrap();
+    }
+    w.until(T, "the queue to keep going", || queued(&mut c) == 5);
     assert_eq!(
         peer_items(&path).len(),
         1,
@@ -284,6 +298,7 @@ fn a_locked_or_missing_peer_file_is_retried_until_it_catches_up() {
     app.execute_batch("COMMIT").unwrap();
     caught_up(&mut w, &mut c, &path);
     assert_eq!(peer_items(&path), hub_items(&mut c));
+    assert_eq!(queued(&mut c), 5, "the queue got everything once");
     assert!(w.running());
 }
 

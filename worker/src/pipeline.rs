@@ -163,8 +163,42 @@ impl Drop for AbortOnDrop {
 }
 
 struct Outlet {
-    tx: mpsc::Sender<ToSink>,
+    /// None while the destination is detached (a SQLite peer that is
+    /// locked or missing): it gets nothing, and its position holds the slot.
+    tx: Option<mpsc::Sender<ToSink>>,
     buffer: Vec<Arc<Change>>,
+}
+
+/// Whether a destination's error detaches it (the others go on) rather
+/// than restarting the session: a SQLite peer that is locked or missing.
+fn detaches(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Peer {
+            transient: true,
+            ..
+        }
+    )
+}
+
+/// Waits until a detached peer file can be opened and written again.
+async fn probe(path: std::path::PathBuf, slot: String, name: String) {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(wait).await;
+        let (p, s, n) = (path.clone(), slot.clone(), name.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            SqliteSink::open(&p, &s, &n, Default::default())
+                .and_then(|sink| sink.check_writable())
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            return;
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }
 
 async fn session(
@@ -177,7 +211,10 @@ async fn session(
     let slot_confirmed = prepare_slot(config, &opts, &admin).await?;
 
     // Sinks, each on its own task and connection.
-    let mut tasks = JoinSet::new();
+    let mut tasks: JoinSet<(usize, Result<(), Error>)> = JoinSet::new();
+    // Detached peers being waited for: when one is back, the session
+    // restarts so that it catches up from the slot.
+    let mut probes: JoinSet<()> = JoinSet::new();
     let mut outlets = Vec::new();
     let mut routes = Vec::new();
     let mut needs_copy = Vec::new();
@@ -196,35 +233,54 @@ async fn session(
                     if r.is_err() {
                         m.errors.fetch_add(1, Relaxed);
                     }
-                    r
+                    (i, r)
                 });
             }
             Kind::Sqlite => {
                 let path = std::path::PathBuf::from(d.path.clone().unwrap_or_default());
-                let sink = SqliteSink::open(&path, &config.source.slot, &d.name, m.clone())?;
-                if sink.progress() == Lsn(0) {
-                    needs_copy.push(i);
-                }
-                tracing::info!(destination = %d.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
-                tasks.spawn(crate::inbound::run(
+                let pull = crate::inbound::run(
                     opts.clone(),
                     d.name.clone(),
                     path.clone(),
                     std::time::Duration::from_millis(d.pull_interval_ms.unwrap_or(200)),
                     m.clone(),
                     stop_pull.clone(),
-                ));
-                tasks.spawn_blocking(move || {
-                    let r = sink.run(rx);
-                    if r.is_err() {
-                        m.errors.fetch_add(1, Relaxed);
+                );
+                tasks.spawn(async move { (i, pull.await) });
+                match SqliteSink::open(&path, &config.source.slot, &d.name, m.clone()) {
+                    Ok(sink) => {
+                        if sink.progress() == Lsn(0) {
+                            needs_copy.push(i);
+                        }
+                        tracing::info!(destination = %d.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
+                        tasks.spawn_blocking(move || {
+                            let r = sink.run(rx);
+                            if r.is_err() {
+                                m.errors.fetch_add(1, Relaxed);
+                            }
+                            (i, r)
+                        });
                     }
-                    r
-                });
+                    Err(e) if detaches(&e) => {
+                        tracing::warn!(destination = %d.name, error = %e, "peer unavailable: detached; the other destinations go on");
+                        m.errors.fetch_add(1, Relaxed);
+                        probes.spawn(probe(path, config.source.slot.clone(), d.name.clone()));
+                        outlets.push(Outlet {
+                            tx: None,
+                            buffer: Vec::new(),
+                        });
+                        routes.push(Route {
+                            name: d.name.clone(),
+                            tables: d.tables.clone(),
+                        });
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         outlets.push(Outlet {
-            tx,
+            tx: Some(tx),
             buffer: Vec::new(),
         });
         routes.push(Route {
@@ -261,12 +317,13 @@ async fn session(
     // New peers get a consistent copy first, joined to the stream.
     for i in needs_copy {
         let d = &config.destinations[i];
+        let Some(tx) = &outlets[i].tx else { continue };
         tracing::info!(destination = %d.name, "initial copy");
         crate::snapshot::copy(
             &opts,
             &config.source.publication,
             d,
-            &outlets[i].tx,
+            tx,
             &metrics.destinations[i],
         )
         .await?;
@@ -303,8 +360,27 @@ async fn session(
                 tracing::info!("shutdown requested: finishing the current transaction");
                 stopping = true;
             }
-            done = tasks.join_next() => {
-                break Err(sink_ended(done));
+            Some(done) = tasks.join_next() => {
+                match done {
+                    Ok((i, Err(e))) if detaches(&e) && pipe.outlets[i].tx.is_some() => {
+                        let d = &config.destinations[i];
+                        tracing::warn!(destination = %d.name, error = %e, "peer unavailable: detached; the other destinations go on");
+                        pipe.outlets[i].tx = None;
+                        pipe.outlets[i].buffer.clear();
+                        probes.spawn(probe(
+                            std::path::PathBuf::from(d.path.clone().unwrap_or_default()),
+                            config.source.slot.clone(),
+                            d.name.clone(),
+                        ));
+                    }
+                    other => break Err(sink_ended(Some(other))),
+                }
+            }
+            Some(_) = probes.join_next() => {
+                break Err(Error::Peer {
+                    message: "a detached peer is reachable again: restarting the stream so that it catches up".into(),
+                    transient: true,
+                });
             }
             _ = status.tick() => {
                 if let Err(e) = pipe.send_status(&mut stream, false).await {
@@ -334,8 +410,9 @@ async fn session(
     let Pipe { outlets, .. } = &mut pipe;
     outlets.clear();
     let mut sink_error = None;
+    probes.abort_all();
     while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(e)) | Err(e) = done.map_err(|j| Error::Definite {
+        if let Ok((_, Err(e))) | Err(e) = done.map_err(|j| Error::Definite {
             message: format!("a destination task failed: {j}"),
             hint: "report this as a bug".into(),
         }) {
@@ -355,9 +432,12 @@ async fn session(
     }
 }
 
-fn sink_ended(done: Option<Result<Result<(), Error>, tokio::task::JoinError>>) -> Error {
+/// How a destination task ended: its index and result.
+type TaskEnd = Result<(usize, Result<(), Error>), tokio::task::JoinError>;
+
+fn sink_ended(done: Option<TaskEnd>) -> Error {
     match done {
-        Some(Ok(Err(e))) => e,
+        Some(Ok((_, Err(e)))) => e,
         Some(Err(j)) => Error::Definite {
             message: format!("a destination task failed: {j}"),
             hint: "report this as a bug".into(),
@@ -419,11 +499,17 @@ impl Pipe {
         }
     }
 
+    /// Sends to a destination; a detached one gets nothing.
     async fn send(outlet: &mut Outlet, msg: ToSink) -> Result<(), Error> {
-        outlet.tx.send(msg).await.map_err(|_| Error::Definite {
-            message: "a destination stopped while receiving".into(),
-            hint: "see the destination's error above".into(),
-        })
+        let Some(tx) = &outlet.tx else {
+            return Ok(());
+        };
+        if tx.send(msg).await.is_err() {
+            // Its task ended: its error comes through the task set (a peer
+            // that detaches), or ends the session.
+            outlet.tx = None;
+        }
+        Ok(())
     }
 
     async fn dispatch(&mut self, item: Item) -> Result<(), Error> {
@@ -447,7 +533,7 @@ impl Pipe {
             Item::Change(c) => {
                 let c = Arc::new(c);
                 for i in 0..self.outlets.len() {
-                    if self.router.wants(i, &c) {
+                    if self.outlets[i].tx.is_some() && self.router.wants(i, &c) {
                         let o = &mut self.outlets[i];
                         o.buffer.push(c.clone());
                         if o.buffer.len() >= CHANGES_PER_MESSAGE {

@@ -391,6 +391,13 @@ impl SqliteSink {
         self.progress
     }
 
+    /// Whether the file takes a write lock now (for a detached peer).
+    pub fn check_writable(&self) -> Result<(), Error> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| self.err(e))
+    }
+
     fn err(&self, e: rusqlite::Error) -> Error {
         sql_err(
             &format!("destination {}: {}", self.name, self.path.display()),
