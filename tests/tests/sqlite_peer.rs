@@ -365,6 +365,22 @@ fn a_new_peer_gets_a_consistent_copy_joined_to_the_stream_without_a_gap() {
         "{}",
         w.log_text()
     );
+    // A resync on demand: with its position cleared (here with a stray row
+    // the hub never had, written past the capture triggers), the peer gets
+    // a fresh copy that replaces what it held.
+    assert!(w.sigterm(T).success());
+    lite(&path)
+        .execute_batch(
+            "BEGIN; UPDATE _tributary_ctl SET applying = 1;
+             INSERT INTO items (id, v) VALUES (999999, 'stray');
+             DELETE FROM _tributary_state;
+             UPDATE _tributary_ctl SET applying = 0; COMMIT;",
+        )
+        .unwrap();
+    w.spawn(&[]);
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), hub_items(&mut c));
+    assert_eq!(w.log_text().matches("initial copy sent").count(), 2);
 }
 
 /// The rows of `sql` at the hub, as strings (NULL as "∅").

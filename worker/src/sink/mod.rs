@@ -37,8 +37,8 @@ pub enum ToSink {
         commit_lsn: Lsn,
         commit_time: i64,
     },
-    /// Make sure `table` exists at the destination (the initial copy sends
-    /// it for every table, so that empty ones are created too).
+    /// An initial copy of `table` follows: create it if needed and empty it
+    /// (so that empty tables exist too, and a resync replaces old rows).
     Prepare(Arc<crate::transaction::Table>),
     /// The next changes of the open transaction that this sink takes.
     Changes(Vec<Arc<Change>>),

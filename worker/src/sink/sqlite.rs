@@ -643,7 +643,19 @@ impl SqliteSink {
                             self.begin()?;
                             open = Some(Instant::now());
                         }
-                        self.mapped(&table)?;
+                        // A full copy follows: it replaces what the file held
+                        // (a peer resynced after its _tributary_state was cleared).
+                        let m = self.mapped(&table)?;
+                        let (name, plain) = (m.name.clone(), m.plain.clone());
+                        self.conn
+                            .execute_batch(&format!("DELETE FROM {name}"))
+                            .and_then(|_| {
+                                self.conn.execute(
+                                    "DELETE FROM _tributary_versions WHERE tbl = ?1",
+                                    [&plain],
+                                )
+                            })
+                            .map_err(|e| self.err(e))?;
                     }
                     ToSink::Changes(changes) => {
                         if skipping {
