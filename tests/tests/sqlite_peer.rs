@@ -865,3 +865,46 @@ fn an_offline_delete_against_a_hub_update_ends_the_same_everywhere_and_stays_dea
     assert_eq!(peer_items(&e2), hub2);
     assert!(hub2.iter().all(|(id, _)| *id != 2));
 }
+
+#[test]
+fn a_peer_behind_the_hub_tracking_epoch_is_copied_anew() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'one'), (2, 'two')")
+        .unwrap();
+    setup_worker_role(&db, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let mut w = WorkerProc::start(
+        &config(&cluster, &db, "w", &sqlite_dest("edge1", &path)),
+        &[],
+    );
+    caught_up(&mut w, &mut c, &path);
+    assert!(w.sigterm(T).success());
+    // Untracked for a while: a delete that no one is told about. Then a
+    // table with rows is tracked for the first time.
+    c.batch_execute(
+        "SELECT sync_untrack('items', false); DELETE FROM items WHERE id = 2; SELECT sync_track('items');
+         CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late VALUES (1, 'already there');
+         SELECT sync_track('late');",
+    )
+    .unwrap();
+    c.batch_execute("SELECT sync_worker_grant('worker')")
+        .unwrap();
+    w.spawn(&[]);
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(peer_items(&path), hub_items(&mut c));
+    assert_eq!(
+        peer_rows(&path, "SELECT id, v FROM late"),
+        vec![vec!["1".to_string(), "already there".into()]]
+    );
+    assert!(w.log_text().contains("copying it anew"), "{}", w.log_text());
+    // Settled: another restart does not copy again.
+    let copies = w.log_text().matches("initial copy sent").count();
+    assert!(w.sigterm(T).success());
+    w.spawn(&[]);
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(w.log_text().matches("initial copy sent").count(), copies);
+}

@@ -248,7 +248,26 @@ async fn session(
                 );
                 tasks.spawn(async move { (i, pull.await) });
                 match SqliteSink::open(&path, &config.source.slot, &d.name, m.clone()) {
-                    Ok(sink) => {
+                    Ok(mut sink) => {
+                        if sink.progress() != Lsn(0) {
+                            // A table it takes that it has no copy of (tracked
+                            // after its copy), or whose copy is of an older
+                            // tracking epoch (untracked and tracked again):
+                            // the stream alone cannot bring it up to date.
+                            let held = sink.copied_tables()?;
+                            let wanted = crate::snapshot::wanted_tables(
+                                &admin,
+                                &config.source.publication,
+                                d,
+                            )
+                            .await?;
+                            if let Some((t, _)) =
+                                wanted.iter().find(|(t, e)| held.get(t) != Some(e))
+                            {
+                                tracing::warn!(destination = %d.name, table = %t, "the peer's copy of this table is missing or of an older epoch: copying it anew");
+                                sink.forget_position()?;
+                            }
+                        }
                         if sink.progress() == Lsn(0) {
                             needs_copy.push(i);
                         }

@@ -6,7 +6,7 @@
 //!                       -> consistent point C, snapshot S
 //!  ordinary conn:     BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
 //!                     SELECT col::text, ... FROM each published table the peer takes
-//!  sink:              Begin · Prepare(table)… · Changes… · Commit{end = C}   (one SQLite transaction)
+//!  sink:              Begin · Prepare{table, epoch}… · Changes… · Commit{end = C}   (one SQLite transaction)
 //! ```
 //!
 //! Snapshot S sees exactly the transactions that committed before C; the
@@ -134,7 +134,19 @@ pub async fn copy(
             replica_identity: b'd',
             columns,
         }));
-        send(ToSink::Prepare(table.clone())).await?;
+        let epoch: Option<i64> = client
+            .query_opt(
+                "SELECT tracked_xid FROM tributary.tracked WHERE relid = $1::int8::oid AND active",
+                &[&oid],
+            )
+            .await
+            .context(format!("initial copy: tracking epoch of {schema}.{name}"))?
+            .map(|r| r.get(0));
+        send(ToSink::Prepare {
+            table: table.clone(),
+            epoch,
+        })
+        .await?;
         let rows = client
             .query_raw(&select, std::iter::empty::<i64>())
             .await
@@ -195,4 +207,41 @@ pub async fn copy(
         rows = metrics.snapshot_rows.load(Relaxed), tables = metrics.snapshot_tables.load(Relaxed),
         "initial copy sent; streaming from here");
     Ok(info.consistent_point)
+}
+
+/// The published tables `dest` takes, as `"schema"."name"`, with their
+/// tracking epoch (`tributary.tracked.tracked_xid`).
+pub async fn wanted_tables(
+    client: &tokio_postgres::Client,
+    publication: &str,
+    dest: &Destination,
+) -> Result<Vec<(String, Option<i64>)>, Error> {
+    let rows = client
+        .query(
+            "SELECT pt.schemaname::text, pt.tablename::text, t.tracked_xid
+               FROM pg_publication_tables pt
+               LEFT JOIN tributary.tracked t
+                 ON t.relid = format('%I.%I', pt.schemaname, pt.tablename)::regclass AND t.active
+              WHERE pt.pubname = $1",
+            &[&publication],
+        )
+        .await
+        .context("listing the published tables")?;
+    Ok(rows
+        .iter()
+        .filter(|r| {
+            let full = format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1));
+            dest.tables.iter().any(|g| glob_match(g, &full))
+        })
+        .map(|r| {
+            (
+                format!(
+                    "{}.{}",
+                    ident(&r.get::<_, String>(0)),
+                    ident(&r.get::<_, String>(1))
+                ),
+                r.get(2),
+            )
+        })
+        .collect())
 }

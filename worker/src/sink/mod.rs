@@ -39,7 +39,12 @@ pub enum ToSink {
     },
     /// An initial copy of `table` follows: create it if needed and empty it
     /// (so that empty tables exist too, and a resync replaces old rows).
-    Prepare(Arc<crate::transaction::Table>),
+    Prepare {
+        table: Arc<crate::transaction::Table>,
+        /// The hub's tracking epoch of the table (`tributary.tracked.tracked_xid`):
+        /// a peer whose copy is of another epoch needs a new one.
+        epoch: Option<i64>,
+    },
     /// The next changes of the open transaction that this sink takes.
     Changes(Vec<Arc<Change>>),
     Commit {

@@ -325,7 +325,7 @@ impl QueueSink {
                     skipping = commit_lsn < self.progress.max(done.map_or(Lsn(0), |d| d.0));
                     current = Some((commit_lsn, commit_time));
                 }
-                ToSink::Prepare(_) => {}
+                ToSink::Prepare { .. } => {}
                 ToSink::Changes(changes) => {
                     if skipping {
                         continue;

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS _tributary_ctl (applying INTEGER NOT NULL);
 INSERT INTO _tributary_ctl (applying) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM _tributary_ctl);
 CREATE TABLE IF NOT EXISTS _tributary_tables (
     tbl TEXT PRIMARY KEY,
-    hub TEXT NOT NULL
+    hub TEXT NOT NULL,
+    epoch INTEGER
 );
 CREATE TABLE IF NOT EXISTS _tributary_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -391,6 +392,31 @@ impl SqliteSink {
         self.progress
     }
 
+    /// The hub tables the file holds a copy of, with the tracking epoch of
+    /// that copy (None: the table came by the stream alone).
+    pub fn copied_tables(&self) -> Result<HashMap<String, Option<i64>>, Error> {
+        let mut st = self
+            .conn
+            .prepare("SELECT hub, epoch FROM _tributary_tables")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Forgets the file's position: the next session copies it anew.
+    pub fn forget_position(&mut self) -> Result<(), Error> {
+        self.conn
+            .execute("DELETE FROM _tributary_state WHERE slot = ?1", [&self.slot])
+            .map_err(|e| self.err(e))?;
+        self.progress = Lsn(0);
+        self.metrics.durable_lsn.store(0, Relaxed);
+        Ok(())
+    }
+
     /// Whether the file takes a write lock now (for a detached peer).
     pub fn check_writable(&self) -> Result<(), Error> {
         self.conn
@@ -635,7 +661,7 @@ impl SqliteSink {
                         skipping = commit_lsn < self.progress.max(done.map_or(Lsn(0), |d| d.0));
                         current = Some((commit_lsn, commit_time));
                     }
-                    ToSink::Prepare(table) => {
+                    ToSink::Prepare { table, epoch } => {
                         if skipping {
                             continue;
                         }
@@ -647,6 +673,12 @@ impl SqliteSink {
                         // (a peer resynced after its _tributary_state was cleared).
                         let m = self.mapped(&table)?;
                         let (name, plain) = (m.name.clone(), m.plain.clone());
+                        self.conn
+                            .execute(
+                                "UPDATE _tributary_tables SET epoch = ?2 WHERE tbl = ?1",
+                                params![plain, epoch],
+                            )
+                            .map_err(|e| self.err(e))?;
                         self.conn
                             .execute_batch(&format!("DELETE FROM {name}"))
                             .and_then(|_| {
