@@ -51,3 +51,240 @@ pub enum ToSink {
         end_lsn: Lsn,
     },
 }
+
+/// A destination transaction is committed once a source transaction ends
+/// and nothing more is waiting in the channel, or once it holds this many
+/// rows or is this old.
+pub const MAX_OPEN_ROWS: usize = 50_000;
+pub const MAX_OPEN_TIME: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What a destination transaction completes when it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    /// End LSN of the last source transaction in it: the progress to store.
+    pub end: Lsn,
+    /// That transaction's commit time.
+    pub time: i64,
+    pub txns: u64,
+    pub rows: usize,
+}
+
+/// What to do once a source transaction has ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AtCommit {
+    /// Store `Done.end` as progress and commit the destination transaction.
+    Commit(Done),
+    /// Keep the destination transaction open for the next ones.
+    Keep,
+    /// Nothing of it was for this destination and nothing is open: the
+    /// position moves on with nothing to make durable.
+    Moved {
+        end: Lsn,
+        time: i64,
+    },
+    Nothing,
+}
+
+/// What to do when the channel closes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AtClose {
+    /// A source transaction was half-received: roll everything back.
+    Rollback,
+    Commit(Done),
+    Nothing,
+}
+
+/// The bookkeeping every sink shares: the source transaction being
+/// received, whether it is skipped (applied before a crash), and the
+/// destination transaction that gathers whole source transactions.
+#[derive(Debug)]
+pub struct Batch {
+    /// End LSN of the last source transaction made durable (or with nothing
+    /// for this destination).
+    pub progress: Lsn,
+    current: Option<(Lsn, i64)>,
+    skipping: bool,
+    open: Option<std::time::Instant>,
+    rows: usize,
+    done: Option<(Lsn, i64)>,
+    txns: u64,
+}
+
+impl Batch {
+    pub fn new(progress: Lsn) -> Batch {
+        Batch {
+            progress,
+            current: None,
+            skipping: false,
+            open: None,
+            rows: 0,
+            done: None,
+            txns: 0,
+        }
+    }
+
+    /// A source transaction begins. It is skipped when its commit lies
+    /// below what is applied, committed or not yet (an initial copy ends at
+    /// its consistent point, above where the stream starts).
+    pub fn begin(&mut self, commit_lsn: Lsn, commit_time: i64) {
+        let applied = self.progress.max(self.done.map_or(Lsn(0), |d| d.0));
+        self.skipping = commit_lsn < applied;
+        self.current = Some((commit_lsn, commit_time));
+    }
+
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// The commit LSN and time of the source transaction being received.
+    pub fn current(&self) -> Result<(Lsn, i64), crate::error::Error> {
+        self.current.ok_or_else(|| crate::error::Error::Definite {
+            message: "changes outside a transaction".into(),
+            hint: "report this as a bug".into(),
+        })
+    }
+
+    /// Before writing: true when the destination transaction must be
+    /// opened first.
+    pub fn opens(&mut self) -> bool {
+        let first = self.open.is_none();
+        if first {
+            self.open = Some(std::time::Instant::now());
+        }
+        first
+    }
+
+    /// Whether a destination transaction is open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    pub fn added(&mut self, rows: usize) {
+        self.rows += rows;
+    }
+
+    /// A source transaction ended; `more_waiting` tells whether the channel
+    /// holds more.
+    pub fn commit(&mut self, end_lsn: Lsn, more_waiting: bool) -> AtCommit {
+        let time = self.current.take().map(|c| c.1).unwrap_or_default();
+        if !std::mem::take(&mut self.skipping) {
+            self.done = Some((end_lsn, time));
+            self.txns += 1;
+        }
+        match self.open {
+            Some(since)
+                if self.done.is_some()
+                    && (!more_waiting
+                        || self.rows >= MAX_OPEN_ROWS
+                        || since.elapsed() >= MAX_OPEN_TIME) =>
+            {
+                self.take().map_or(AtCommit::Nothing, AtCommit::Commit)
+            }
+            Some(_) => AtCommit::Keep,
+            None => match self.done.take() {
+                Some((end, time)) => {
+                    self.txns = 0;
+                    self.progress = self.progress.max(end);
+                    AtCommit::Moved {
+                        end: self.progress,
+                        time,
+                    }
+                }
+                None => AtCommit::Nothing,
+            },
+        }
+    }
+
+    /// The channel closed.
+    pub fn close(&mut self) -> AtClose {
+        match (self.current.is_some(), self.open.is_some()) {
+            (true, true) => AtClose::Rollback,
+            (false, true) => self.take().map_or(AtClose::Nothing, AtClose::Commit),
+            _ => AtClose::Nothing,
+        }
+    }
+
+    /// The destination committed `d`.
+    pub fn committed(&mut self, d: &Done) {
+        self.progress = self.progress.max(d.end);
+    }
+
+    fn take(&mut self) -> Option<Done> {
+        self.open = None;
+        let rows = std::mem::take(&mut self.rows);
+        let txns = std::mem::take(&mut self.txns);
+        self.done.take().map(|(end, time)| Done {
+            end,
+            time,
+            txns,
+            rows,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_below_progress_are_skipped_and_whole_ones_batched() {
+        let mut b = Batch::new(Lsn(100));
+        b.begin(Lsn(50), 1);
+        assert!(b.skipping(), "applied before a crash");
+        assert_eq!(b.commit(Lsn(60), false), AtCommit::Nothing);
+        b.begin(Lsn(120), 2);
+        assert!(!b.skipping());
+        assert!(b.opens());
+        b.added(3);
+        assert_eq!(
+            b.commit(Lsn(130), true),
+            AtCommit::Keep,
+            "more waiting: keep it open"
+        );
+        b.begin(Lsn(140), 3);
+        assert!(!b.opens());
+        b.added(2);
+        let d = Done {
+            end: Lsn(150),
+            time: 3,
+            txns: 2,
+            rows: 5,
+        };
+        assert_eq!(b.commit(Lsn(150), false), AtCommit::Commit(d));
+        b.committed(&d);
+        assert_eq!(b.progress, Lsn(150));
+        // Nothing for this destination: the position moves on.
+        b.begin(Lsn(160), 4);
+        assert_eq!(
+            b.commit(Lsn(170), false),
+            AtCommit::Moved {
+                end: Lsn(170),
+                time: 4
+            }
+        );
+        // Half-received when the channel closes: roll back.
+        b.begin(Lsn(180), 5);
+        assert!(b.opens());
+        assert_eq!(b.close(), AtClose::Rollback);
+    }
+
+    #[test]
+    fn a_copy_ending_above_the_stream_start_makes_earlier_transactions_skip() {
+        let mut b = Batch::new(Lsn(0));
+        b.begin(Lsn(0), 0);
+        assert!(b.opens());
+        b.added(10);
+        // The copy ends at its consistent point 500, not yet committed.
+        assert_eq!(b.commit(Lsn(500), true), AtCommit::Keep);
+        b.begin(Lsn(400), 1);
+        assert!(b.skipping(), "in the copy already");
+        assert_eq!(b.commit(Lsn(450), true), AtCommit::Keep);
+        b.begin(Lsn(600), 2);
+        assert!(!b.skipping());
+        assert_eq!(
+            b.close(),
+            AtClose::Rollback,
+            "a transaction still being received"
+        );
+    }
+}

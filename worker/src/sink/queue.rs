@@ -21,7 +21,7 @@
 //! (lsn, ord) DO NOTHING` (slower: speculative insertion), so the duplicate
 //! is dropped and the stream goes on.
 
-use super::ToSink;
+use super::{AtClose, AtCommit, Batch, Done, ToSink};
 use crate::error::{Context, Error};
 use crate::lsn::Lsn;
 use crate::metrics::DestinationMetrics;
@@ -29,7 +29,6 @@ use crate::transaction::Change;
 use bytes::{BufMut, BytesMut};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -37,10 +36,6 @@ use tokio_postgres::{Client, Statement};
 
 /// Rows sent to the server per COPY (or INSERT).
 const ROWS_PER_CHUNK: usize = 8192;
-/// A queue transaction is committed once a source transaction ends and the
-/// channel is empty, or once it holds this many rows or is this old.
-const MAX_OPEN_ROWS: usize = 50_000;
-const MAX_OPEN_TIME: Duration = Duration::from_millis(200);
 
 /// Connects an ordinary (non-replication) client.
 pub async fn connect(
@@ -292,56 +287,36 @@ impl QueueSink {
     /// transaction back: nothing half-applied is ever committed.
     pub async fn run(mut self, mut rx: mpsc::Receiver<ToSink>) -> Result<(), Error> {
         let mut rows: Vec<Pending> = Vec::new();
-        // The queue transaction: open, since when, rows in it, and the
-        // source transactions it completes (end LSN, commit time, count).
-        let mut open: Option<Instant> = None;
-        let mut open_rows = 0usize;
-        let mut done: Option<(Lsn, i64)> = None;
-        let mut done_txns = 0u64;
-        let mut current: Option<(Lsn, i64)> = None;
-        let mut skipping = false;
+        let mut batch = Batch::new(self.progress);
         loop {
             let Some(msg) = rx.recv().await else {
-                if current.is_some() {
-                    if open.is_some() {
+                return match batch.close() {
+                    AtClose::Rollback => {
                         let _ = self.client.batch_execute("ROLLBACK").await;
+                        Ok(())
                     }
-                    return Ok(());
-                }
-                if open.is_some() {
-                    self.commit(&mut rows, done, done_txns, open_rows).await?;
-                }
-                return Ok(());
+                    AtClose::Commit(d) => self.commit(&mut rows, d).await,
+                    AtClose::Nothing => Ok(()),
+                };
             };
             match msg {
                 ToSink::Begin {
                     commit_lsn,
                     commit_time,
-                } => {
-                    // Applied before the crash: its commit lies below the
-                    // stored end of the last applied transaction.
-                    // Against what is applied, committed or not yet: an initial
-                    // copy ends at its consistent point, above the stream's start.
-                    skipping = commit_lsn < self.progress.max(done.map_or(Lsn(0), |d| d.0));
-                    current = Some((commit_lsn, commit_time));
-                }
+                } => batch.begin(commit_lsn, commit_time),
                 ToSink::Prepare { .. } => {}
                 ToSink::Changes(changes) => {
-                    if skipping {
+                    if batch.skipping() {
                         continue;
                     }
-                    let (lsn, time) = *current.as_ref().ok_or_else(|| Error::Definite {
-                        message: "changes outside a transaction".into(),
-                        hint: "report this as a bug".into(),
-                    })?;
-                    if open.is_none() {
+                    let (lsn, time) = batch.current()?;
+                    if batch.opens() {
                         self.client
                             .batch_execute("BEGIN")
                             .await
                             .context(format!("destination {}: BEGIN", self.name))?;
-                        open = Some(Instant::now());
                     }
-                    open_rows += changes.len();
+                    batch.added(changes.len());
                     rows.extend(
                         changes
                             .into_iter()
@@ -351,59 +326,30 @@ impl QueueSink {
                         self.send(&mut rows).await?;
                     }
                 }
-                ToSink::Commit { end_lsn } => {
-                    let time = current.take().map(|c| c.1).unwrap_or_default();
-                    if !skipping {
-                        done = Some((end_lsn, time));
-                        done_txns += 1;
+                ToSink::Commit { end_lsn } => match batch.commit(end_lsn, !rx.is_empty()) {
+                    AtCommit::Commit(d) => {
+                        self.commit(&mut rows, d).await?;
+                        batch.committed(&d);
                     }
-                    skipping = false;
-                    match open {
-                        Some(since)
-                            if rx.is_empty()
-                                || open_rows >= MAX_OPEN_ROWS
-                                || since.elapsed() >= MAX_OPEN_TIME =>
-                        {
-                            self.commit(&mut rows, done, done_txns, open_rows).await?;
-                            open = None;
-                            open_rows = 0;
-                            done = None;
-                            done_txns = 0;
-                        }
-                        Some(_) => {}
-                        None => {
-                            // Nothing of it was for this queue: nothing to
-                            // make durable, the position simply moves on.
-                            if let Some((end, t)) = done.take() {
-                                self.progress = self.progress.max(end);
-                                self.metrics.durable_lsn.store(self.progress.0, Relaxed);
-                                self.metrics.applied_commit_time.store(t, Relaxed);
-                                done_txns = 0;
-                            }
-                        }
+                    AtCommit::Moved { end, time } => {
+                        self.progress = end;
+                        self.metrics.durable_lsn.store(end.0, Relaxed);
+                        self.metrics.applied_commit_time.store(time, Relaxed);
                     }
-                }
+                    AtCommit::Keep | AtCommit::Nothing => {}
+                },
             }
         }
     }
 
-    async fn commit(
-        &mut self,
-        rows: &mut Vec<Pending>,
-        done: Option<(Lsn, i64)>,
-        txns: u64,
-        n: usize,
-    ) -> Result<(), Error> {
+    async fn commit(&mut self, rows: &mut Vec<Pending>, d: Done) -> Result<(), Error> {
         self.send(rows).await?;
-        let Some((end, time)) = done else {
-            return Ok(());
-        };
         self.client
             .execute(
                 "INSERT INTO tributary.worker_progress AS p (slot, destination, lsn)
                  VALUES ($1, $2, $3::text::pg_lsn)
                  ON CONFLICT (slot, destination) DO UPDATE SET lsn = excluded.lsn, updated_at = now()",
-                &[&self.slot, &self.name, &end.to_string()],
+                &[&self.slot, &self.name, &d.end.to_string()],
             )
             .await
             .context(format!("destination {}: storing progress", self.name))?;
@@ -413,11 +359,11 @@ impl QueueSink {
             .await
             .context(format!("destination {}: COMMIT", self.name))?;
         crate::failpoint::hit("queue.after_commit");
-        self.progress = end;
-        self.metrics.durable_lsn.store(end.0, Relaxed);
-        self.metrics.applied_commit_time.store(time, Relaxed);
-        self.metrics.rows.fetch_add(n as u64, Relaxed);
-        self.metrics.transactions.fetch_add(txns, Relaxed);
+        self.progress = d.end;
+        self.metrics.durable_lsn.store(d.end.0, Relaxed);
+        self.metrics.applied_commit_time.store(d.time, Relaxed);
+        self.metrics.rows.fetch_add(d.rows as u64, Relaxed);
+        self.metrics.transactions.fetch_add(d.txns, Relaxed);
         Ok(())
     }
 }

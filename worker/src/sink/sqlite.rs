@@ -38,7 +38,7 @@
 //! that cannot be opened likewise. Meanwhile this destination holds the slot
 //! (and, through the bounded channel, the other destinations) back.
 
-use super::ToSink;
+use super::{AtClose, AtCommit, Batch, Done, ToSink};
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::DestinationMetrics;
@@ -50,11 +50,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
-
-const MAX_OPEN_ROWS: usize = 50_000;
-const MAX_OPEN_TIME: Duration = Duration::from_millis(200);
 
 /// The bookkeeping tables every peer file holds.
 pub const SCHEMA: &str = "
@@ -610,135 +607,104 @@ impl SqliteSink {
             .map_err(|e| self.err(e))
     }
 
-    fn commit(&mut self, end: Lsn, time: i64, txns: u64, rows: u64) -> Result<(), Error> {
+    fn commit(&mut self, d: Done) -> Result<(), Error> {
         self.conn
             .execute(
                 "INSERT INTO _tributary_state (slot, lsn) VALUES (?1, ?2)
                  ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn,
                      updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-                params![self.slot, end.to_string()],
+                params![self.slot, d.end.to_string()],
             )
             .map_err(|e| self.err(e))?;
         self.conn
             .execute_batch("UPDATE _tributary_ctl SET applying = 0; COMMIT;")
             .map_err(|e| self.err(e))?;
         crate::failpoint::hit("sqlite.after_commit");
-        self.progress = end;
-        self.metrics.durable_lsn.store(end.0, Relaxed);
-        self.metrics.applied_commit_time.store(time, Relaxed);
-        self.metrics.transactions.fetch_add(txns, Relaxed);
-        self.metrics.rows.fetch_add(rows, Relaxed);
+        self.progress = d.end;
+        self.metrics.durable_lsn.store(d.end.0, Relaxed);
+        self.metrics.applied_commit_time.store(d.time, Relaxed);
+        self.metrics.transactions.fetch_add(d.txns, Relaxed);
+        self.metrics.rows.fetch_add(d.rows as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Before a full copy of `table`: create it if needed, record the
+    /// tracking epoch of the copy, and empty it (a resync replaces what the
+    /// file held).
+    fn prepare(&mut self, table: &Arc<Table>, epoch: Option<i64>) -> Result<(), Error> {
+        let m = self.mapped(table)?;
+        let (name, plain) = (m.name.clone(), m.plain.clone());
+        self.conn
+            .execute(
+                "UPDATE _tributary_tables SET epoch = ?2 WHERE tbl = ?1",
+                params![plain, epoch],
+            )
+            .and_then(|_| self.conn.execute_batch(&format!("DELETE FROM {name}")))
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM _tributary_versions WHERE tbl = ?1", [&plain])
+            })
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Runs on a blocking thread until the channel closes. A channel closed
     /// in the middle of a source transaction rolls the open SQLite
-    /// transaction back.
+    /// transaction back; so does an error.
     pub fn run(mut self, mut rx: mpsc::Receiver<ToSink>) -> Result<(), Error> {
-        let mut open: Option<Instant> = None;
-        let (mut open_rows, mut done_txns) = (0u64, 0u64);
-        let mut done: Option<(Lsn, i64)> = None;
-        let mut current: Option<(Lsn, i64)> = None;
-        let mut skipping = false;
+        let mut batch = Batch::new(self.progress);
         let result = (|| -> Result<(), Error> {
             loop {
                 let Some(msg) = rx.blocking_recv() else {
-                    if current.is_none() && open.is_some() {
-                        if let Some((end, t)) = done {
-                            self.commit(end, t, done_txns, open_rows)?;
-                        }
-                        open = None;
-                    }
-                    return Ok(());
+                    return match batch.close() {
+                        AtClose::Commit(d) => self.commit(d),
+                        AtClose::Rollback | AtClose::Nothing => Ok(()),
+                    };
                 };
                 match msg {
                     ToSink::Begin {
                         commit_lsn,
                         commit_time,
-                    } => {
-                        // Against what is applied, committed or not yet: an initial
-                        // copy ends at its consistent point, above the stream's start.
-                        skipping = commit_lsn < self.progress.max(done.map_or(Lsn(0), |d| d.0));
-                        current = Some((commit_lsn, commit_time));
-                    }
+                    } => batch.begin(commit_lsn, commit_time),
                     ToSink::Prepare { table, epoch } => {
-                        if skipping {
+                        if batch.skipping() {
                             continue;
                         }
-                        if open.is_none() {
+                        if batch.opens() {
                             self.begin()?;
-                            open = Some(Instant::now());
                         }
-                        // A full copy follows: it replaces what the file held
-                        // (a peer resynced after its _tributary_state was cleared).
-                        let m = self.mapped(&table)?;
-                        let (name, plain) = (m.name.clone(), m.plain.clone());
-                        self.conn
-                            .execute(
-                                "UPDATE _tributary_tables SET epoch = ?2 WHERE tbl = ?1",
-                                params![plain, epoch],
-                            )
-                            .map_err(|e| self.err(e))?;
-                        self.conn
-                            .execute_batch(&format!("DELETE FROM {name}"))
-                            .and_then(|_| {
-                                self.conn.execute(
-                                    "DELETE FROM _tributary_versions WHERE tbl = ?1",
-                                    [&plain],
-                                )
-                            })
-                            .map_err(|e| self.err(e))?;
+                        self.prepare(&table, epoch)?;
                     }
                     ToSink::Changes(changes) => {
-                        if skipping {
+                        if batch.skipping() {
                             continue;
                         }
-                        if open.is_none() {
+                        if batch.opens() {
                             self.begin()?;
-                            open = Some(Instant::now());
                         }
                         for c in &changes {
                             if self.apply(c)? {
                                 self.metrics.applied.fetch_add(1, Relaxed);
                             }
                         }
-                        open_rows += changes.len() as u64;
+                        batch.added(changes.len());
                     }
-                    ToSink::Commit { end_lsn } => {
-                        let time = current.take().map(|c| c.1).unwrap_or_default();
-                        if !skipping {
-                            done = Some((end_lsn, time));
-                            done_txns += 1;
+                    ToSink::Commit { end_lsn } => match batch.commit(end_lsn, !rx.is_empty()) {
+                        AtCommit::Commit(d) => {
+                            self.commit(d)?;
+                            batch.committed(&d);
                         }
-                        skipping = false;
-                        match open {
-                            Some(since)
-                                if rx.is_empty()
-                                    || open_rows as usize >= MAX_OPEN_ROWS
-                                    || since.elapsed() >= MAX_OPEN_TIME =>
-                            {
-                                if let Some((end, t)) = done.take() {
-                                    self.commit(end, t, done_txns, open_rows)?;
-                                }
-                                open = None;
-                                open_rows = 0;
-                                done_txns = 0;
-                            }
-                            Some(_) => {}
-                            None => {
-                                if let Some((end, t)) = done.take() {
-                                    self.progress = self.progress.max(end);
-                                    self.metrics.durable_lsn.store(self.progress.0, Relaxed);
-                                    self.metrics.applied_commit_time.store(t, Relaxed);
-                                    done_txns = 0;
-                                }
-                            }
+                        AtCommit::Moved { end, time } => {
+                            self.progress = end;
+                            self.metrics.durable_lsn.store(end.0, Relaxed);
+                            self.metrics.applied_commit_time.store(time, Relaxed);
                         }
-                    }
+                        AtCommit::Keep | AtCommit::Nothing => {}
+                    },
                 }
             }
         })();
-        if open.is_some() {
+        if batch.is_open() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         result
