@@ -149,25 +149,6 @@ fn finish(path: &Path, sent: &[(Entry, Outcome)]) -> Result<(), Error> {
     tx.commit().map_err(|e| lite_err(&what, e))
 }
 
-/// A hub table's columns: (name, type oid, key), in attribute order.
-async fn columns(client: &Client, hub: &str) -> Result<Vec<(String, u32, bool)>, Error> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text, a.atttypid::int8, coalesce(a.attnum = ANY (i.indkey::int2[]), false)
-               FROM pg_attribute a
-               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
-            &[&hub],
-        )
-        .await
-        .context(format!("pull: columns of {hub}"))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get::<_, i64>(1) as u32, r.get(2)))
-        .collect())
-}
-
 /// Whether sync_apply refused the changes themselves (bad data, a
 /// constraint), as opposed to failing for a reason a retry can fix
 /// (deadlock, connection) or the operator must (privileges).
@@ -222,7 +203,13 @@ impl Puller {
         if let Some(c) = self.columns.get(hub) {
             return Ok(c.clone());
         }
-        let c = Arc::new(columns(&self.client, hub).await?);
+        let c: Columns = Arc::new(
+            crate::snapshot::hub_columns(&self.client, hub)
+                .await?
+                .into_iter()
+                .map(|c| (c.name, c.type_oid, c.key))
+                .collect(),
+        );
         self.columns.insert(hub.to_string(), c.clone());
         Ok(c)
     }

@@ -96,27 +96,7 @@ pub async fn copy(
         {
             continue;
         }
-        let cols = client
-            .query(
-                "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
-                        coalesce(a.attnum = ANY (i.indkey::int2[]), false)
-                   FROM pg_attribute a
-                   LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-                  WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped
-                  ORDER BY a.attnum",
-                &[&oid],
-            )
-            .await
-            .context(format!("initial copy: columns of {schema}.{name}"))?;
-        let columns: Vec<Column> = cols
-            .iter()
-            .map(|c| Column {
-                name: c.get(0),
-                type_oid: c.get::<_, i64>(1) as u32,
-                type_modifier: c.get(2),
-                key: c.get(3),
-            })
-            .collect();
+        let columns = hub_columns(&client, &oid.to_string()).await?;
         let select = format!(
             "SELECT {} FROM ONLY {}.{}",
             columns
@@ -242,6 +222,35 @@ pub async fn wanted_tables(
                 ),
                 r.get(2),
             )
+        })
+        .collect())
+}
+
+/// A hub table's columns, in attribute order, with the primary key marked.
+/// `relation` is anything `regclass` reads: a quoted name or an OID.
+pub async fn hub_columns(
+    client: &tokio_postgres::Client,
+    relation: &str,
+) -> Result<Vec<Column>, Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
+                    coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+               FROM pg_attribute a
+               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&relation],
+        )
+        .await
+        .context(format!("the columns of {relation}"))?;
+    Ok(rows
+        .iter()
+        .map(|c| Column {
+            name: c.get(0),
+            type_oid: c.get::<_, i64>(1) as u32,
+            type_modifier: c.get(2),
+            key: c.get(3),
         })
         .collect())
 }
