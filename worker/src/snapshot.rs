@@ -96,7 +96,7 @@ pub async fn copy(
         {
             continue;
         }
-        let columns = hub_columns(&client, &oid.to_string()).await?;
+        let columns = hub_columns(&client, &format!("{}.{}", ident(&schema), ident(&name))).await?;
         let select = format!(
             "SELECT {} FROM ONLY {}.{}",
             columns
@@ -227,7 +227,7 @@ pub async fn wanted_tables(
 }
 
 /// A hub table's columns, in attribute order, with the primary key marked.
-/// `relation` is anything `regclass` reads: a quoted name or an OID.
+/// `relation` is a (quoted) name, as `regclass` reads it.
 pub async fn hub_columns(
     client: &tokio_postgres::Client,
     relation: &str,
