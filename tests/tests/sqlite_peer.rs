@@ -908,3 +908,51 @@ fn a_peer_behind_the_hub_tracking_epoch_is_copied_anew() {
     caught_up(&mut w, &mut c, &path);
     assert_eq!(w.log_text().matches("initial copy sent").count(), copies);
 }
+
+#[test]
+fn the_loser_of_a_priority_conflict_receives_the_winner() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        "INSERT INTO items (id, v) VALUES (1, 'base');
+         SELECT sync_set_peer('edge1', 1), sync_set_peer('edge2', 2);",
+    )
+    .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2) = (dir.path().join("edge1.db"), dir.path().join("edge2.db"));
+    let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
+    let addr = listen_addr(&cfg);
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &e1);
+    caught_up(&mut w, &mut c, &e2);
+    let snapshot_tables = metric(
+        &addr,
+        "tributary_snapshot_tables_total{destination=\"edge1\",kind=\"sqlite\"} ",
+    );
+    assert_eq!(snapshot_tables, 4.0, "the copy's progress is in /metrics");
+    assert!(w.sigterm(T).success());
+    // Both peers edit the same column from the same revision, offline.
+    lite(&e2)
+        .execute_batch("UPDATE items SET v = 'edge2 says' WHERE id = 1")
+        .unwrap();
+    lite(&e1)
+        .execute_batch("UPDATE items SET v = 'edge1 says' WHERE id = 1")
+        .unwrap();
+    w.spawn(&[]);
+    quiesce(&mut w, &mut c, &[&e1, &e2]);
+    let want = vec![(1, "edge1 says".to_string())];
+    assert_eq!(
+        hub_items(&mut c),
+        want,
+        "the better priority wins at the hub"
+    );
+    assert_eq!(peer_items(&e1), want);
+    assert_eq!(
+        peer_items(&e2),
+        want,
+        "the loser gets the winner's value back"
+    );
+}
