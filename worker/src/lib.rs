@@ -1,11 +1,15 @@
 //! Tributary worker: reads the hub's logical replication slot (pgoutput)
-//! and fans committed changes out to queues and peers.
+//! and fans committed changes out to queues and SQLite peers; pulls the
+//! peers' own changes back through the hub's resolver.
 //!
 //! ```text
-//!  slot ──source──> pgoutput ──transaction──> router ──> sink::queue ──> tributary.queue_<name>
-//!   ^  (replication     (decode)   (whole txns,   (tables,       (data + progress,
-//!   |   protocol)                   spill)         no echo)        one transaction)
+//!  slot ──source──> pgoutput ──transaction──> router ──> sink::queue  ──> tributary.queue_<name>
+//!   ^  (replication     (decode)   (whole txns,   (tables,   sink::sqlite ──> peer.db
+//!   |   protocol)                   spill)         no echo)      (data + progress, one transaction)
 //!   └──────── standby status: confirmed = min(durable progress) ── pipeline
+//!
+//!  peer.db _tributary_outbox ──inbound──> sync_apply(origin => peer) ──> write-back via the stream
+//!  new peer: snapshot (exported snapshot of a temporary slot) ──> sink::sqlite
 //! ```
 //!
 //! `pipeline::run(config, metrics, shutdown)` is the whole worker; the

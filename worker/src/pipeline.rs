@@ -16,7 +16,10 @@
 //!   had not committed, the stream is dropped. A transient error starts a
 //!   new session after a backoff; it resumes at the slot's confirmed
 //!   position, and each destination skips what its stored progress covers.
-//!   A definite error stops the worker with its hint.
+//!   A definite error stops the worker with its hint. Except: a SQLite
+//!   peer that is locked or missing is *detached* (it gets nothing, its
+//!   position holds the slot, a probe retries it); the others go on, and
+//!   when it is back the session restarts so that it catches up.
 //! - **Shutdown.** Once `shutdown` fires, the transaction being received
 //!   is finished and delivered, the sinks commit, a final status update is
 //!   sent, and `run` returns `Ok`.
