@@ -156,6 +156,16 @@ impl WorkerProc {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Waits until the worker has created (or found) its slot.
+    pub fn until_slot(&mut self, c: &mut crate::Client, slot: &str) {
+        self.until(Duration::from_secs(60), "the slot", || {
+            crate::scalar(
+                c,
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            ) == 1
+        });
+    }
+
     /// [`wait_until`], with the worker's log in the failure message.
     pub fn until(&mut self, timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         let end = Instant::now() + timeout;

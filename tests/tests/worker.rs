@@ -51,12 +51,7 @@ fn changes_reach_the_queue_whole_in_commit_order_with_typed_values() {
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
     // The slot is created on the first run; writes before it are not owed.
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
 
     c.batch_execute(
         "INSERT INTO items VALUES (1, 'one', 12345678901234567890.50, '2024-01-02 03:04:05.25+00', '{1,NULL,3}', '{\"k\": [1, 2]}', true)",
@@ -174,12 +169,7 @@ fn changes_are_never_echoed_to_the_destination_that_wrote_them() {
         "{QUEUE}\n[[destination]]\nname = \"crm\"\nkind = \"queue\"\ntables = [\"public.*\"]\n"
     );
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     // Written by the hub, by "crm" through its origin, by "crm" through
     // sync_apply (insert, then delete), and deleted under crm's origin.
     c.batch_execute(
@@ -248,12 +238,7 @@ fn unchanged_toast_values_are_left_out_never_nulled() {
         .unwrap();
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     c.batch_execute(
         "INSERT INTO t SELECT 1, string_agg(md5(random()::text), '') FROM generate_series(1, 400);
          UPDATE t SET n = 2 WHERE id = 1;",
@@ -309,12 +294,7 @@ fn a_crash_at_any_point_leaves_every_change_in_the_queue_exactly_once() {
     setup_worker_role(&db, &["audit"]);
     let cfg = config(&cluster, &db, "w", QUEUE);
     let mut w = WorkerProc::start(&cfg, &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     let mut n = 0;
     // Crash points: rows written but not committed; committed but the
     // slot not confirmed; and kill -9 at an arbitrary moment of a stream.
@@ -365,12 +345,7 @@ fn a_postgres_restart_is_survived_without_a_gap() {
         .unwrap();
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     write_batches(&mut c, 1, 5, 100);
     w.until(T, "500 rows", || count(&mut c, "audit") == 500);
     cluster.pg_ctl(&["-m", "fast", "-w", "restart"]);
@@ -391,12 +366,7 @@ fn a_dropped_slot_stops_the_worker_with_a_definite_error() {
         .unwrap();
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     write_batches(&mut c, 1, 1, 10);
     w.until(T, "10 rows", || count(&mut c, "audit") == 10);
     assert!(w.sigterm(T).success());
@@ -433,12 +403,7 @@ fn an_idle_worker_confirms_keepalives_so_wal_is_not_retained() {
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     // WAL the worker gets nothing of: an unpublished table.
     c.batch_execute(
         "INSERT INTO other SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g",
@@ -468,12 +433,7 @@ fn a_million_row_transaction_goes_through_in_bounded_memory() {
         .unwrap();
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     let before = w.peak_rss_kb();
     // One transaction, larger than logical_decoding_work_mem (64MB): the
     // server streams it before it commits, and the worker spills it.
@@ -505,12 +465,7 @@ fn streamed_transactions_arrive_whole_and_aborted_ones_reach_no_one() {
         .unwrap();
     setup_worker_role(&db, &["audit"]);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", QUEUE), &[]);
-    w.until(T, "the slot", || {
-        scalar(
-            &mut c,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w'",
-        ) == 1
-    });
+    w.until_slot(&mut c, "w");
     let mut c2 = db.connect();
     // Two large transactions interleaved, committed in the reverse order of
     // their start; one rolls a subtransaction back.

@@ -176,23 +176,7 @@ impl Change {
             return None;
         }
         let row = self.tuple.as_ref()?;
-        let mut data = String::with_capacity(64 + 16 * row.0.len());
-        data.push('{');
-        let mut first = true;
-        for (col, v) in self.data_columns() {
-            if !first {
-                data.push(',');
-            }
-            first = false;
-            value::push_str(&mut data, &col.name);
-            data.push(':');
-            match text(v) {
-                Some(b) => value::push_json(&mut data, col.type_oid, b),
-                None => data.push_str("null"),
-            }
-        }
-        data.push('}');
-        Some(data)
+        Some(json_object(16 * row.0.len(), self.data_columns()))
     }
 
     /// The data columns with their values: tracking columns and unchanged
@@ -648,16 +632,21 @@ fn key_json_opt(t: &Table, row: &Tuple) -> Option<String> {
 /// The key columns of `row` as a JSON object. A key-only tuple (a delete
 /// or an old key) holds NULL in the other columns.
 fn key_json(t: &Table, row: &Tuple) -> String {
-    let mut s = String::from("{");
-    let mut first = true;
-    for (col, v) in t.relation.columns.iter().zip(&row.0) {
-        if !col.key {
-            continue;
-        }
-        if !first {
+    json_object(
+        32,
+        t.relation.columns.iter().zip(&row.0).filter(|(c, _)| c.key),
+    )
+}
+
+/// `{"column": value, ...}` of typed text values (NULL and unchanged TOAST
+/// as null).
+fn json_object<'a>(capacity: usize, cols: impl Iterator<Item = (&'a Column, &'a Value)>) -> String {
+    let mut s = String::with_capacity(capacity + 2);
+    s.push('{');
+    for (i, (col, v)) in cols.enumerate() {
+        if i > 0 {
             s.push(',');
         }
-        first = false;
         value::push_str(&mut s, &col.name);
         s.push(':');
         match text(v) {
