@@ -198,7 +198,17 @@ fn churn(c: &mut Client, txns: usize) {
             });
         }
         sql.push_str("COMMIT;");
-        c.batch_execute(&sql).unwrap();
+        // Like any application writing rows in random order next to other
+        // writers (here the worker's sync_apply), retry a deadlock victim.
+        loop {
+            match c.batch_execute(&sql) {
+                Ok(()) => break,
+                Err(e) if e.code().is_some_and(|c| c.code() == "40P01") => {
+                    c.batch_execute("ROLLBACK").unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }
 

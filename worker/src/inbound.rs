@@ -552,7 +552,22 @@ pub async fn run(
                 _ = tokio::time::sleep(interval) => continue,
             }
         }
-        let n = p.round().await?;
+        let n = match p.round().await {
+            Ok(n) => n,
+            // A deadlock with the hub's own writers, a serialization
+            // failure: the round rolled back; try it again on this
+            // connection. A lost connection or a peer error ends the loop
+            // (the session restarts, or the peer is detached).
+            Err(e @ Error::Postgres { .. })
+                if e.kind() == crate::error::ErrorKind::Transient && !p.client.is_closed() =>
+            {
+                tracing::warn!(destination = %p.name, error = %e, "pull round failed; retrying it");
+                let _ = p.client.batch_execute("ROLLBACK").await;
+                p.metrics.errors.fetch_add(1, Relaxed);
+                0
+            }
+            Err(e) => return Err(e),
+        };
         if n < BATCH {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
