@@ -370,6 +370,13 @@ fn a_dropped_slot_stops_the_worker_with_a_definite_error() {
     write_batches(&mut c, 1, 1, 10);
     w.until(T, "10 rows", || count(&mut c, "audit") == 10);
     assert!(w.sigterm(T).success());
+    // The walsender may outlive the worker by a moment under load.
+    wait_until(T, "the slot to be released", || {
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'w' AND active",
+        ) == 0
+    });
     c.batch_execute("SELECT pg_drop_replication_slot('w')")
         .unwrap();
     w.spawn(&[]);

@@ -500,15 +500,8 @@ fn convert(
                 push(st, c);
             }
             for key in w.deletes {
-                let c = Change {
-                    table: t.clone(),
-                    op: Op::Delete,
-                    ord: st.ord,
-                    tuple: Some(tuple(key)),
-                    version: None,
-                    origin: None,
-                    only_for: Some(peer.clone()),
-                };
+                let mut c = bare_change(&t, Op::Delete, st, Some(tuple(key)), None);
+                c.only_for = Some(peer.clone());
                 push(st, c);
             }
         }
@@ -530,15 +523,8 @@ fn convert(
                     .zip(old.0.iter().zip(&new.0))
                     .any(|(c, (a, b))| c.key && a != b);
                 if moved {
-                    let c = Change {
-                        table: t.clone(),
-                        op: Op::Delete,
-                        ord: st.ord,
-                        tuple: Some(old),
-                        version: None,
-                        origin: origin_of(&t, st, Some(&new)),
-                        only_for: None,
-                    };
+                    let c =
+                        bare_change(&t, Op::Delete, st, Some(old), origin_of(&t, st, Some(&new)));
                     push(st, c);
                 }
             }
@@ -550,35 +536,13 @@ fn convert(
             let tuple = key.or(old).ok_or_else(|| {
                 AssembleError::Protocol(format!("a delete on {} without a key", t.display))
             })?;
-            let c = Change {
-                table: t.clone(),
-                op: Op::Delete,
-                ord: st.ord,
-                tuple: Some(tuple),
-                version: None,
-                origin: st
-                    .delete_origin
-                    .clone()
-                    .or_else(|| st.replication_origin.clone()),
-                only_for: None,
-            };
+            let c = bare_change(&t, Op::Delete, st, Some(tuple), st.delete_origin());
             push(st, c);
         }
         Message::Truncate { relations, .. } => {
             for id in relations {
                 let t = table(tables, id)?;
-                let c = Change {
-                    table: t,
-                    op: Op::Truncate,
-                    ord: st.ord,
-                    tuple: None,
-                    version: None,
-                    origin: st
-                        .delete_origin
-                        .clone()
-                        .or_else(|| st.replication_origin.clone()),
-                    only_for: None,
-                };
+                let c = bare_change(&t, Op::Truncate, st, None, st.delete_origin());
                 push(st, c);
             }
         }
@@ -603,6 +567,36 @@ fn origin_of(t: &Table, st: &TxnState, row: Option<&Tuple>) -> Option<String> {
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .filter(|s| !s.is_empty())
         .or_else(|| st.replication_origin.clone())
+}
+
+/// A change without row values of its own (a delete, a truncate): the
+/// key or nothing, and who made it.
+fn bare_change(
+    t: &Arc<Table>,
+    op: Op,
+    st: &TxnState,
+    tuple: Option<Tuple>,
+    origin: Option<String>,
+) -> Change {
+    Change {
+        table: t.clone(),
+        op,
+        ord: st.ord,
+        tuple,
+        version: None,
+        origin,
+        only_for: None,
+    }
+}
+
+impl TxnState {
+    /// The origin of a delete or truncate: the `tributary.origin` its
+    /// statement ran under, else the replication origin.
+    fn delete_origin(&self) -> Option<String> {
+        self.delete_origin
+            .clone()
+            .or_else(|| self.replication_origin.clone())
+    }
 }
 
 fn row_change(t: &Arc<Table>, op: Op, st: &TxnState, row: Tuple) -> Change {
