@@ -1,6 +1,7 @@
 -- The in-database resolver: sync_apply, peers and conflicts.
--- The decisions are made in Rust (extension/src/resolver.rs, driven by
--- tributary._apply); this file validates input and exposes the SQL API.
+-- The engine is Rust (tributary._apply, extension/src/api/apply.rs): it
+-- checks and types the batch (extension/src/api/batch.rs), decides
+-- (extension/src/resolver.rs) and writes; this file holds the SQL API.
 
 CREATE FUNCTION sync_set_peer(name text, priority integer) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -73,146 +74,18 @@ CREATE VIEW sync_conflicts AS
     FROM tributary.conflicts c;
 COMMENT ON VIEW sync_conflicts IS 'Open and resolved conflicts of the tables you may read.';
 
--- Locates the change whose values do not fit the table's column types, and
--- raises for it. Only runs when the batch as a whole failed to convert.
-CREATE FUNCTION tributary._raise_bad_value(tbl regclass, changes jsonb) RETURNS void
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    e record;
-    msg text;
-BEGIN
-    FOR e IN SELECT elem, ord FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord) LOOP
-        BEGIN
-            EXECUTE format('SELECT jsonb_populate_record(NULL::%s, $1)', tbl)
-                USING coalesce(e.elem -> 'data', '{}') || (e.elem -> 'pk');
-            IF jsonb_typeof(e.elem -> 'ts') = 'string' THEN
-                PERFORM (e.elem ->> 'ts')::timestamptz;
-            END IF;
-        EXCEPTION WHEN data_exception OR invalid_text_representation THEN
-            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = format('change #%s has a value of the wrong type', e.ord),
-                DETAIL = format('%s (change: %s).', msg, left(e.elem::text, 500)),
-                HINT = format('Send values that fit the columns of %s, e.g. numbers for numeric columns.', tbl);
-        END;
-    END LOOP;
-END $$;
 
+-- The table must be tracked: checked here, in SQL, so that the error keeps
+-- its own SQLSTATE (TB003). The outcomes come in the batch's order.
 CREATE FUNCTION sync_apply(tbl regclass, changes jsonb, origin text)
 RETURNS TABLE (pk jsonb, outcome text, row_version bigint, conflict_id bigint, detail text)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 AS $$
-DECLARE
-    t tributary.tracked := tributary._tracked(tbl);
-    meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';
-    cols text[];
-    bad record;
-    lww boolean := EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins');
-BEGIN
-    IF origin IS NULL THEN
-        PERFORM tributary._raise('22004', 'origin must not be NULL',
-            'sync_apply needs the name of the peer the changes come from.',
-            'Pass the peer''s name, e.g. sync_apply(''customers'', $1, ''CRM''); it is stamped on the writes so they are not echoed back.');
-    END IF;
-    IF octet_length(origin) > 255 OR origin = '' THEN
-        PERFORM tributary._raise('22023', 'origin must be a peer name of 1 to 255 bytes',
-            format('origin = %L.', left(origin, 80)), 'Pass the peer''s name, e.g. ''CRM''.');
-    END IF;
-    IF changes IS NULL OR jsonb_typeof(changes) <> 'array' THEN
-        PERFORM tributary._raise('22023', 'changes must be a JSON array',
-            format('Got %s.', coalesce(jsonb_typeof(changes), 'NULL')),
-            'Pass [{"op":"U","pk":{...},"data":{...},"version":N}, ...].');
-    END IF;
-
-    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
-      FROM pg_attribute a
-     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> ALL (meta);
-
-    -- Structure, checked for the whole batch before anything is written.
-    -- One CASE, whose branches are evaluated in order, so that no cast is
-    -- tried on a value of the wrong JSON type.
-    SELECT v.ord, v.elem, v.problem INTO bad
-      FROM (SELECT x.ord, x.elem,
-           CASE
-             WHEN jsonb_typeof(x.elem) <> 'object' THEN 'it is not a JSON object'
-             WHEN NOT coalesce(x.elem ->> 'op' IN ('I', 'U', 'D'), false)
-               THEN format('op is %s; it must be "I", "U" or "D"', coalesce((x.elem -> 'op')::text, 'missing'))
-             WHEN jsonb_typeof(x.elem -> 'pk') IS DISTINCT FROM 'object' THEN 'pk is missing or not an object'
-             WHEN NOT (x.elem -> 'pk') ?& t.pk_columns OR (x.elem -> 'pk') - t.pk_columns <> '{}'::jsonb
-               THEN format('pk is %s; the primary key of %s is (%s)', x.elem -> 'pk', tbl, array_to_string(t.pk_columns, ', '))
-             WHEN jsonb_path_exists(x.elem -> 'pk', '$.* ? (@ == null)')
-               THEN 'a primary key value is null'
-             WHEN x.elem ? 'data' AND jsonb_typeof(x.elem -> 'data') <> 'object' THEN 'data is not an object'
-             WHEN x.elem ->> 'op' <> 'D' AND NOT x.elem ? 'data' THEN 'data is missing'
-             WHEN jsonb_typeof(x.elem -> 'version') IS DISTINCT FROM 'number'
-               THEN format('version is %s; it must be a whole number >= 1 (the revision the change produces)',
-                           coalesce((x.elem -> 'version')::text, 'missing'))
-             WHEN (x.elem ->> 'version')::numeric <> trunc((x.elem ->> 'version')::numeric)
-                  OR (x.elem ->> 'version')::numeric < 1 OR (x.elem ->> 'version')::numeric > 9223372036854775807
-               THEN format('version is %s; it must be a whole number >= 1 (the revision the change produces)',
-                           x.elem -> 'version')
-             WHEN x.elem ? 'expect_version' AND jsonb_typeof(x.elem -> 'expect_version') <> 'number'
-               THEN 'expect_version must be a whole number'
-             WHEN x.elem ? 'expect_version'
-                  AND ((x.elem ->> 'expect_version')::numeric <> trunc((x.elem ->> 'expect_version')::numeric)
-                       OR abs((x.elem ->> 'expect_version')::numeric) > 9223372036854775807)
-               THEN 'expect_version must be a whole number'
-             WHEN x.elem ? 'changed' AND jsonb_typeof(x.elem -> 'changed') <> 'array' THEN 'changed must be an array of column names'
-             WHEN x.elem ? 'ts' AND jsonb_typeof(x.elem -> 'ts') NOT IN ('number', 'string')
-               THEN 'ts must be a hybrid-clock integer or an RFC 3339 timestamp'
-             WHEN jsonb_typeof(x.elem -> 'ts') = 'number'
-                  AND ((x.elem ->> 'ts')::numeric <> trunc((x.elem ->> 'ts')::numeric)
-                       OR abs((x.elem ->> 'ts')::numeric) > 9223372036854775807)
-               THEN 'ts must be a whole number (a hybrid-clock value)'
-             WHEN lww AND NOT x.elem ? 'ts'
-               THEN format('ts is missing; %s uses the last_writer_wins policy, which orders changes by it', tbl)
-           END AS problem
-      FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord)) AS v
-     WHERE v.problem IS NOT NULL
-     ORDER BY v.ord LIMIT 1;
-    IF FOUND THEN
-        PERFORM tributary._raise('22023', format('change #%s is malformed: %s', bad.ord, bad.problem),
-            format('Change #%s: %s.', bad.ord, left(bad.elem::text, 500)),
-            'Each change is {"op":"I"|"U"|"D", "pk":{key columns}, "data":{columns}, "version":N}; nothing of the batch was applied.');
-    END IF;
-
-    -- Columns: every key of data, pk and changed must be a column of the table.
-    SELECT x.ord, u.k INTO bad
-      FROM jsonb_array_elements(changes) WITH ORDINALITY AS x(elem, ord)
-      CROSS JOIN LATERAL (SELECT jsonb_object_keys(coalesce(x.elem -> 'data', '{}')) AS k
-                          UNION ALL SELECT jsonb_array_elements_text(coalesce(x.elem -> 'changed', '[]'))) u
-     WHERE u.k <> ALL (cols)
-     ORDER BY x.ord LIMIT 1;
-    IF FOUND THEN
-        PERFORM tributary._raise('42703', format('change #%s names an unknown column %I', bad.ord, bad.k),
-            format('%s has no column %I%s.', tbl, bad.k,
-                   CASE WHEN bad.k = ANY (meta) THEN ' that a peer may write: Tributary maintains it' ELSE '' END),
-            format('Columns of %s: %s. Nothing of the batch was applied.', tbl, array_to_string(cols, ', ')));
-    END IF;
-
-    -- Types: every value must fit its column. Checked here so that the
-    -- error names the change; the engine reads the values the same way.
-    BEGIN
-        EXECUTE format('SELECT count(jsonb_populate_record(NULL::%s, coalesce(x.elem -> ''data'', ''{}'') || (x.elem -> ''pk''))),
-                               count(CASE WHEN jsonb_typeof(x.elem -> ''ts'') = ''string'' THEN (x.elem ->> ''ts'')::timestamptz END)
-                          FROM jsonb_array_elements($1) AS x(elem)', tbl)
-            USING changes;
-    EXCEPTION WHEN data_exception OR invalid_text_representation THEN
-        PERFORM tributary._raise_bad_value(tbl, changes);
-        RAISE;  -- not located: report the original error
-    END;
-
-    RETURN QUERY SELECT a.pk::jsonb, a.outcome, a.row_version, a.conflict_id, a.detail
-                   FROM tributary._apply(tbl, changes, origin) AS a ORDER BY a.ord;
-
-    -- Changes parked for want of a row of this table may go through now.
-    IF coalesce(current_setting('tributary.retrying', true), '') <> 'on'
-       AND EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = tbl AND q.status = 'pending') THEN
-        PERFORM count(*) FROM tributary._retry_pending(tbl);
-    END IF;
-END $$;
+    SELECT a.pk, a.outcome, a.row_version, a.conflict_id, a.detail
+      FROM tributary._apply((tributary._tracked(tbl)).relid::regclass, changes, origin) AS a
+$$;
 COMMENT ON FUNCTION sync_apply(regclass, jsonb, text) IS
-  'Apply a batch of a peer''s changes through the resolver; one outcome per change. All or nothing on bad input.';
+  'Apply a batch of a peer''s changes through the resolver; one outcome per change, in order. All or nothing on bad input.';
 
 CREATE FUNCTION sync_resolve_conflict(id bigint, resolution jsonb) RETURNS bigint
 LANGUAGE plpgsql VOLATILE

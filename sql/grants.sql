@@ -40,7 +40,6 @@ GRANT EXECUTE ON FUNCTION
     tributary.colmeta_entries(bytea),
     tributary.row_json(anyelement),
     tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
-    tributary._retry_pending(regclass),          -- likewise
-    tributary._raise_bad_value(regclass, jsonb)
+    tributary._retry_pending(regclass)           -- likewise
   TO PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_worker_grant(regrole) FROM PUBLIC;

@@ -76,6 +76,11 @@ pub fn split_object(text: &str) -> Option<Vec<(String, &str)>> {
     }
 }
 
+/// The contents of a JSON string's text (`"a\"b"` -> `a"b`).
+pub fn unquote(text: &str) -> Option<String> {
+    read_string(text, 0).map(|(s, _)| s)
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;

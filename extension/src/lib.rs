@@ -31,7 +31,11 @@ extension_sql_file!(
     requires = ["schema", api::trigger::tributary::row_trigger]
 );
 extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["tracking"]);
-extension_sql_file!("../../sql/apply.sql", name = "apply", requires = ["pull"]);
+extension_sql_file!(
+    "../../sql/apply.sql",
+    name = "apply",
+    requires = ["pull", api::apply::tributary::_apply]
+);
 extension_sql_file!(
     "../../sql/queue.sql",
     name = "queue",
@@ -60,3 +64,6 @@ pub mod pg_test {
         vec!["wal_level = 'logical'"]
     }
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

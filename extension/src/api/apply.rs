@@ -1,5 +1,5 @@
-//! `tributary._apply`: the engine behind `sync_apply` (sql/apply.sql), which
-//! has already validated and canonicalised the batch.
+//! `tributary._apply`: the engine behind `sync_apply` (sql/apply.sql). The
+//! batch is checked and typed by batch.rs first.
 //!
 //! ```text
 //!  lock the table's apply lock (one applier per table at a time)
@@ -14,6 +14,7 @@
 //! Values travel as PostgreSQL's own JSON text (`jsonb::text`), never
 //! re-serialised in Rust, so the tie-break compares what the table stores.
 
+use crate::api::batch;
 use crate::api::trigger::ApplyMode;
 use crate::colvers::{self, ColVersion};
 use crate::jsontext;
@@ -22,8 +23,6 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::collections::{BTreeMap, HashMap};
-
-const META: &str = "'{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[]";
 
 /// The columns of the table: name -> attnum, and the key columns.
 struct Table {
@@ -91,44 +90,6 @@ fn spi_err(e: pgrx::spi::SpiError) -> ! {
     pgrx::error!("tributary: internal query failed: {e}")
 }
 
-fn load_table(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> Table {
-    let name: String = client
-        .select("SELECT $1::regclass::text", None, &[tbl.into()])
-        .unwrap_or_else(|e| spi_err(e))
-        .first()
-        .get(1)
-        .unwrap_or_else(|e| spi_err(e))
-        .unwrap_or_default();
-    let mut attnum = HashMap::new();
-    let rows = client
-        .select(
-            &format!(
-                "SELECT attname::text, attnum FROM pg_attribute WHERE attrelid = $1 AND attnum > 0
-                   AND NOT attisdropped AND attname <> ALL ({META})"
-            ),
-            None,
-            &[tbl.into()],
-        )
-        .unwrap_or_else(|e| spi_err(e));
-    for r in rows {
-        let n: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        let a: i16 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        attnum.insert(n, a as u16);
-    }
-    let pk: Vec<String> = client
-        .select(
-            "SELECT pk_columns FROM tributary.tracked WHERE relid = $1",
-            None,
-            &[tbl.into()],
-        )
-        .unwrap_or_else(|e| spi_err(e))
-        .first()
-        .get(1)
-        .unwrap_or_else(|e| spi_err(e))
-        .unwrap_or_default();
-    Table { name, attnum, pk }
-}
-
 /// The table's rules, and the custom resolver's name when it has one.
 fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> (Priorities, Option<String>) {
     let mut p = Priorities::default();
@@ -187,11 +148,11 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The packed stamps to store for a state: an entry per column, with xid 0
-/// (stamped by the trigger) where the stamp changed in this batch. A
-/// creation entry at revision 0 makes the columns the state never set rank
-/// below any write.
-fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>) -> String {
+/// The packed stamps to store for a state: an entry per column, with `xid`
+/// where the stamp changed in this batch (0 for a tombstone). A creation
+/// entry at revision 0 makes the columns the state never set rank below
+/// any write.
+fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>, xid: i64) -> Vec<u8> {
     let mut entries = vec![ColVersion {
         attnum: colvers::CREATION,
         revision: 0,
@@ -209,14 +170,14 @@ fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>) -> String {
         entries.push(ColVersion {
             attnum: *a,
             revision: cell.stamp.revision,
-            xid: kept.unwrap_or(0),
+            xid: kept.unwrap_or(xid),
             origin: cell.stamp.origin.clone(),
             ts: cell.stamp.ts,
         });
     }
     entries.sort_by_key(|e| e.attnum);
     match colvers::encode(&entries) {
-        Ok(b) => hex(&b),
+        Ok(b) => b,
         Err(e) => pgrx::error!(
             "tributary: an origin of {} bytes is too long (at most 255)",
             e.0
@@ -224,19 +185,49 @@ fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>) -> String {
     }
 }
 
+/// A key as jsonb text, returned as jsonb.
+pub struct KeyJson(String);
+
+impl IntoDatum for KeyJson {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        let c = std::ffi::CString::new(self.0).ok()?;
+        unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(c.as_ptr().into())]) }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+pgrx::impl_sql_translatable!(KeyJson, "jsonb");
+
+// SAFETY: returns the datum into_datum built, or NULL.
+unsafe impl pgrx::callconv::BoxRet for KeyJson {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        match self.into_datum() {
+            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
 #[pg_schema]
 pub mod tributary {
     use super::*;
 
-    /// The resolver engine. VOLATILE, not strict, not SECURITY DEFINER (the
-    /// caller's privileges on the table apply; internal tables are guarded
-    /// by row-level security). Called only by `sync_apply`, which validates
-    /// the batch first.
+    /// The resolver engine behind `sync_apply` (sql/apply.sql, which checks
+    /// that the table is tracked first). VOLATILE, not strict, not SECURITY
+    /// DEFINER (the caller's privileges on the table apply; internal tables
+    /// are guarded by row-level security). Executable by anyone, it acts
+    /// only for roles that may run sync_apply.
     #[pg_extern(
         volatile,
         sql = r#"
 CREATE FUNCTION tributary._apply(tbl regclass, changes jsonb, origin text)
-RETURNS TABLE (ord integer, pk text, outcome text, row_version bigint, conflict_id bigint, detail text)
+RETURNS TABLE (pk jsonb, outcome text, row_version bigint, conflict_id bigint, detail text)
 VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
 "#
     )]
@@ -244,13 +235,12 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
     // cannot hide behind an alias.
     #[allow(clippy::type_complexity)]
     fn _apply(
-        tbl: pg_sys::Oid,
+        tbl: Option<pg_sys::Oid>,
         fcinfo: pg_sys::FunctionCallInfo,
     ) -> TableIterator<
         'static,
         (
-            name!(ord, i32),
-            name!(pk, String),
+            name!(pk, KeyJson),
             name!(outcome, String),
             name!(row_version, Option<i64>),
             name!(conflict_id, Option<i64>),
@@ -258,21 +248,22 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
         ),
     > {
         // `changes` (jsonb) and `origin` are read from the call frame: the
-        // batch is handed to the engine's queries as the jsonb datum it is,
-        // never printed and parsed again.
+        // batch is read as the jsonb datum it is, never printed and parsed
+        // again.
         let (changes, origin) = unsafe {
             let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
-            let origin = String::from_datum(args[2].value, args[2].isnull).unwrap_or_default();
-            (args[1].value, origin)
+            let origin = String::from_datum(args[2].value, args[2].isnull);
+            ((!args[1].isnull).then_some(args[1].value), origin)
         };
-        TableIterator::new(super::apply(tbl, changes, &origin))
+        let tbl = tbl.unwrap_or(pg_sys::InvalidOid);
+        let rows = Spi::connect_mut(|client| run(client, tbl, changes, origin.as_deref()));
+        TableIterator::new(
+            rows.into_iter()
+                .map(|(_, pk, outcome, version, conflict, detail)| {
+                    (KeyJson(pk), outcome, version, conflict, detail)
+                }),
+        )
     }
-}
-
-/// `changes` is the validated batch, a jsonb datum. Values are read out of
-/// it by PostgreSQL (never by serde), so they keep their exact rendering.
-fn apply(tbl: pg_sys::Oid, changes: pg_sys::Datum, origin: &str) -> Vec<Row> {
-    Spi::connect_mut(|client| run(client, tbl, changes, origin))
 }
 
 type Row = (i32, String, String, Option<i64>, Option<i64>, String);
@@ -280,11 +271,16 @@ type Row = (i32, String, String, Option<i64>, Option<i64>, String);
 fn run(
     client: &mut SpiClient<'_>,
     tbl: pg_sys::Oid,
-    changes: pg_sys::Datum,
-    origin: &str,
+    changes: Option<pg_sys::Datum>,
+    origin: Option<&str>,
 ) -> Vec<Row> {
-    // SAFETY: a jsonb datum valid for the whole call.
-    let changes_arg = || unsafe { pgrx::datum::DatumWithOid::new(changes, pg_sys::JSONBOID) };
+    // Phase timings, at DEBUG1 (SET client_min_messages = debug1 to see them).
+    let t0 = std::time::Instant::now();
+    macro_rules! tick {
+        ($n:expr) => {
+            pgrx::debug1!("tributary: sync_apply {} after {:?}", $n, t0.elapsed())
+        };
+    }
     // Callable by anyone, but it only acts for those who may run sync_apply.
     let allowed: Option<bool> = client
         .select(
@@ -309,8 +305,102 @@ fn run(
         .set_hint("GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO the peer's role.")
         .report(PgLogLevel::ERROR);
     }
-    let t = load_table(client, tbl);
+    // The table is tracked (sync_apply checked, with its own SQLSTATE).
+    let tbl_arg = || -> pgrx::datum::DatumWithOid<'static> {
+        if tbl == pg_sys::InvalidOid {
+            pgrx::datum::DatumWithOid::null_oid(pg_sys::REGCLASSOID)
+        } else {
+            tbl.into()
+        }
+    };
+    let head = client
+        .select(
+            "SELECT $1::regclass::text, (tributary._tracked($1)).pk_columns,
+                    coalesce(current_setting('tributary.retrying', true), '') = 'on'",
+            None,
+            &[tbl_arg()],
+        )
+        .unwrap_or_else(|e| spi_err(e))
+        .first();
+    let name: String = head
+        .get(1)
+        .unwrap_or_else(|e| spi_err(e))
+        .unwrap_or_default();
+    let pk_columns: Vec<String> = head
+        .get(2)
+        .unwrap_or_else(|e| spi_err(e))
+        .unwrap_or_default();
+    let retrying: bool = head.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or(false);
+    let Some(origin) = origin else {
+        bad_input(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "origin must not be NULL",
+            "sync_apply needs the name of the peer the changes come from.".into(),
+            "Pass the peer's name, e.g. sync_apply('customers', $1, 'CRM'); it is stamped on the writes so they are not echoed back.",
+        )
+    };
+    if origin.len() > 255 || origin.is_empty() {
+        bad_input(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "origin must be a peer name of 1 to 255 bytes",
+            format!(
+                "origin = {}.",
+                quote_literal(&origin.chars().take(80).collect::<String>())
+            ),
+            "Pass the peer's name, e.g. 'CRM'.",
+        )
+    }
+    let Some(changes) = changes else {
+        bad_input(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "changes must be a JSON array",
+            "Got NULL.".into(),
+            "Pass [{\"op\":\"U\",\"pk\":{...},\"data\":{...},\"version\":N}, ...].",
+        )
+    };
     let (prio, custom_fn) = load_priorities(client, tbl);
+    let mut bt = batch::Table::load(tbl, name, &pk_columns);
+
+    // The batch, checked and typed in one pass; array and composite values
+    // are typed by jsonb_populate_record, one at a time.
+    let populate_sql = format!(
+        "SELECT tributary.row_json(jsonb_populate_record(NULL::{}, jsonb_build_object($1::text, $2::text::jsonb)))::text",
+        bt.name
+    );
+    let mut populate = |col: &str, json: &str| -> String {
+        let row: Option<String> = client
+            .select(
+                &populate_sql,
+                None,
+                &[col.to_string().into(), json.to_string().into()],
+            )
+            .unwrap_or_else(|e| spi_err(e))
+            .first()
+            .get(1)
+            .unwrap_or_else(|e| spi_err(e));
+        jsontext::split_object(row.as_deref().unwrap_or("{}"))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(k, _)| k == col)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| "null".into())
+    };
+    let parsed = batch::parse(
+        changes,
+        &mut bt,
+        prio.policy == Policy::LastWriterWins,
+        &mut populate,
+    );
+    let t = Table {
+        name: bt.name.clone(),
+        attnum: bt
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.attnum as u16))
+            .collect(),
+        pk: pk_columns,
+    };
+    tick!("typed");
 
     // One applier per table at a time: decisions read the rows they write.
     client
@@ -321,104 +411,67 @@ fn run(
         )
         .unwrap_or_else(|e| spi_err(e));
 
-    // The batch, typed once: each change's values are read through the
-    // column types and printed by row_json, so they compare exactly with
-    // what the table stores.
-    let pk_expr = |alias: &str| {
-        format!(
-            "jsonb_build_object({})::text",
-            t.pk.iter()
-                .map(|c| format!("{}, {alias}.{}", quote_literal(c), quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let mut batch: Vec<(String, Change)> = Vec::new();
-    let rows = client
-        .select(
-            &format!(
-                "SELECT x.ord::int, x.c ->> 'op', (x.c ->> 'version')::bigint, (x.c ->> 'expect_version')::bigint,
-                        {pk}, CASE WHEN x.c ? 'changed' THEN ARRAY(SELECT jsonb_array_elements_text(x.c -> 'changed'))
-                                   ELSE ARRAY(SELECT jsonb_object_keys(coalesce(x.c -> 'data', '{{}}'))) END,
-                        CASE WHEN x.c ->> 'op' <> 'D' THEN tributary.row_json(r)::text END, NULL::text,
-                        CASE jsonb_typeof(x.c -> 'ts')
-                             WHEN 'number' THEN (x.c ->> 'ts')::numeric::bigint
-                             WHEN 'string' THEN (extract(epoch FROM (x.c ->> 'ts')::timestamptz) * 1000000)::bigint
-                             ELSE 0 END
-                   FROM jsonb_array_elements($1) WITH ORDINALITY AS x(c, ord)
-                  CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, coalesce(x.c -> 'data', '{{}}') || (x.c -> 'pk')) AS r
-                  ORDER BY x.ord",
-                pk = pk_expr("r"),
-                tbl = t.name
-            ),
-            None,
-            &[changes_arg()],
-        )
-        .unwrap_or_else(|e| spi_err(e));
-    for r in rows {
-        let op = match r.get::<String>(2).unwrap_or_else(|e| spi_err(e)).as_deref() {
-            Some("I") => Op::Insert,
-            Some("U") => Op::Update,
-            _ => Op::Delete,
-        };
-        let key: String = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        let mut values = BTreeMap::new();
-        if op != Op::Delete {
-            let set: Vec<String> = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-            let row: String = r.get(7).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-            for (col, value) in jsontext::split_object(&row).unwrap_or_default() {
-                if t.pk.contains(&col) || set.contains(&col) {
-                    values.insert(col, value.to_string());
-                }
-            }
-        }
-        batch.push((
-            key,
-            Change {
-                op,
-                version: r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or(1),
-                origin: origin.to_string(),
-                values,
-                expect_version: r.get(4).unwrap_or_else(|e| spi_err(e)),
-                ts: r.get(9).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
-            },
-        ));
-    }
+    let batch: Vec<(String, Change)> = parsed
+        .changes
+        .iter()
+        .map(|p| {
+            (
+                p.key.clone(),
+                Change {
+                    op: p.op,
+                    version: p.version,
+                    origin: origin.to_string(),
+                    values: p.values.clone(),
+                    expect_version: p.expect_version,
+                    ts: p.ts,
+                },
+            )
+        })
+        .collect();
 
-    // The hub's state of every key in the batch.
-    let mut keys: Vec<&str> = batch.iter().map(|b| b.0.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let keys_arg =
-        || -> pgrx::datum::DatumWithOid<'static> { format!("[{}]", keys.join(",")).into() };
-    let pk_match =
-        t.pk.iter()
-            .map(|c| format!("r.{0} = k.{0}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+    // The hub's state of every key in the batch: the live rows, locked,
+    // found by their key values cast from text.
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    let mut key_cols: Vec<Vec<Option<String>>> = vec![Vec::new(); bt.pk.len()];
+    let mut keys: Vec<&str> = Vec::new();
+    for p in &parsed.changes {
+        if seen.insert(p.key.as_str(), ()).is_some() {
+            continue;
+        }
+        keys.push(p.key.as_str());
+        for (n, (col, v)) in bt.pk.iter().zip(&p.pk_values).enumerate() {
+            key_cols[n].push(text_for(&bt, *col, v));
+        }
+    }
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
     let live = client
         .select(
             &format!(
-                "SELECT {pk}, r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text
-                   FROM jsonb_array_elements($1::text::jsonb) AS ks(key)
-                   CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, ks.key) AS k
-                   JOIN {tbl} AS r ON {pk_match}
+                "SELECT r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text
+                   FROM unnest({args}) AS u({names})
+                   JOIN {tbl} AS r ON {matches}
                     FOR UPDATE OF r",
-                pk = pk_expr("r"),
+                args = (1..=bt.pk.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+                names = (1..=bt.pk.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", "),
+                matches = bt
+                    .pk
+                    .iter()
+                    .enumerate()
+                    .map(|(n, c)| format!("r.{} = {}", quote_ident(&bt.columns[*c].name), value_expr(&bt, *c, &format!("u.c{}", n + 1))))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
                 tbl = t.name
             ),
             None,
-            &[keys_arg()],
+            &key_cols.iter().map(|c| c.clone().into()).collect::<Vec<pgrx::datum::DatumWithOid>>(),
         )
         .unwrap_or_else(|e| spi_err(e));
     for r in live {
-        let key: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        let version: i64 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
-        let row_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
-        let meta: Option<Vec<u8>> = r.get(4).unwrap_or_else(|e| spi_err(e));
-        let created_xid: i64 = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
-        let row: String = r.get(6).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let version: i64 = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
+        let row_origin: String = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let meta: Option<Vec<u8>> = r.get(3).unwrap_or_else(|e| spi_err(e));
+        let created_xid: i64 = r.get(4).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
+        let row: String = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let entries = meta.map(|m| colvers::decode(&m));
         let mut l = Loaded {
             state: KeyState {
@@ -433,24 +486,45 @@ fn run(
         };
         let creator = l.state.origin.clone();
         l.fill(&t, &row, entries.as_deref(), &creator);
+        let key = bt.key_text(|c| l.state.cells.get(c).map(|v| v.value.as_str()));
         loaded.insert(key, l);
     }
-    let dead = client
+    tick!("live");
+    // Tombstones, when the table has any.
+    let any_dead = client
         .select(
-            &format!(
-                "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
-                        coalesce(d.created_xid, 0), tributary.row_json(jsonb_populate_record(NULL::{tbl}, d.data))::text,
-                        coalesce(d.ts, 0)
-                   FROM tributary.tombstones d
-                  WHERE d.relid = $2 AND d.pk IN (SELECT jsonb_array_elements($1::text::jsonb))
-                    FOR UPDATE OF d",
-                tbl = t.name
-            ),
+            "SELECT EXISTS (SELECT 1 FROM tributary.tombstones WHERE relid = $1)",
             None,
-            &[keys_arg(), tbl.into()],
+            &[tbl.into()],
         )
-        .unwrap_or_else(|e| spi_err(e));
-    for r in dead {
+        .unwrap_or_else(|e| spi_err(e))
+        .first()
+        .get::<bool>(1)
+        .unwrap_or_else(|e| spi_err(e))
+        .unwrap_or(false);
+    let dead = if any_dead {
+        let keys_arg: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        Some(
+            client
+                .select(
+                    &format!(
+                        "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
+                                coalesce(d.created_xid, 0), tributary.row_json(jsonb_populate_record(NULL::{tbl}, d.data))::text,
+                                coalesce(d.ts, 0)
+                           FROM tributary.tombstones d
+                          WHERE d.relid = $2 AND d.pk = ANY ($1::text[]::jsonb[])
+                            FOR UPDATE OF d",
+                        tbl = t.name
+                    ),
+                    None,
+                    &[keys_arg.into(), tbl.into()],
+                )
+                .unwrap_or_else(|e| spi_err(e)),
+        )
+    } else {
+        None
+    };
+    for r in dead.into_iter().flatten() {
         let key: String = r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let version: i64 = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or(1);
         let del_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
@@ -485,29 +559,21 @@ fn run(
         loaded.insert(key, l);
     }
 
+    tick!("loaded");
     // Decide, in order.
     let mut current: HashMap<String, KeyState> = HashMap::new();
     let mut out: Vec<Row> = Vec::with_capacity(batch.len());
     let mut conflicts: Vec<(usize, String)> = Vec::new();
     for (i, (key, change)) in batch.iter().enumerate() {
-        let before = current
+        let before: Option<&KeyState> = current
             .get(key)
-            .cloned()
-            .or_else(|| loaded.get(key).map(|l| l.state.clone()));
-        let mut d = resolver::resolve(before.as_ref(), change, &prio);
+            .or_else(|| loaded.get(key).map(|l| &l.state));
+        let mut d = resolver::resolve(before, change, &prio);
         if !d.custom.is_empty() {
-            merge_with_user_function(
-                client,
-                &t,
-                custom_fn.as_deref(),
-                before.as_ref(),
-                change,
-                &mut d,
-            );
+            merge_with_user_function(client, &t, custom_fn.as_deref(), before, change, &mut d);
         }
         if let Some(c) = &d.conflict {
             let local = before
-                .as_ref()
                 .filter(|b| b.alive)
                 .map(|b| object_text(b.cells.iter().map(|(k, c)| (k, c.value.as_str()))));
             let remote = (change.op != Op::Delete)
@@ -517,7 +583,7 @@ fn run(
                 "columns": c.columns,
                 "local": local,
                 "remote": remote,
-                "local_version": before.as_ref().map(|b| b.version),
+                "local_version": before.map(|b| b.version),
                 "remote_version": change.version,
                 "remote_op": match change.op { Op::Insert => "I", Op::Update => "U", Op::Delete => "D" },
                 "interim": if c.remote_won { "remote" } else { "local" },
@@ -525,18 +591,23 @@ fn run(
             });
             conflicts.push((i, rec.to_string()));
         }
-        let version = Some(d.state.version);
         out.push((
             (i + 1) as i32,
             key.clone(),
             d.outcome.as_str().to_string(),
-            version,
+            Some(d.state.version),
             None,
-            d.detail.clone(),
+            std::mem::take(&mut d.detail),
         ));
-        current.insert(key.clone(), d.state);
+        match current.get_mut(key) {
+            Some(s) => *s = d.state,
+            None => {
+                current.insert(key.clone(), d.state);
+            }
+        }
     }
 
+    tick!("decided");
     // Foreign keys: a row whose parent is missing is not written. Every
     // change of its key in this batch is parked (DEFERRED), in order.
     let deferred = missing_parents(client, &t, tbl, &current, &loaded);
@@ -553,27 +624,12 @@ fn run(
             .unwrap_or_else(|e| spi_err(e))
             .unwrap_or(false);
         // The parked changes as they were sent (read again only now: rare).
-        let deferred_ords: Vec<i32> = batch
+        let raw: HashMap<i32, String> = batch
             .iter()
             .enumerate()
             .filter(|(_, (k, _))| deferred.contains_key(k))
-            .map(|(i, _)| i as i32 + 1)
+            .map(|(i, _)| (i as i32 + 1, parsed.change_text(i + 1)))
             .collect();
-        let mut raw: HashMap<i32, String> = HashMap::new();
-        for r in client
-            .select(
-                "SELECT x.ord::int, x.c::text FROM jsonb_array_elements($1) WITH ORDINALITY AS x(c, ord)
-                  WHERE x.ord = ANY ($2)",
-                None,
-                &[changes_arg(), deferred_ords.into()],
-            )
-            .unwrap_or_else(|e| spi_err(e))
-        {
-            raw.insert(
-                r.get(1).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
-                r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
-            );
-        }
         let mut parked: Vec<String> = Vec::new();
         for (i, (key, _)) in batch.iter().enumerate() {
             let Some((parent, why)) = deferred.get(key) else {
@@ -609,8 +665,15 @@ fn run(
         }
     }
 
-    // Write what changed, set-based, keeping the resolver's stamps.
-    let mut upserts: Vec<String> = Vec::new();
+    tick!("fk");
+    // Write what changed, set-based, keeping the resolver's stamps. Live
+    // rows go in as typed columns (their input text, cast by the
+    // statement): an INSERT for keys that had no row, an UPDATE of the
+    // rows locked above.
+    let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
+    let ncols = bt.columns.len();
+    let mut ins = Rows::new(ncols);
+    let mut upd = Rows::new(ncols);
     let mut kills: Vec<String> = Vec::new();
     let mut tombs: Vec<String> = Vec::new();
     for (key, state) in &current {
@@ -618,21 +681,26 @@ fn run(
         if before.map(|b| &b.state) == Some(state) {
             continue;
         }
-        let cells = object_text(state.cells.iter().map(|(k, c)| (k, c.value.as_str())));
-        let colmeta = colmeta_for(&t, state, before);
         if state.alive {
-            // {"row": {...}, "v": N, "o": "origin", "m": "\\x..."}, built directly: this
-            // runs once per written row.
-            let mut u = Vec::with_capacity(cells.len() + colmeta.len() + 64);
-            u.extend_from_slice(b"{\"row\": ");
-            u.extend_from_slice(cells.as_bytes());
-            u.extend_from_slice(format!(", \"v\": {}, \"o\": ", state.version).as_bytes());
-            jsontext::push_string(&mut u, state.origin.as_bytes());
-            u.extend_from_slice(b", \"m\": ");
-            jsontext::push_string(&mut u, colmeta.as_bytes());
-            u.push(b'}');
-            upserts.push(String::from_utf8_lossy(&u).into_owned());
+            let rows = if before.is_some_and(|b| b.state.alive) {
+                &mut upd
+            } else {
+                &mut ins
+            };
+            for (i, c) in bt.columns.iter().enumerate() {
+                let v = state
+                    .cells
+                    .get(&c.name)
+                    .map(|c| c.value.as_str())
+                    .unwrap_or("null");
+                rows.cols[i].push(text_for(&bt, i, v));
+            }
+            rows.version.push(state.version);
+            rows.origin.push(state.origin.clone());
+            rows.colmeta.push(colmeta_for(&t, state, before, xid));
         } else {
+            let cells = object_text(state.cells.iter().map(|(k, c)| (k, c.value.as_str())));
+            let colmeta = hex(&colmeta_for(&t, state, before, 0));
             if before.is_some_and(|b| b.state.alive) {
                 kills.push(key.clone());
             }
@@ -651,28 +719,42 @@ fn run(
         }
     }
 
-    let _guard = ApplyMode::enter();
-    if !upserts.is_empty() {
-        let cols: Vec<&String> = t.attnum.keys().collect();
-        let collist = cols
-            .iter()
-            .map(|c| quote_ident(c))
+    tick!("built");
+    let _guard = ApplyMode::enter(tbl);
+    let unnest = |with_pk: bool| {
+        let n = ncols;
+        let args = (1..=n + 3)
+            .map(|i| {
+                format!(
+                    "${i}::{}",
+                    match i - n {
+                        1 => "int8[]",
+                        3 => "bytea[]",
+                        _ => "text[]",
+                    }
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
-        let sel = cols
-            .iter()
-            .map(|c| format!("(x.r).{}", quote_ident(c)))
+        let names = (1..=n)
+            .map(|i| format!("c{i}"))
+            .chain(["v".into(), "o".into(), "m".into()])
             .collect::<Vec<_>>()
             .join(", ");
-        let sets = cols
+        let _ = with_pk;
+        format!("unnest({args}) AS u({names})")
+    };
+    let xid_param = format!("${}", ncols + 4);
+    if !ins.is_empty() {
+        let expected = ins.len();
+        let collist = bt
+            .columns
             .iter()
-            .filter(|c| !t.pk.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", quote_ident(c)))
-            .chain([
-                "sync_version = excluded.sync_version".into(),
-                "sync_origin = excluded.sync_origin".into(),
-                "sync_colmeta = excluded.sync_colmeta".into(),
-            ])
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sel = (0..ncols)
+            .map(|i| value_expr(&bt, i, &format!("u.c{}", i + 1)))
             .collect::<Vec<_>>()
             .join(", ");
         let pklist =
@@ -680,23 +762,90 @@ fn run(
                 .map(|c| quote_ident(c))
                 .collect::<Vec<_>>()
                 .join(", ");
-        client
+        let done = client
             .update(
                 &format!(
-                    "INSERT INTO {tbl} ({collist}, sync_version, sync_origin, sync_colmeta)
-                     SELECT {sel}, x.v, nullif(x.o, ''), x.m::bytea
-                       FROM (SELECT jsonb_populate_record(NULL::{tbl}, u.e -> 'row') AS r, (u.e ->> 'v')::bigint AS v,
-                                    u.e ->> 'o' AS o, u.e ->> 'm' AS m
-                               FROM jsonb_array_elements($1::text::jsonb) AS u(e)) AS x
-                     ON CONFLICT ({pklist}) DO UPDATE SET {sets}",
-                    tbl = t.name
+                    "INSERT INTO {tbl} ({collist}, sync_version, sync_xid, sync_created_xid, sync_origin, sync_colmeta)
+                     SELECT {sel}, u.v, {xid_param}, {xid_param}, nullif(u.o, ''), u.m FROM {from}
+                     ON CONFLICT ({pklist}) DO NOTHING",
+                    tbl = t.name,
+                    from = unnest(true)
                 ),
                 None,
-                &[format!("[{}]", upserts.join(",")).into()],
+                &ins.args(xid),
             )
-            .unwrap_or_else(|e| spi_err(e));
+            .unwrap_or_else(|e| spi_err(e))
+            .len();
+        if done != expected {
+            bad_input(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "could not apply the batch: another transaction inserted one of its keys meanwhile",
+                format!(
+                    "{} of {expected} new rows of {} already existed when written.",
+                    expected - done,
+                    t.name
+                ),
+                "Retry the batch: nothing of it was applied.",
+            );
+        }
     }
+    if !upd.is_empty() {
+        let expected = upd.len();
+        let sets = (0..ncols)
+            .filter(|i| !bt.pk.contains(i))
+            .map(|i| {
+                format!(
+                    "{} = {}",
+                    quote_ident(&bt.columns[i].name),
+                    value_expr(&bt, i, &format!("u.c{}", i + 1))
+                )
+            })
+            .chain([
+                "sync_version = u.v".into(),
+                format!("sync_xid = {xid_param}"),
+                "sync_origin = nullif(u.o, '')".into(),
+                "sync_colmeta = u.m".into(),
+            ])
+            .collect::<Vec<_>>()
+            .join(", ");
+        let matches = bt
+            .pk
+            .iter()
+            .map(|i| {
+                format!(
+                    "r.{} = {}",
+                    quote_ident(&bt.columns[*i].name),
+                    value_expr(&bt, *i, &format!("u.c{}", i + 1))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let done = client
+            .update(
+                &format!(
+                    "UPDATE {tbl} AS r SET {sets} FROM {from} WHERE {matches}",
+                    tbl = t.name,
+                    from = unnest(true)
+                ),
+                None,
+                &upd.args(xid),
+            )
+            .unwrap_or_else(|e| spi_err(e))
+            .len();
+        if done != expected {
+            pgrx::error!(
+                "tributary: updated {done} of {expected} rows of {} that were locked for the batch",
+                t.name
+            );
+        }
+    }
+    tick!("written");
     if !kills.is_empty() {
+        let pk_match =
+            t.pk.iter()
+                .map(|c| format!("r.{0} = k.{0}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
         // The delete runs under the peer's tributary.origin, so that the
         // statement triggers tag it for the worker's echo guard (a pgoutput
         // delete carries only the key); the caller's setting comes back after.
@@ -751,6 +900,7 @@ fn run(
     }
     drop(_guard);
 
+    tick!("deleted");
     if !conflicts.is_empty() {
         let recs = format!(
             "[{}]",
@@ -778,6 +928,18 @@ fn run(
             out[*i].4 = r.get(1).unwrap_or_else(|e| spi_err(e));
         }
     }
+    // Changes parked for want of a row of this table may go through now.
+    if !retrying {
+        client
+            .update(
+                "SELECT count(*) FROM tributary._retry_pending($1)
+                  WHERE EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = $1 AND q.status = 'pending')",
+                None,
+                &[tbl.into()],
+            )
+            .unwrap_or_else(|e| spi_err(e));
+    }
+    tick!("done");
     out
 }
 
@@ -972,4 +1134,75 @@ fn quote_literal(s: &str) -> String {
 
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn bad_input(code: PgSqlErrorCode, message: &str, detail: String, hint: &str) -> ! {
+    ErrorReport::new(code, message.to_string(), "sync_apply")
+        .set_detail(detail)
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!()
+}
+
+/// The text that travels for a column's canonical value into the writing
+/// statements: its input text, or for arrays and composites its JSON.
+fn text_for(t: &batch::Table, col: usize, canonical: &str) -> Option<String> {
+    t.input_of(col, canonical)
+}
+
+/// The SQL expression turning `expr` (the text of `text_for`) into a value
+/// of the column's type.
+fn value_expr(t: &batch::Table, col: usize, expr: &str) -> String {
+    let c = &t.columns[col];
+    if c.by_input {
+        format!("({expr})::{}", c.type_sql)
+    } else {
+        format!(
+            "(jsonb_populate_record(NULL::{tbl}, jsonb_build_object({name}, ({expr})::jsonb))).{ident}",
+            tbl = t.name,
+            name = quote_literal(&c.name),
+            ident = quote_ident(&c.name)
+        )
+    }
+}
+
+/// Rows to write, column by column: the input text of each column, then
+/// sync_version, sync_origin and sync_colmeta.
+struct Rows {
+    cols: Vec<Vec<Option<String>>>,
+    version: Vec<i64>,
+    origin: Vec<String>,
+    colmeta: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn new(ncols: usize) -> Rows {
+        Rows {
+            cols: vec![Vec::new(); ncols],
+            version: Vec::new(),
+            origin: Vec::new(),
+            colmeta: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.version.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.version.is_empty()
+    }
+
+    /// The statement's parameters: the arrays, then the xid.
+    fn args(&mut self, xid: i64) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+        let mut out: Vec<pgrx::datum::DatumWithOid<'static>> = std::mem::take(&mut self.cols)
+            .into_iter()
+            .map(|c| c.into())
+            .collect();
+        out.push(std::mem::take(&mut self.version).into());
+        out.push(std::mem::take(&mut self.origin).into());
+        out.push(std::mem::take(&mut self.colmeta).into());
+        out.push(xid.into());
+        out
+    }
 }

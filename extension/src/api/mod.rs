@@ -4,6 +4,7 @@
 //! API is plain SQL in `sql/`.
 
 pub mod apply;
+pub mod batch;
 pub mod colmeta;
 pub mod guc;
 pub mod rowjson;

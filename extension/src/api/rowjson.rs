@@ -21,8 +21,8 @@ use crate::jsontext;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-#[derive(Clone, Copy)]
-enum Kind {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
     Int2,
     Int4,
     Int8,
@@ -36,10 +36,10 @@ enum Kind {
     Quoted,
 }
 
-struct Col {
+pub(crate) struct Col {
     index: usize,
     key: Vec<u8>,
-    kind: Kind,
+    pub(crate) kind: Kind,
     out: pg_sys::FmgrInfo,
 }
 
@@ -52,7 +52,7 @@ struct Plan {
     cols: Vec<Col>,
 }
 
-fn kind_of(typid: pg_sys::Oid) -> Kind {
+pub(crate) fn kind_of(typid: pg_sys::Oid) -> Kind {
     let base = unsafe { pg_sys::getBaseType(typid) };
     match base {
         pg_sys::INT2OID => Kind::Int2,
@@ -121,6 +121,23 @@ unsafe fn build_plan(typid: pg_sys::Oid, typmod: i32, mcxt: pg_sys::MemoryContex
     }
 }
 
+/// How to print values of one type as JSON, outside a row: for the values
+/// sync_apply reads out of a batch.
+pub(crate) unsafe fn value_col(typid: pg_sys::Oid, mcxt: pg_sys::MemoryContext) -> Col {
+    let mut out = unsafe { std::mem::zeroed::<pg_sys::FmgrInfo>() };
+    let (mut func, mut varlena) = (pg_sys::InvalidOid, false);
+    unsafe {
+        pg_sys::getTypeOutputInfo(typid, &mut func, &mut varlena);
+        pg_sys::fmgr_info_cxt(func, &mut out, mcxt);
+    }
+    Col {
+        index: 0,
+        key: Vec::new(),
+        kind: kind_of(typid),
+        out,
+    }
+}
+
 unsafe fn push_varlena(out: &mut Vec<u8>, value: pg_sys::Datum, escape: bool) {
     unsafe {
         let v = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
@@ -149,7 +166,7 @@ unsafe fn push_output(
     }
 }
 
-unsafe fn push_value(out: &mut Vec<u8>, col: &mut Col, value: pg_sys::Datum) {
+pub(crate) unsafe fn push_value(out: &mut Vec<u8>, col: &mut Col, value: pg_sys::Datum) {
     use std::io::Write;
     unsafe {
         match col.kind {

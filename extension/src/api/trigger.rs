@@ -9,9 +9,9 @@
 //!           a primary-key change starts a new row identity (created = xid)
 //! ```
 //!
-//! In **apply mode** (set by `sync_apply` through [`ApplyMode`]) the
-//! statement's own sync_version, sync_origin and sync_colmeta are kept, as
-//! the resolver computed them; entries with xid 0 get the current xid.
+//! In **apply mode** (set by `sync_apply` through [`ApplyMode`], for the
+//! one table it writes) the row is left as the engine stamped it: the
+//! resolver's sync_version, sync_origin and sync_colmeta, and the xid.
 //!
 //! Stamping in-row, rather than in a side table, is what keeps tracked
 //! writes near the cost of untracked ones (see bench/write_overhead).
@@ -32,26 +32,26 @@ pub const META_COLUMNS: [&str; 5] = [
 ];
 
 thread_local! {
-    static APPLY_MODE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static APPLY_MODE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
 }
 
-/// While alive, the row trigger keeps the stamps the statement wrote (the
-/// resolver's) instead of computing them. Dropping it, also on error
-/// unwinding, ends apply mode, so a session can never stay in it.
-#[allow(dead_code)] // entered by sync_apply, which lands with the resolver (issue #3)
+/// While alive, the row trigger of one table leaves the rows sync_apply
+/// writes as they are: the engine has stamped every tracking column itself
+/// (the resolver's version, origin and column stamps, the transaction's
+/// xid). Dropping it, also on error unwinding, ends apply mode, so a
+/// session can never stay in it.
 pub struct ApplyMode(());
 
-#[allow(dead_code)]
 impl ApplyMode {
-    pub fn enter() -> ApplyMode {
-        APPLY_MODE.with(|m| m.set(true));
+    pub fn enter(rel: pg_sys::Oid) -> ApplyMode {
+        APPLY_MODE.with(|m| m.set(rel));
         ApplyMode(())
     }
 }
 
 impl Drop for ApplyMode {
     fn drop(&mut self) {
-        APPLY_MODE.with(|m| m.set(false));
+        APPLY_MODE.with(|m| m.set(pg_sys::InvalidOid));
     }
 }
 
@@ -213,12 +213,18 @@ unsafe fn stamp<'a>(
     let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
     let rel = td.tg_relation;
     let tupdesc = unsafe { (*rel).rd_att };
+    if APPLY_MODE.with(|m| m.get()) == unsafe { (*rel).rd_id } {
+        let tuple = if event == pg_sys::TRIGGER_EVENT_UPDATE {
+            td.tg_newtuple
+        } else {
+            td.tg_trigtuple
+        };
+        return Ok(Some(unsafe {
+            PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), tuple)
+        }));
+    }
     let meta = unsafe { Meta::find(tupdesc)? };
     let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
-
-    if APPLY_MODE.with(|m| m.get()) {
-        return unsafe { stamp_applied(td, &meta, xid) };
-    }
 
     // The origin, straight from the GUC's C string: no allocation unless set.
     let (origin, origin_name) = unsafe {
@@ -336,9 +342,6 @@ unsafe fn stamp<'a>(
     }))
 }
 
-/// Apply mode: the resolver wrote sync_version, sync_origin and
-/// sync_colmeta; keep them, stamp the xid (also into the entries the
-/// resolver marked with xid 0: the columns it changed).
 /// The hybrid-clock time of a local write, for tables whose row trigger
 /// was created with the argument `lww` (the last_writer_wins policy): the
 /// transaction's start, in microseconds since the Unix epoch. 0 otherwise,
@@ -355,45 +358,6 @@ fn clock(td: &pg_sys::TriggerData) -> i64 {
     } else {
         0
     }
-}
-
-unsafe fn stamp_applied<'a>(
-    td: &'a pg_sys::TriggerData,
-    meta: &Meta,
-    xid: i64,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TrackError> {
-    let tupdesc = unsafe { (*td.tg_relation).rd_att };
-    let event = td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
-    let tuple = if event == pg_sys::TRIGGER_EVENT_UPDATE {
-        td.tg_newtuple
-    } else {
-        td.tg_trigtuple
-    };
-    let (new, new_null) = unsafe { deform(tuple, tupdesc) };
-    let at = |k: usize| (meta.att[k] - 1) as usize;
-    let created = if event == pg_sys::TRIGGER_EVENT_UPDATE {
-        let (old, old_null) = unsafe { deform(td.tg_trigtuple, tupdesc) };
-        if old_null[at(Meta::CREATED)] {
-            xid
-        } else {
-            old[at(Meta::CREATED)].value() as i64
-        }
-    } else {
-        xid
-    };
-    let mut entries = unsafe { entries_of(new[at(Meta::COLMETA)], new_null[at(Meta::COLMETA)]) };
-    for e in entries.iter_mut().filter(|e| e.xid == 0) {
-        e.xid = xid;
-    }
-    let version = if new_null[at(Meta::VERSION)] {
-        1
-    } else {
-        new[at(Meta::VERSION)].value() as i64
-    };
-    let origin = (new[at(Meta::ORIGIN)], new_null[at(Meta::ORIGIN)]);
-    let colmeta = colmeta_datum((!entries.is_empty()).then_some(entries))?;
-    let stamped = [int8(version), int8(xid), int8(created), origin, colmeta];
-    Ok(Some(unsafe { with_stamps(tuple, tupdesc, meta, &stamped) }))
 }
 
 /// A copy of `tuple` with the tracking columns replaced by `stamped`.
