@@ -22,7 +22,7 @@ use crate::resolver::{self, Cell, Change, KeyState, Op, Policy, Priorities, Stam
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The columns of the table: name -> attnum, and the key columns.
 struct Table {
@@ -385,7 +385,7 @@ fn run(
             .map(|(_, v)| v.to_string())
             .unwrap_or_else(|| "null".into())
     };
-    let parsed = batch::parse(
+    let mut parsed = batch::parse(
         changes,
         &mut bt,
         prio.policy == Policy::LastWriterWins,
@@ -411,38 +411,38 @@ fn run(
         )
         .unwrap_or_else(|e| spi_err(e));
 
-    let batch: Vec<(String, Change)> = parsed
-        .changes
-        .iter()
+    // The hub's state of every key in the batch: the live rows, locked,
+    // found by their key values cast from text.
+    let mut key_cols: Vec<Vec<Option<String>>> = vec![Vec::new(); bt.pk.len()];
+    let mut keys: Vec<String> = Vec::new();
+    {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(parsed.changes.len());
+        for p in &parsed.changes {
+            if !seen.insert(p.key.as_str()) {
+                continue;
+            }
+            keys.push(p.key.clone());
+            for (n, (col, v)) in bt.pk.iter().zip(&p.pk_values).enumerate() {
+                key_cols[n].push(text_for(&bt, *col, v));
+            }
+        }
+    }
+    let batch: Vec<(String, Change)> = std::mem::take(&mut parsed.changes)
+        .into_iter()
         .map(|p| {
             (
-                p.key.clone(),
+                p.key,
                 Change {
                     op: p.op,
                     version: p.version,
                     origin: origin.to_string(),
-                    values: p.values.clone(),
+                    values: p.values,
                     expect_version: p.expect_version,
                     ts: p.ts,
                 },
             )
         })
         .collect();
-
-    // The hub's state of every key in the batch: the live rows, locked,
-    // found by their key values cast from text.
-    let mut seen: HashMap<&str, ()> = HashMap::new();
-    let mut key_cols: Vec<Vec<Option<String>>> = vec![Vec::new(); bt.pk.len()];
-    let mut keys: Vec<&str> = Vec::new();
-    for p in &parsed.changes {
-        if seen.insert(p.key.as_str(), ()).is_some() {
-            continue;
-        }
-        keys.push(p.key.as_str());
-        for (n, (col, v)) in bt.pk.iter().zip(&p.pk_values).enumerate() {
-            key_cols[n].push(text_for(&bt, *col, v));
-        }
-    }
     let mut loaded: HashMap<String, Loaded> = HashMap::new();
     let live = client
         .select(
@@ -503,7 +503,7 @@ fn run(
         .unwrap_or_else(|e| spi_err(e))
         .unwrap_or(false);
     let dead = if any_dead {
-        let keys_arg: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let keys_arg: Vec<String> = keys.clone();
         Some(
             client
                 .select(
@@ -563,7 +563,7 @@ fn run(
     // Decide, in order.
     let mut current: HashMap<String, KeyState> = HashMap::new();
     let mut out: Vec<Row> = Vec::with_capacity(batch.len());
-    let mut conflicts: Vec<(usize, String)> = Vec::new();
+    let mut conflicts: Vec<(usize, ConflictRow)> = Vec::new();
     for (i, (key, change)) in batch.iter().enumerate() {
         let before: Option<&KeyState> = current
             .get(key)
@@ -578,18 +578,24 @@ fn run(
                 .map(|b| object_text(b.cells.iter().map(|(k, c)| (k, c.value.as_str()))));
             let remote = (change.op != Op::Delete)
                 .then(|| object_text(change.values.iter().map(|(k, v)| (k, v.as_str()))));
-            let rec = serde_json::json!({
-                "pk": key,
-                "columns": c.columns,
-                "local": local,
-                "remote": remote,
-                "local_version": before.map(|b| b.version),
-                "remote_version": change.version,
-                "remote_op": match change.op { Op::Insert => "I", Op::Update => "U", Op::Delete => "D" },
-                "interim": if c.remote_won { "remote" } else { "local" },
-                "detail": d.detail,
-            });
-            conflicts.push((i, rec.to_string()));
+            conflicts.push((
+                i,
+                ConflictRow {
+                    pk: key.clone(),
+                    columns: c.columns.clone(),
+                    local,
+                    remote,
+                    local_version: before.map(|b| b.version),
+                    remote_version: change.version,
+                    remote_op: match change.op {
+                        Op::Insert => "I",
+                        Op::Update => "U",
+                        Op::Delete => "D",
+                    },
+                    interim: if c.remote_won { "remote" } else { "local" },
+                    detail: d.detail.clone(),
+                },
+            ));
         }
         out.push((
             (i + 1) as i32,
@@ -750,10 +756,12 @@ fn run(
         let collist = bt
             .columns
             .iter()
+            .filter(|c| !c.generated)
             .map(|c| quote_ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
         let sel = (0..ncols)
+            .filter(|i| !bt.columns[*i].generated)
             .map(|i| value_expr(&bt, i, &format!("u.c{}", i + 1)))
             .collect::<Vec<_>>()
             .join(", ");
@@ -766,7 +774,7 @@ fn run(
             .update(
                 &format!(
                     "INSERT INTO {tbl} ({collist}, sync_version, sync_xid, sync_created_xid, sync_origin, sync_colmeta)
-                     SELECT {sel}, u.v, {xid_param}, {xid_param}, nullif(u.o, ''), u.m FROM {from}
+                     OVERRIDING SYSTEM VALUE SELECT {sel}, u.v, {xid_param}, {xid_param}, nullif(u.o, ''), u.m FROM {from}
                      ON CONFLICT ({pklist}) DO NOTHING",
                     tbl = t.name,
                     from = unnest(true)
@@ -792,7 +800,7 @@ fn run(
     if !upd.is_empty() {
         let expected = upd.len();
         let sets = (0..ncols)
-            .filter(|i| !bt.pk.contains(i))
+            .filter(|i| !bt.pk.contains(i) && !bt.columns[*i].generated)
             .map(|i| {
                 format!(
                     "{} = {}",
@@ -902,26 +910,30 @@ fn run(
 
     tick!("deleted");
     if !conflicts.is_empty() {
-        let recs = format!(
-            "[{}]",
-            conflicts
-                .iter()
-                .map(|c| c.1.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let rows: Vec<&ConflictRow> = conflicts.iter().map(|c| &c.1).collect();
         let ids = client
             .update(
                 "INSERT INTO tributary.conflicts (relid, pk, columns, local, remote, local_version, remote_version,
                                                   remote_origin, remote_op, interim, detail)
-                 SELECT $2, (x.e ->> 'pk')::jsonb, ARRAY(SELECT jsonb_array_elements_text(x.e -> 'columns')),
-                        (x.e ->> 'local')::jsonb, (x.e ->> 'remote')::jsonb, (x.e ->> 'local_version')::bigint,
-                        (x.e ->> 'remote_version')::bigint, $3, x.e ->> 'remote_op', x.e ->> 'interim', x.e ->> 'detail'
-                   FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
-                  ORDER BY x.n
+                 SELECT $1, u.pk::jsonb, u.cols::text[], u.l::jsonb, u.r::jsonb, u.lv, u.rv, $2, u.op, u.i, u.d
+                   FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[],
+                               $9::text[], $10::text[], $11::text[]) WITH ORDINALITY AS u(pk, cols, l, r, lv, rv, op, i, d, n)
+                  ORDER BY u.n
                  RETURNING id",
                 None,
-                &[recs.into(), tbl.into(), origin.to_string().into()],
+                &[
+                    tbl.into(),
+                    origin.to_string().into(),
+                    rows.iter().map(|c| c.pk.clone()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| text_array(&c.columns)).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.local.clone()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.remote.clone()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.local_version).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.remote_version).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.remote_op.to_string()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.interim.to_string()).collect::<Vec<_>>().into(),
+                    rows.iter().map(|c| c.detail.clone()).collect::<Vec<_>>().into(),
+                ],
             )
             .unwrap_or_else(|e| spi_err(e));
         for ((i, _), r) in conflicts.iter().zip(ids) {
@@ -1205,4 +1217,37 @@ impl Rows {
         out.push(xid.into());
         out
     }
+}
+
+/// A conflict to log.
+struct ConflictRow {
+    pk: String,
+    columns: Vec<String>,
+    local: Option<String>,
+    remote: Option<String>,
+    local_version: Option<i64>,
+    remote_version: i64,
+    remote_op: &'static str,
+    interim: &'static str,
+    detail: String,
+}
+
+/// A text[] literal of the names.
+fn text_array(names: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for ch in n.chars() {
+            if ch == '"' || ch == '\\' {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }

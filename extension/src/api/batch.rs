@@ -186,6 +186,9 @@ pub struct Column {
     /// there; false for arrays and composites, which go through
     /// jsonb_populate_record.
     pub by_input: bool,
+    /// A generated column: computed by PostgreSQL, never written, and a
+    /// change's value for it is ignored.
+    pub generated: bool,
     /// A float type: its JSON numbers are normalised as jsonb prints them
     /// when they are part of a key.
     pub float: bool,
@@ -251,6 +254,7 @@ impl Table {
                     typmod: a.atttypmod,
                     type_sql,
                     by_input: !complex,
+                    generated: a.attgenerated != 0,
                     float: base == pg_sys::FLOAT4OID || base == pg_sys::FLOAT8OID,
                     way,
                     render: rowjson::value_col(typid, mcxt),
@@ -408,8 +412,8 @@ fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
     let J::Obj(c) = elem else {
         return Err("it is not a JSON object".into());
     };
-    let m: HashMap<&[u8], J> = unsafe { members(c) }.into_iter().collect();
-    let get = |k: &str| m.get(k.as_bytes()).copied();
+    let m = unsafe { members(c) };
+    let get = |k: &str| m.iter().find(|(n, _)| *n == k.as_bytes()).map(|(_, v)| *v);
     let op = match get("op").and_then(|o| o.str_bytes()) {
         Some(b"I") => Op::Insert,
         Some(b"U") => Op::Update,
@@ -734,7 +738,8 @@ fn type_all(
         let mut key_values: Vec<(usize, String)> = Vec::with_capacity(t.pk.len());
         for (c, v) in given.iter().copied().enumerate() {
             let is_pk = t.pk.contains(&c);
-            let keep = r.op != Op::Delete && (is_pk || sets.contains(&c));
+            let keep =
+                r.op != Op::Delete && (is_pk || sets.contains(&c)) && !t.columns[c].generated;
             // Every column is read (a domain may refuse NULL), as
             // jsonb_populate_record does; the kept ones are printed.
             if v.is_none() && !keep {
