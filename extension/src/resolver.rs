@@ -30,12 +30,16 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
+/// Shared text: origins, column names and values are cloned with the state
+/// of every key a batch touches, so they are reference-counted, not copied.
+pub type Text = std::rc::Rc<str>;
+
 /// Who wrote a value, at which revision (and hybrid-clock time, for
 /// last-writer-wins tables; 0 otherwise). An empty origin is the hub itself.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Stamp {
     pub revision: i64,
-    pub origin: String,
+    pub origin: Text,
     pub ts: i64,
 }
 
@@ -57,7 +61,7 @@ pub enum Policy {
 /// A column's value (canonical JSON text) and its stamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cell {
-    pub value: String,
+    pub value: Text,
     pub stamp: Stamp,
 }
 
@@ -187,11 +191,11 @@ pub struct KeyState {
     /// The row's sync_version when alive; the tombstone's version when dead.
     pub version: i64,
     /// The row's columns when alive; the last image when dead.
-    pub cells: BTreeMap<String, Cell>,
+    pub cells: BTreeMap<Text, Cell>,
     /// The stamp of the latest delete of the key.
     pub deleted: Option<Stamp>,
     /// The last writer (sync_origin, or the tombstone's origin).
-    pub origin: String,
+    pub origin: Text,
 }
 
 impl KeyState {
@@ -199,7 +203,7 @@ impl KeyState {
     fn top(&self, prio: &Priorities) -> Option<(&Stamp, &str)> {
         let mut best: Option<(&Stamp, &str)> = None;
         for c in self.cells.values() {
-            let cand = (&c.stamp, c.value.as_str());
+            let cand = (&c.stamp, &*c.value);
             best = match best {
                 Some(b)
                     if compare(
@@ -238,11 +242,11 @@ pub struct Change {
     pub op: Op,
     /// The revision this change produces: the version the writer edited + 1.
     pub version: i64,
-    pub origin: String,
+    pub origin: Text,
     /// The columns it sets, as canonical JSON text. For an insert or an
     /// update this includes the key columns, so that the row's version is
     /// always its largest column revision.
-    pub values: BTreeMap<String, String>,
+    pub values: BTreeMap<Text, Text>,
     /// ETag: apply only if the hub row is still at this version.
     pub expect_version: Option<i64>,
     /// Hybrid-clock time (last-writer-wins tables), 0 when absent.
@@ -302,7 +306,7 @@ pub struct Decision {
     pub custom: Vec<String>,
 }
 
-fn fresh(change: &Change, revision: i64) -> BTreeMap<String, Cell> {
+fn fresh(change: &Change, revision: i64) -> BTreeMap<Text, Cell> {
     change
         .values
         .iter()
@@ -430,9 +434,9 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
             By::Priority | By::TieBreak | By::Clock | By::Policy if same_value => same += 1,
             By::Revision if won => won_rev += 1,
             By::Revision => lost_rev += 1,
-            By::Priority => by_prio.push((col.clone(), won)),
-            By::TieBreak => ties.push((col.clone(), won)),
-            By::Clock | By::Policy => by_rule.push((col.clone(), won)),
+            By::Priority => by_prio.push((col.to_string(), won)),
+            By::TieBreak => ties.push((col.to_string(), won)),
+            By::Clock | By::Policy => by_rule.push((col.to_string(), won)),
         }
         if won {
             next.cells.insert(
@@ -452,7 +456,7 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
         let top = next.top(prio);
         let del = s.deleted.clone().unwrap_or(Stamp {
             revision: 0,
-            origin: String::new(),
+            origin: "".into(),
             ts: 0,
         });
         let (ord, by) = decide(
@@ -704,10 +708,10 @@ mod tests {
         Change {
             op,
             version,
-            origin: origin.to_string(),
+            origin: origin.into(),
             values: values
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (Text::from(*k), Text::from(*v)))
                 .collect(),
             expect_version: None,
             ts: 0,
@@ -751,7 +755,7 @@ mod tests {
         );
         assert_eq!(o, vec![Outcome::NewRecord, Outcome::PriorityWin]);
         assert_eq!(val(&s, "full_name"), r#""Crm Name""#);
-        assert_eq!(s.unwrap().origin, "CRM");
+        assert_eq!(&*s.unwrap().origin, "CRM");
     }
 
     #[test]
@@ -804,7 +808,7 @@ mod tests {
         );
         assert_eq!(val(&s, "full_name"), r#""New""#);
         assert_eq!(val(&s, "email"), r#""new@x""#);
-        assert_eq!(s.unwrap().origin, "ERP");
+        assert_eq!(&*s.unwrap().origin, "ERP");
     }
 
     #[test]
@@ -867,8 +871,8 @@ mod tests {
         assert_eq!(o[2], Outcome::VersionWin);
         let s = s.unwrap();
         assert!(s.alive);
-        assert_eq!(s.cells["a"].value, "3");
-        assert_eq!(s.cells["b"].value, "1");
+        assert_eq!(&*s.cells["a"].value, "3");
+        assert_eq!(&*s.cells["b"].value, "1");
     }
 
     #[test]
@@ -905,7 +909,7 @@ mod tests {
         let d = resolve(s.as_ref(), &c, &prio());
         assert_eq!(d.outcome, Outcome::VersionWin);
         assert_eq!(d.state.version, 5);
-        assert_eq!(d.state.cells["a"].value, "2");
+        assert_eq!(&*d.state.cells["a"].value, "2");
         c.expect_version = Some(3);
         let d = resolve(s.as_ref(), &c, &prio());
         assert_eq!(
@@ -939,17 +943,17 @@ mod tests {
         let mut values = BTreeMap::new();
         if op != Op::Delete {
             // sync_apply always sets the key columns of an insert or update.
-            values.insert("id".to_string(), "1".to_string());
+            values.insert(Text::from("id"), Text::from("1"));
             for col in ["a", "b", "c"] {
                 if op == Op::Insert || r.below(2) == 0 {
-                    values.insert(col.to_string(), format!("\"v{}\"", r.below(3)));
+                    values.insert(Text::from(col), Text::from(format!("\"v{}\"", r.below(3))));
                 }
             }
         }
         Change {
             op,
             version: 1 + r.below(4) as i64,
-            origin: origins[r.below(3) as usize].to_string(),
+            origin: origins[r.below(3) as usize].into(),
             values,
             expect_version: None,
             ts: r.below(3) as i64,
@@ -1081,6 +1085,6 @@ mod tests {
             vec!["email"],
             "only the real overlap goes to the function"
         );
-        assert_eq!(d.state.cells["email"].value, r#""a""#);
+        assert_eq!(&*d.state.cells["email"].value, r#""a""#);
     }
 }

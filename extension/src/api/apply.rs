@@ -18,37 +18,46 @@ use crate::api::batch;
 use crate::api::trigger::ApplyMode;
 use crate::colvers::{self, ColVersion};
 use crate::jsontext;
-use crate::resolver::{self, Cell, Change, KeyState, Op, Policy, Priorities, Stamp};
+use crate::resolver::{self, Cell, Change, KeyState, Op, Policy, Priorities, Stamp, Text};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+/// Hash maps keyed by the batch's keys: foldhash (fast, seeded per
+/// process) instead of SipHash, which was a tenth of the engine's own time.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// The columns of the table: name -> attnum, and the key columns.
 struct Table {
     name: String,
-    attnum: HashMap<String, u16>,
+    /// Keyed by the interned column names the engine's maps share.
+    attnum: Map<Text, u16>,
     pk: Vec<String>,
 }
 
 struct Loaded {
     state: KeyState,
     /// The xid of each column's current stamp, to keep it when unchanged.
-    xids: HashMap<String, i64>,
+    xids: Map<Text, i64>,
     created_xid: i64,
 }
 
 impl Loaded {
     /// The key's cells from a row's JSON text and its packed stamps.
-    fn fill(&mut self, t: &Table, row: &str, entries: Option<&[ColVersion]>, creator: &str) {
+    fn fill(&mut self, t: &Table, row: &str, entries: Option<&[ColVersion]>, creator: &Text) {
         for (col, value) in jsontext::split_object(row).unwrap_or_default() {
-            let a = t.attnum.get(&col).copied().unwrap_or(0);
+            let (col, a) = match t.attnum.get_key_value(col.as_str()) {
+                Some((k, a)) => (k.clone(), *a),
+                None => (Text::from(col), 0),
+            };
             let (stamp, xid) = stamps(entries, creator, self.created_xid, a);
             self.xids.insert(col.clone(), xid);
             self.state.cells.insert(
                 col,
                 Cell {
-                    value: value.to_string(),
+                    value: value.into(),
                     stamp,
                 },
             );
@@ -58,7 +67,7 @@ impl Loaded {
 
 fn stamps(
     entries: Option<&[ColVersion]>,
-    creator: &str,
+    creator: &Text,
     created_xid: i64,
     attnum: u16,
 ) -> (Stamp, i64) {
@@ -67,7 +76,7 @@ fn stamps(
         None => (
             Stamp {
                 revision: 1,
-                origin: creator.to_string(),
+                origin: creator.clone(),
                 ts: 0,
             },
             created_xid,
@@ -77,7 +86,11 @@ fn stamps(
             (
                 Stamp {
                     revision: s.revision,
-                    origin: s.origin.clone(),
+                    origin: if *s.origin == **creator {
+                        creator.clone()
+                    } else {
+                        s.origin.as_str().into()
+                    },
                     ts: s.ts,
                 },
                 s.xid,
@@ -122,7 +135,7 @@ fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> (Priorities, Opt
 }
 
 /// A JSON object text from canonical value texts.
-fn object_text<'a>(cells: impl Iterator<Item = (&'a String, &'a str)>) -> String {
+fn object_text<'a>(cells: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = Vec::new();
     out.push(b'{');
     for (i, (k, v)) in cells.enumerate() {
@@ -171,7 +184,7 @@ fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>, xid: i64) -
             attnum: *a,
             revision: cell.stamp.revision,
             xid: kept.unwrap_or(xid),
-            origin: cell.stamp.origin.clone(),
+            origin: cell.stamp.origin.to_string(),
             ts: cell.stamp.ts,
         });
     }
@@ -396,7 +409,7 @@ fn run(
         attnum: bt
             .columns
             .iter()
-            .map(|c| (c.name.clone(), c.attnum as u16))
+            .map(|c| (c.key.clone(), c.attnum as u16))
             .collect(),
         pk: pk_columns,
     };
@@ -416,7 +429,8 @@ fn run(
     let mut key_cols: Vec<Vec<Option<String>>> = vec![Vec::new(); bt.pk.len()];
     let mut keys: Vec<String> = Vec::new();
     {
-        let mut seen: HashSet<&str> = HashSet::with_capacity(parsed.changes.len());
+        let mut seen: Set<&str> =
+            Set::with_capacity_and_hasher(parsed.changes.len(), Default::default());
         for p in &parsed.changes {
             if !seen.insert(p.key.as_str()) {
                 continue;
@@ -427,6 +441,7 @@ fn run(
             }
         }
     }
+    let origin_t: Text = origin.into();
     let batch: Vec<(String, Change)> = std::mem::take(&mut parsed.changes)
         .into_iter()
         .map(|p| {
@@ -435,7 +450,7 @@ fn run(
                 Change {
                     op: p.op,
                     version: p.version,
-                    origin: origin.to_string(),
+                    origin: origin_t.clone(),
                     values: p.values,
                     expect_version: p.expect_version,
                     ts: p.ts,
@@ -443,7 +458,7 @@ fn run(
             )
         })
         .collect();
-    let mut loaded: HashMap<String, Loaded> = HashMap::new();
+    let mut loaded: Map<String, Loaded> = Map::default();
     let live = client
         .select(
             &format!(
@@ -479,14 +494,14 @@ fn run(
                 version,
                 cells: BTreeMap::new(),
                 deleted: None,
-                origin: row_origin,
+                origin: row_origin.into(),
             },
-            xids: HashMap::new(),
+            xids: Map::default(),
             created_xid,
         };
         let creator = l.state.origin.clone();
         l.fill(&t, &row, entries.as_deref(), &creator);
-        let key = bt.key_text(|c| l.state.cells.get(c).map(|v| v.value.as_str()));
+        let key = bt.key_text(|c| l.state.cells.get(c).map(|v| &*v.value));
         loaded.insert(key, l);
     }
     tick!("live");
@@ -530,7 +545,7 @@ fn run(
         let del_origin: String = r.get(3).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let deleted = Stamp {
             revision: version,
-            origin: del_origin.clone(),
+            origin: del_origin.as_str().into(),
             ts: r.get::<i64>(8).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
         };
         if let Some(l) = loaded.get_mut(&key) {
@@ -550,18 +565,18 @@ fn run(
                 version,
                 cells: BTreeMap::new(),
                 deleted: Some(deleted),
-                origin: del_origin,
+                origin: del_origin.into(),
             },
-            xids: HashMap::new(),
+            xids: Map::default(),
             created_xid,
         };
-        l.fill(&t, &image, entries.as_deref(), &creator);
+        l.fill(&t, &image, entries.as_deref(), &Text::from(creator));
         loaded.insert(key, l);
     }
 
     tick!("loaded");
     // Decide, in order.
-    let mut current: HashMap<String, KeyState> = HashMap::new();
+    let mut current: Map<String, KeyState> = Map::default();
     let mut out: Vec<Row> = Vec::with_capacity(batch.len());
     let mut conflicts: Vec<(usize, ConflictRow)> = Vec::new();
     for (i, (key, change)) in batch.iter().enumerate() {
@@ -575,9 +590,9 @@ fn run(
         if let Some(c) = &d.conflict {
             let local = before
                 .filter(|b| b.alive)
-                .map(|b| object_text(b.cells.iter().map(|(k, c)| (k, c.value.as_str()))));
+                .map(|b| object_text(b.cells.iter().map(|(k, c)| (&**k, &*c.value))));
             let remote = (change.op != Op::Delete)
-                .then(|| object_text(change.values.iter().map(|(k, v)| (k, v.as_str()))));
+                .then(|| object_text(change.values.iter().map(|(k, v)| (&**k, &**v))));
             conflicts.push((
                 i,
                 ConflictRow {
@@ -630,7 +645,7 @@ fn run(
             .unwrap_or_else(|e| spi_err(e))
             .unwrap_or(false);
         // The parked changes as they were sent (read again only now: rare).
-        let raw: HashMap<i32, String> = batch
+        let raw: Map<i32, String> = batch
             .iter()
             .enumerate()
             .filter(|(_, (k, _))| deferred.contains_key(k))
@@ -696,16 +711,16 @@ fn run(
             for (i, c) in bt.columns.iter().enumerate() {
                 let v = state
                     .cells
-                    .get(&c.name)
-                    .map(|c| c.value.as_str())
+                    .get(c.name.as_str())
+                    .map(|c| &*c.value)
                     .unwrap_or("null");
                 rows.cols[i].push(text_for(&bt, i, v));
             }
             rows.version.push(state.version);
-            rows.origin.push(state.origin.clone());
+            rows.origin.push(state.origin.to_string());
             rows.colmeta.push(colmeta_for(&t, state, before, xid));
         } else {
-            let cells = object_text(state.cells.iter().map(|(k, c)| (k, c.value.as_str())));
+            let cells = object_text(state.cells.iter().map(|(k, c)| (&**k, &*c.value)));
             let colmeta = hex(&colmeta_for(&t, state, before, 0));
             if before.is_some_and(|b| b.state.alive) {
                 kills.push(key.clone());
@@ -716,8 +731,8 @@ fn run(
                 ts: 0,
             });
             tombs.push(
-                serde_json::json!({"pk": "", "data": "", "v": del.revision, "o": del.origin, "ts": del.ts, "m": colmeta,
-                                   "ro": state.origin, "cx": before.map(|b| b.created_xid)})
+                serde_json::json!({"pk": "", "data": "", "v": del.revision, "o": &*del.origin, "ts": del.ts, "m": colmeta,
+                                   "ro": &*state.origin, "cx": before.map(|b| b.created_xid)})
                     .to_string()
                     .replacen("\"pk\":\"\"", &format!("\"pk\":{key}"), 1)
                     .replacen("\"data\":\"\"", &format!("\"data\":{cells}"), 1),
@@ -969,9 +984,9 @@ fn merge_with_user_function(
 ) {
     let Some(func) = func else { return };
     let local = before
-        .map(|b| object_text(b.cells.iter().map(|(k, c)| (k, c.value.as_str()))))
+        .map(|b| object_text(b.cells.iter().map(|(k, c)| (&**k, &*c.value))))
         .unwrap_or_else(|| "{}".into());
-    let remote = object_text(change.values.iter().map(|(k, v)| (k, v.as_str())));
+    let remote = object_text(change.values.iter().map(|(k, v)| (&**k, &**v)));
     let merged: Option<String> = client
         .select(
             &format!(
@@ -989,7 +1004,7 @@ fn merge_with_user_function(
         d.detail = format!("custom: {func} returned NULL: the hub's values are kept");
         return;
     };
-    let values: HashMap<String, &str> = jsontext::split_object(&merged)
+    let values: Map<String, &str> = jsontext::split_object(&merged)
         .unwrap_or_default()
         .into_iter()
         .collect();
@@ -1001,9 +1016,9 @@ fn merge_with_user_function(
     for col in &d.custom {
         if let Some(v) = values.get(col) {
             d.state.cells.insert(
-                col.clone(),
+                col.as_str().into(),
                 Cell {
-                    value: v.to_string(),
+                    value: (*v).into(),
                     stamp: stamp.clone(),
                 },
             );
@@ -1031,9 +1046,9 @@ fn missing_parents(
     client: &SpiClient<'_>,
     t: &Table,
     tbl: pg_sys::Oid,
-    current: &HashMap<String, KeyState>,
-    loaded: &HashMap<String, Loaded>,
-) -> HashMap<String, (u32, String)> {
+    current: &Map<String, KeyState>,
+    loaded: &Map<String, Loaded>,
+) -> Map<String, (u32, String)> {
     let fks = client
         .select(
             "SELECT c.conname::text, c.confrelid::regclass::text, c.confrelid::bigint,
@@ -1055,7 +1070,7 @@ fn missing_parents(
             refcols: r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default(),
         })
         .collect();
-    let mut deferred: HashMap<String, (u32, String)> = HashMap::new();
+    let mut deferred: Map<String, (u32, String)> = Map::default();
     if fks.is_empty() {
         return deferred;
     }
@@ -1069,7 +1084,7 @@ fn missing_parents(
                     && loaded.get(*k).map(|l| &l.state) != Some(*s)
             })
             .map(|(k, s)| {
-                let row = object_text(s.cells.iter().map(|(c, v)| (c, v.value.as_str())));
+                let row = object_text(s.cells.iter().map(|(c, v)| (&**c, &*v.value)));
                 format!(
                     "{{\"key\": {}, \"row\": {row}}}",
                     serde_json::Value::String(k.clone())

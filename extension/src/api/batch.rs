@@ -16,7 +16,7 @@
 
 use crate::api::rowjson;
 use crate::jsontext;
-use crate::resolver::Op;
+use crate::resolver::{Op, Text};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -178,6 +178,8 @@ enum Way {
 
 pub struct Column {
     pub name: String,
+    /// The name, shared by every map that holds the column's values.
+    pub key: Text,
     pub attnum: i16,
     pub typmod: i32,
     /// The type, as SQL spells it (`format_type`), for casts.
@@ -205,6 +207,8 @@ pub struct Table {
     pub by_name: HashMap<String, usize>,
     /// Indexes into `columns`, in the primary key's order.
     pub pk: Vec<usize>,
+    /// The same, in the order jsonb keeps object keys (length, then bytes).
+    pk_jsonb: Vec<usize>,
 }
 
 impl Table {
@@ -249,6 +253,7 @@ impl Table {
                 let t = pg_sys::format_type_with_typemod(typid, a.atttypmod);
                 let type_sql = CStr::from_ptr(t).to_string_lossy().into_owned();
                 columns.push(Column {
+                    key: name.as_str().into(),
                     name,
                     attnum: a.attnum,
                     typmod: a.atttypmod,
@@ -267,28 +272,27 @@ impl Table {
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
-        let pk = pk.iter().filter_map(|c| by_name.get(c).copied()).collect();
+        let pk: Vec<usize> = pk.iter().filter_map(|c| by_name.get(c).copied()).collect();
+        let mut pk_jsonb = pk.clone();
+        pk_jsonb.sort_by(|a, b| {
+            let (a, b) = (&columns[*a].name, &columns[*b].name);
+            a.len().cmp(&b.len()).then(a.as_bytes().cmp(b.as_bytes()))
+        });
         Table {
             name,
             columns,
             by_name,
             pk,
+            pk_jsonb,
         }
     }
 
     /// The key of a row as `jsonb::text` prints the object of its key
     /// columns: keys by length then bytes, numbers as jsonb spells them.
     pub fn key_text<'a>(&self, value: impl Fn(&str) -> Option<&'a str>) -> String {
-        let mut cols: Vec<&Column> = self.pk.iter().map(|i| &self.columns[*i]).collect();
-        cols.sort_by(|a, b| {
-            a.name
-                .len()
-                .cmp(&b.name.len())
-                .then(a.name.as_bytes().cmp(b.name.as_bytes()))
-        });
-        let mut out = Vec::with_capacity(16 * cols.len());
+        let mut out = Vec::with_capacity(16 * self.pk_jsonb.len());
         out.push(b'{');
-        for (n, c) in cols.iter().enumerate() {
+        for (n, c) in self.pk_jsonb.iter().map(|i| &self.columns[*i]).enumerate() {
             if n > 0 {
                 out.extend_from_slice(b", ");
             }
@@ -355,7 +359,7 @@ pub struct Parsed {
     pub pk_values: Vec<String>,
     /// The canonical JSON text of every key column and every column the
     /// change sets.
-    pub values: BTreeMap<String, String>,
+    pub values: BTreeMap<Text, Text>,
 }
 
 /// The batch: its changes, and the jsonb elements they came from (to print
@@ -754,7 +758,7 @@ fn type_all(
                 key_values.push((c, text.clone()));
             }
             if keep {
-                values.insert(t.columns[c].name.clone(), text);
+                values.insert(t.columns[c].key.clone(), Text::from(text));
             }
         }
         let ts = match r.ts {
