@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 /// Hash maps keyed by the batch's keys: foldhash (fast, seeded per
 /// process) instead of SipHash, which was a tenth of the engine's own time.
 type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// The columns of the table: name -> attnum, and the key columns.
 struct Table {
@@ -426,13 +425,19 @@ fn run(
 
     // The hub's state of every key in the batch: the live rows, locked,
     // found by their key values cast from text.
+    // Keys are numbered by first appearance: the engine's state is kept in
+    // vectors by that number, and rows are written in that order.
     let mut key_cols: Vec<Vec<Option<String>>> = vec![Vec::new(); bt.pk.len()];
     let mut keys: Vec<String> = Vec::new();
+    let mut kidx: Vec<usize> = Vec::with_capacity(parsed.changes.len());
     {
-        let mut seen: Set<&str> =
-            Set::with_capacity_and_hasher(parsed.changes.len(), Default::default());
+        let mut seen: Map<&str, usize> =
+            Map::with_capacity_and_hasher(parsed.changes.len(), Default::default());
         for p in &parsed.changes {
-            if !seen.insert(p.key.as_str()) {
+            let next = keys.len();
+            let k = *seen.entry(p.key.as_str()).or_insert(next);
+            kidx.push(k);
+            if k < next {
                 continue;
             }
             keys.push(p.key.clone());
@@ -441,6 +446,11 @@ fn run(
             }
         }
     }
+    let key_index: Map<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
     let origin_t: Text = origin.into();
     let batch: Vec<(String, Change)> = std::mem::take(&mut parsed.changes)
         .into_iter()
@@ -458,7 +468,7 @@ fn run(
             )
         })
         .collect();
-    let mut loaded: Map<String, Loaded> = Map::default();
+    let mut loaded: Vec<Option<Loaded>> = (0..keys.len()).map(|_| None).collect();
     let live = client
         .select(
             &format!(
@@ -502,7 +512,9 @@ fn run(
         let creator = l.state.origin.clone();
         l.fill(&t, &row, entries.as_deref(), &creator);
         let key = bt.key_text(|c| l.state.cells.get(c).map(|v| &*v.value));
-        loaded.insert(key, l);
+        if let Some(k) = key_index.get(key.as_str()) {
+            loaded[*k] = Some(l);
+        }
     }
     tick!("live");
     // Tombstones, when the table has any.
@@ -548,7 +560,10 @@ fn run(
             origin: del_origin.as_str().into(),
             ts: r.get::<i64>(8).unwrap_or_else(|e| spi_err(e)).unwrap_or(0),
         };
-        if let Some(l) = loaded.get_mut(&key) {
+        let Some(&k) = key_index.get(key.as_str()) else {
+            continue;
+        };
+        if let Some(l) = loaded[k].as_mut() {
             // A live row and a tombstone: the key was re-created after a
             // delete; the delete still counts for ordering.
             l.state.deleted = Some(deleted);
@@ -571,18 +586,19 @@ fn run(
             created_xid,
         };
         l.fill(&t, &image, entries.as_deref(), &Text::from(creator));
-        loaded.insert(key, l);
+        loaded[k] = Some(l);
     }
 
     tick!("loaded");
     // Decide, in order.
-    let mut current: Map<String, KeyState> = Map::default();
+    let mut current: Vec<Option<KeyState>> = (0..keys.len()).map(|_| None).collect();
     let mut out: Vec<Row> = Vec::with_capacity(batch.len());
     let mut conflicts: Vec<(usize, ConflictRow)> = Vec::new();
     for (i, (key, change)) in batch.iter().enumerate() {
-        let before: Option<&KeyState> = current
-            .get(key)
-            .or_else(|| loaded.get(key).map(|l| &l.state));
+        let k = kidx[i];
+        let before: Option<&KeyState> = current[k]
+            .as_ref()
+            .or_else(|| loaded[k].as_ref().map(|l| &l.state));
         let mut d = resolver::resolve(before, change, &prio);
         if !d.custom.is_empty() {
             merge_with_user_function(client, &t, custom_fn.as_deref(), before, change, &mut d);
@@ -620,18 +636,13 @@ fn run(
             None,
             std::mem::take(&mut d.detail),
         ));
-        match current.get_mut(key) {
-            Some(s) => *s = d.state,
-            None => {
-                current.insert(key.clone(), d.state);
-            }
-        }
+        current[k] = Some(d.state);
     }
 
     tick!("decided");
     // Foreign keys: a row whose parent is missing is not written. Every
     // change of its key in this batch is parked (DEFERRED), in order.
-    let deferred = missing_parents(client, &t, tbl, &current, &loaded);
+    let deferred = missing_parents(client, &t, tbl, &keys, &current, &loaded);
     if !deferred.is_empty() {
         let retrying = client
             .select(
@@ -666,10 +677,9 @@ fn run(
         }
         conflicts.retain(|(i, _)| !deferred.contains_key(&batch[*i].0));
         for key in deferred.keys() {
-            match loaded.get(key) {
-                Some(l) => current.insert(key.clone(), l.state.clone()),
-                None => current.remove(key),
-            };
+            if let Some(&k) = key_index.get(key.as_str()) {
+                current[k] = loaded[k].as_ref().map(|l| l.state.clone());
+            }
         }
         if !retrying {
             client
@@ -697,8 +707,10 @@ fn run(
     let mut upd = Rows::new(ncols);
     let mut kills: Vec<String> = Vec::new();
     let mut tombs: Vec<String> = Vec::new();
-    for (key, state) in &current {
-        let before = loaded.get(key);
+    for (k, state) in current.iter().enumerate() {
+        let Some(state) = state else { continue };
+        let key = &keys[k];
+        let before = loaded[k].as_ref();
         if before.map(|b| &b.state) == Some(state) {
             continue;
         }
@@ -1046,8 +1058,9 @@ fn missing_parents(
     client: &SpiClient<'_>,
     t: &Table,
     tbl: pg_sys::Oid,
-    current: &Map<String, KeyState>,
-    loaded: &Map<String, Loaded>,
+    keys: &[String],
+    current: &[Option<KeyState>],
+    loaded: &[Option<Loaded>],
 ) -> Map<String, (u32, String)> {
     let fks = client
         .select(
@@ -1078,11 +1091,14 @@ fn missing_parents(
         // The rows this batch would write, as JSON objects keyed by pk.
         let rows: Vec<String> = current
             .iter()
-            .filter(|(k, s)| {
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+            .filter(|(i, s)| {
                 s.alive
-                    && !deferred.contains_key(*k)
-                    && loaded.get(*k).map(|l| &l.state) != Some(*s)
+                    && !deferred.contains_key(&keys[*i])
+                    && loaded[*i].as_ref().map(|l| &l.state) != Some(*s)
             })
+            .map(|(i, s)| (&keys[i], s))
             .map(|(k, s)| {
                 let row = object_text(s.cells.iter().map(|(c, v)| (&**c, &*v.value)));
                 format!(

@@ -20,7 +20,7 @@ use crate::resolver::{Op, Text};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 
 /// A JSON value inside the batch, pointing into the jsonb datum.
@@ -148,6 +148,16 @@ unsafe fn members<'a>(c: *mut pg_sys::JsonbContainer) -> Vec<(&'a [u8], J)> {
     out
 }
 
+/// A member of an object, found by key (binary search, no iterator).
+unsafe fn lookup(c: *mut pg_sys::JsonbContainer, key: &str) -> Option<J> {
+    unsafe {
+        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+        let found =
+            pg_sys::getKeyJsonValueFromContainer(c, key.as_ptr().cast(), key.len() as i32, &mut v);
+        (!found.is_null()).then(|| J::from_value(&v))
+    }
+}
+
 /// A whole number in numeric_out's spelling (no exponent), if it is one:
 /// `Err(())` for a fraction or out of the bigint range.
 fn whole(text: &str) -> Result<i64, ()> {
@@ -171,6 +181,8 @@ enum Way {
         json: bool,
         /// A domain: NULL goes through its checks too.
         domain: bool,
+        /// numeric without a typmod: a JSON number is taken as it is.
+        numeric: bool,
     },
     /// Arrays and composites: jsonb_populate_record itself.
     Populate,
@@ -204,7 +216,7 @@ pub struct Table {
     /// `tbl::regclass::text`.
     pub name: String,
     pub columns: Vec<Column>,
-    pub by_name: HashMap<String, usize>,
+    pub by_name: std::collections::HashMap<String, usize, foldhash::fast::RandomState>,
     /// Indexes into `columns`, in the primary key's order.
     pub pk: Vec<usize>,
     /// The same, in the order jsonb keeps object keys (length, then bytes).
@@ -248,6 +260,7 @@ impl Table {
                         ioparam,
                         json: base == pg_sys::JSONOID || base == pg_sys::JSONBOID,
                         domain: base != typid,
+                        numeric: typid == pg_sys::NUMERICOID && a.atttypmod < 0,
                     }
                 };
                 let t = pg_sys::format_type_with_typemod(typid, a.atttypmod);
@@ -267,11 +280,12 @@ impl Table {
             }
             pg_sys::relation_close(rel, pg_sys::NoLock as i32);
         }
-        let by_name: HashMap<String, usize> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
-            .collect();
+        let by_name: std::collections::HashMap<String, usize, foldhash::fast::RandomState> =
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect();
         let pk: Vec<usize> = pk.iter().filter_map(|c| by_name.get(c).copied()).collect();
         let mut pk_jsonb = pk.clone();
         pk_jsonb.sort_by(|a, b| {
@@ -356,7 +370,7 @@ pub struct Parsed {
     /// The key as jsonb text.
     pub key: String,
     /// The key columns' canonical values, in the primary key's order.
-    pub pk_values: Vec<String>,
+    pub pk_values: Vec<Text>,
     /// The canonical JSON text of every key column and every column the
     /// change sets.
     pub values: BTreeMap<Text, Text>,
@@ -416,8 +430,7 @@ fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
     let J::Obj(c) = elem else {
         return Err("it is not a JSON object".into());
     };
-    let m = unsafe { members(c) };
-    let get = |k: &str| m.iter().find(|(n, _)| *n == k.as_bytes()).map(|(_, v)| *v);
+    let get = |k: &str| unsafe { lookup(c, k) };
     let op = match get("op").and_then(|o| o.str_bytes()) {
         Some(b"I") => Op::Insert,
         Some(b"U") => Op::Update,
@@ -527,23 +540,25 @@ unsafe fn typed(
     col: &mut Column,
     v: J,
     buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
     populate: &mut dyn FnMut(&str, &str) -> String,
-) -> String {
-    let mut out = Vec::with_capacity(16);
+) -> Text {
+    out.clear();
     match &mut col.way {
         Way::Text => {
             buf.clear();
             match v {
-                J::Null => return "null".into(),
+                J::Null => return Text::from("null"),
                 other => other.input_text(buf),
             }
-            jsontext::push_string(&mut out, buf);
+            jsontext::push_string(out, buf);
         }
         Way::Input {
             func,
             ioparam,
             json,
             domain,
+            numeric,
         } => {
             if matches!(v, J::Null) {
                 if *domain {
@@ -551,7 +566,12 @@ unsafe fn typed(
                         pg_sys::InputFunctionCall(func, std::ptr::null_mut(), *ioparam, col.typmod)
                     };
                 }
-                return "null".into();
+                return Text::from("null");
+            }
+            if let (true, J::Num(n)) = (*numeric, v) {
+                // A jsonb number is a numeric already: reading and printing
+                // it again would give the same text.
+                return Text::from(numeric_text(n));
             }
             buf.clear();
             if *json {
@@ -563,16 +583,19 @@ unsafe fn typed(
             let d = unsafe {
                 pg_sys::InputFunctionCall(func, buf.as_mut_ptr().cast(), *ioparam, col.typmod)
             };
-            unsafe { rowjson::push_value(&mut out, &mut col.render, d) };
+            unsafe { rowjson::push_value(out, &mut col.render, d) };
         }
         Way::Populate => {
             if matches!(v, J::Null) {
-                return "null".into();
+                return Text::from("null");
             }
-            return populate(&col.name, &v.text());
+            return Text::from(populate(&col.name, &v.text()));
         }
     }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    match std::str::from_utf8(out) {
+        Ok(s) => Text::from(s),
+        Err(_) => Text::from(String::from_utf8_lossy(out).as_ref()),
+    }
 }
 
 /// Checks and types the batch. Raises, naming the first bad change, for
@@ -714,6 +737,8 @@ fn type_all(
         )
     };
     let mut given: Vec<Option<J>> = vec![None; t.columns.len()];
+    let mut sets: Vec<usize> = Vec::with_capacity(t.columns.len());
+    let mut text_buf: Vec<u8> = Vec::with_capacity(64);
     for (i, r) in raws.iter().enumerate() {
         current.store(i, std::sync::atomic::Ordering::Relaxed);
         given.iter_mut().for_each(|g| *g = None);
@@ -722,24 +747,23 @@ fn type_all(
                 given[*c] = Some(*v);
             }
         }
-        let sets: Vec<usize> = match changed_names(r) {
-            Some(names) => names
-                .iter()
-                .filter_map(|n| t.by_name.get(n).copied())
-                .collect(),
-            None => r
-                .data
-                .iter()
-                .filter_map(|(k, _)| {
-                    t.by_name
-                        .get(std::str::from_utf8(k).unwrap_or_default())
-                        .copied()
-                })
-                .collect(),
-        };
+        sets.clear();
+        match &r.changed {
+            Some(_) => sets.extend(
+                changed_names(r)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|n| t.by_name.get(n.as_str()).copied()),
+            ),
+            None => sets.extend(r.data.iter().filter_map(|(k, _)| {
+                t.by_name
+                    .get(std::str::from_utf8(k).unwrap_or_default())
+                    .copied()
+            })),
+        }
         let old = unsafe { pg_sys::MemoryContextSwitchTo(cx) };
         let mut values = BTreeMap::new();
-        let mut key_values: Vec<(usize, String)> = Vec::with_capacity(t.pk.len());
+        let mut key_values: Vec<(usize, Text)> = Vec::with_capacity(t.pk.len());
         for (c, v) in given.iter().copied().enumerate() {
             let is_pk = t.pk.contains(&c);
             let keep =
@@ -748,17 +772,32 @@ fn type_all(
             // jsonb_populate_record does; the kept ones are printed.
             if v.is_none() && !keep {
                 if let Way::Input { domain: true, .. } = t.columns[c].way {
-                    unsafe { typed(&mut t.columns[c], J::Null, &mut buf, populate) };
+                    unsafe {
+                        typed(
+                            &mut t.columns[c],
+                            J::Null,
+                            &mut buf,
+                            &mut text_buf,
+                            populate,
+                        )
+                    };
                 }
                 continue;
             }
-            let text =
-                unsafe { typed(&mut t.columns[c], v.unwrap_or(J::Null), &mut buf, populate) };
+            let text = unsafe {
+                typed(
+                    &mut t.columns[c],
+                    v.unwrap_or(J::Null),
+                    &mut buf,
+                    &mut text_buf,
+                    populate,
+                )
+            };
             if is_pk {
                 key_values.push((c, text.clone()));
             }
             if keep {
-                values.insert(t.columns[c].key.clone(), Text::from(text));
+                values.insert(t.columns[c].key.clone(), text);
             }
         }
         let ts = match r.ts {
@@ -774,7 +813,7 @@ fn type_all(
             key_values
                 .iter()
                 .find(|(c, _)| t.columns[*c].name == name)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| &**v)
         });
         let pk_values =
             t.pk.iter()
@@ -783,7 +822,7 @@ fn type_all(
                         .iter()
                         .find(|(c, _)| c == p)
                         .map(|(_, v)| v.clone())
-                        .unwrap_or_else(|| "null".into())
+                        .unwrap_or_else(|| Text::from("null"))
                 })
                 .collect();
         out.push(Parsed {
