@@ -5,6 +5,8 @@
 
 /// Appends `s` (bytes in the server encoding, which is always ASCII-safe)
 /// as a quoted JSON string. Runs that need no escaping are copied at once.
+use std::borrow::Cow;
+
 pub fn push_string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     let mut run = 0;
@@ -47,7 +49,7 @@ pub fn push_number(out: &mut Vec<u8>, printed: &[u8]) {
 /// Splits a JSON object's text into its members: the unescaped key and the
 /// value's exact text. Used on text PostgreSQL produced (`row_json`,
 /// `jsonb::text`), so it only needs to find boundaries, not validate.
-pub fn split_object(text: &str) -> Option<Vec<(String, &str)>> {
+pub fn split_object(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -59,7 +61,7 @@ pub fn split_object(text: &str) -> Option<Vec<(String, &str)>> {
         return Some(out);
     }
     loop {
-        let (key, next) = read_string(text, i)?;
+        let (key, next) = read_key(text, i)?;
         i = skip_ws(b, next);
         if b.get(i) != Some(&b':') {
             return None;
@@ -74,6 +76,20 @@ pub fn split_object(text: &str) -> Option<Vec<(String, &str)>> {
             _ => return None,
         }
     }
+}
+
+/// A key: borrowed from the text when it has no escapes (column names
+/// rarely do), else unescaped.
+fn read_key(text: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let end = i + 1 + b[i + 1..].iter().position(|c| matches!(c, b'"' | b'\\'))?;
+    if b[end] == b'"' {
+        return Some((Cow::Borrowed(&text[i + 1..end]), end + 1));
+    }
+    read_string(text, i).map(|(s, n)| (Cow::Owned(s), n))
 }
 
 /// The contents of a JSON string's text (`"a\"b"` -> `a"b`).
@@ -252,7 +268,11 @@ mod tests {
     #[test]
     fn objects_split_into_exact_value_texts() {
         let text = r#"{"id": 1, "q\"t": "a\"b\\c", "n": 1.50, "j": {"k": [1, "x]"]}, "arr": [1,null], "z": null, "t": true}"#;
-        let got = split_object(text).unwrap();
+        let got: Vec<(String, &str)> = split_object(text)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v))
+            .collect();
         let want: Vec<(String, &str)> = vec![
             ("id".into(), "1"),
             ("q\"t".into(), r#""a\"b\\c""#),

@@ -47,9 +47,9 @@ impl Loaded {
     /// The key's cells from a row's JSON text and its packed stamps.
     fn fill(&mut self, t: &Table, row: &str, entries: Option<&[ColVersion]>, creator: &Text) {
         for (col, value) in jsontext::split_object(row).unwrap_or_default() {
-            let (col, a) = match t.attnum.get_key_value(col.as_str()) {
+            let (col, a) = match t.attnum.get_key_value(&*col) {
                 Some((k, a)) => (k.clone(), *a),
-                None => (Text::from(col), 0),
+                None => (Text::from(&*col), 0),
             };
             let (stamp, xid) = stamps(entries, creator, self.created_xid, a);
             self.xids.insert(col.clone(), xid);
@@ -496,7 +496,7 @@ fn run(
         let row_origin: String = r.get(2).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let meta: Option<Vec<u8>> = r.get(3).unwrap_or_else(|e| spi_err(e));
         let created_xid: i64 = r.get(4).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
-        let row: String = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let row: &str = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let entries = meta.map(|m| colvers::decode(&m));
         let mut l = Loaded {
             state: KeyState {
@@ -510,7 +510,7 @@ fn run(
             created_xid,
         };
         let creator = l.state.origin.clone();
-        l.fill(&t, &row, entries.as_deref(), &creator);
+        l.fill(&t, row, entries.as_deref(), &creator);
         let key = bt.key_text(|c| l.state.cells.get(c).map(|v| &*v.value));
         if let Some(k) = key_index.get(key.as_str()) {
             loaded[*k] = Some(l);
@@ -1019,6 +1019,7 @@ fn merge_with_user_function(
     let values: Map<String, &str> = jsontext::split_object(&merged)
         .unwrap_or_default()
         .into_iter()
+        .map(|(k, v)| (k.into_owned(), v))
         .collect();
     let stamp = Stamp {
         revision: change.version,

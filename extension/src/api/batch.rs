@@ -37,6 +37,7 @@ pub enum J {
 const JB_FSCALAR: u32 = 0x1000_0000;
 const JB_FOBJECT: u32 = 0x2000_0000;
 const JB_FARRAY: u32 = 0x4000_0000;
+const JB_CMASK: u32 = 0x0FFF_FFFF;
 
 impl J {
     unsafe fn from_value(v: &pg_sys::JsonbValue) -> J {
@@ -416,7 +417,8 @@ pub fn quote_ident_pg(s: &str) -> String {
 
 struct Raw {
     op: Op,
-    pk: Vec<(&'static [u8], J)>,
+    /// (column index, value) of each key column.
+    pk: Vec<(usize, J)>,
     data: Vec<(&'static [u8], J)>,
     version: i64,
     expect_version: Option<i64>,
@@ -445,12 +447,16 @@ fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
     let Some(J::Obj(pkc)) = get("pk") else {
         return Err("pk is missing or not an object".into());
     };
-    let pk: Vec<(&'static [u8], J)> = unsafe { members(pkc) };
-    let exact = pk.len() == t.pk.len()
-        && t.pk
-            .iter()
-            .all(|i| pk.iter().any(|(k, _)| *k == t.columns[*i].name.as_bytes()));
-    if !exact {
+    // Exactly the key columns: as many members, each found by name.
+    let count = unsafe { (*pkc).header } & JB_CMASK;
+    let pk: Vec<(usize, J)> = if count as usize == t.pk.len() {
+        t.pk.iter()
+            .map_while(|i| unsafe { lookup(pkc, &t.columns[*i].name) }.map(|v| (*i, v)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if pk.len() != t.pk.len() {
         let names: Vec<&str> = t.pk.iter().map(|i| t.columns[*i].name.as_str()).collect();
         return Err(format!(
             "pk is {}; the primary key of {} is ({})",
@@ -742,10 +748,13 @@ fn type_all(
     for (i, r) in raws.iter().enumerate() {
         current.store(i, std::sync::atomic::Ordering::Relaxed);
         given.iter_mut().for_each(|g| *g = None);
-        for (k, v) in r.data.iter().chain(r.pk.iter()) {
+        for (k, v) in &r.data {
             if let Some(c) = t.by_name.get(std::str::from_utf8(k).unwrap_or_default()) {
                 given[*c] = Some(*v);
             }
+        }
+        for (c, v) in &r.pk {
+            given[*c] = Some(*v);
         }
         sets.clear();
         match &r.changed {
