@@ -971,3 +971,41 @@ fn a_key_inserted_concurrently_fails_the_batch_for_a_retry() {
         "the retry resolves against the new row"
     );
 }
+
+/// A table's own unique constraint (not the key) refuses a batch with its
+/// own SQLSTATE, and nothing of the batch is applied.
+#[test]
+fn another_unique_constraint_refuses_the_batch_with_23505() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("ALTER TABLE customers ADD CONSTRAINT one_email UNIQUE (email)")
+        .unwrap();
+    let changes = format!(
+        "[{}, {}]",
+        ins("U1", "one", "same@x", 1),
+        ins("U2", "two", "same@x", 1)
+    );
+    let e = db_error(
+        c.query(
+            "SELECT * FROM sync_apply('customers', $1::text::jsonb, 'CRM')",
+            &[&changes],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, "23505", "{e:?}");
+    assert!(e.message.contains("one_email"), "{e:?}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM customers", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing of the batch was applied");
+    // The session goes on: the next batch applies.
+    let got = outcomes(
+        &mut c,
+        &format!("[{}]", ins("U1", "one", "same@x", 1)),
+        "CRM",
+    );
+    assert_eq!(got, ["NEW_RECORD"]);
+}

@@ -471,24 +471,13 @@ fn run(
     let mut loaded: Vec<Option<Loaded>> = (0..keys.len()).map(|_| None).collect();
     let live = client
         .select(
-            &format!(
-                "SELECT r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text
-                   FROM unnest({args}) AS u({names})
-                   JOIN {tbl} AS r ON {matches}
-                    FOR UPDATE OF r",
-                args = (1..=bt.pk.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
-                names = (1..=bt.pk.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", "),
-                matches = bt
-                    .pk
-                    .iter()
-                    .enumerate()
-                    .map(|(n, c)| format!("r.{} = {}", quote_ident(&bt.columns[*c].name), value_expr(&bt, *c, &format!("u.c{}", n + 1))))
-                    .collect::<Vec<_>>()
-                    .join(" AND "),
-                tbl = t.name
+            &load_sql(
+                &bt,
+                "r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text",
+                true,
             ),
             None,
-            &key_cols.iter().map(|c| c.clone().into()).collect::<Vec<pgrx::datum::DatumWithOid>>(),
+            &key_args(&key_cols),
         )
         .unwrap_or_else(|e| spi_err(e));
     for r in live {
@@ -792,34 +781,55 @@ fn run(
             .map(|i| value_expr(&bt, i, &format!("u.c{}", i + 1)))
             .collect::<Vec<_>>()
             .join(", ");
-        let pklist =
-            t.pk.iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-        let done = client
-            .update(
-                &format!(
-                    "INSERT INTO {tbl} ({collist}, sync_version, sync_xid, sync_created_xid, sync_origin, sync_colmeta)
-                     OVERRIDING SYSTEM VALUE SELECT {sel}, u.v, {xid_param}, {xid_param}, nullif(u.o, ''), u.m FROM {from}
-                     ON CONFLICT ({pklist}) DO NOTHING",
-                    tbl = t.name,
-                    from = unnest(true)
-                ),
-                None,
-                &ins.args(xid),
-            )
-            .unwrap_or_else(|e| spi_err(e))
-            .len();
+        // A plain INSERT (no speculative insertion), in a subtransaction:
+        // if another transaction inserted one of these keys after they were
+        // looked up, the batch fails with 40001 (retry), never half-applied.
+        let key_texts: Vec<Vec<Option<String>>> =
+            bt.pk.iter().map(|p| ins.cols[*p].clone()).collect();
+        let sql = format!(
+            "INSERT INTO {tbl} ({collist}, sync_version, sync_xid, sync_created_xid, sync_origin, sync_colmeta)
+             OVERRIDING SYSTEM VALUE SELECT {sel}, u.v, {xid_param}, {xid_param}, nullif(u.o, ''), u.m FROM {from}",
+            tbl = t.name,
+            from = unnest(true)
+        );
+        let args = ins.args(xid);
+        let inserted = in_subtransaction(
+            std::panic::AssertUnwindSafe(|| {
+                client
+                    .update(&sql, None, &args)
+                    .unwrap_or_else(|e| spi_err(e))
+                    .len()
+            }),
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        );
+        let done = match inserted {
+            Ok(n) => n,
+            Err(e) => {
+                // Which unique index: a key of this batch that exists now
+                // was inserted meanwhile; anything else is the table's own
+                // constraint, reported as it is.
+                let taken: i64 = client
+                    .select(
+                        &load_sql(&bt, "count(*)", false),
+                        None,
+                        &key_args(&key_texts),
+                    )
+                    .unwrap_or_else(|e| spi_err(e))
+                    .first()
+                    .get(1)
+                    .unwrap_or_else(|e| spi_err(e))
+                    .unwrap_or(0);
+                if taken == 0 {
+                    e.rethrow()
+                }
+                0
+            }
+        };
         if done != expected {
             bad_input(
                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
                 "could not apply the batch: another transaction inserted one of its keys meanwhile",
-                format!(
-                    "{} of {expected} new rows of {} already existed when written.",
-                    expected - done,
-                    t.name
-                ),
+                format!("A new row of {} already existed when written.", t.name),
                 "Retry the batch: nothing of it was applied.",
             );
         }
@@ -1282,4 +1292,78 @@ fn text_array(names: &[String]) -> String {
     }
     out.push('}');
     out
+}
+
+/// The rows of the table with the given keys (one text array per key
+/// column, cast by the statement), optionally locked.
+fn load_sql(t: &batch::Table, select: &str, lock: bool) -> String {
+    format!(
+        "SELECT {select} FROM unnest({args}) AS u({names}) JOIN {tbl} AS r ON {matches}{lock}",
+        args = (1..=t.pk.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        names = (1..=t.pk.len())
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        matches =
+            t.pk.iter()
+                .enumerate()
+                .map(|(n, c)| format!(
+                    "r.{} = {}",
+                    quote_ident(&t.columns[*c].name),
+                    value_expr(t, *c, &format!("u.c{}", n + 1))
+                ))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        tbl = t.name,
+        lock = if lock { " FOR UPDATE OF r" } else { "" },
+    )
+}
+
+fn key_args(cols: &[Vec<Option<String>>]) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+    cols.iter().map(|c| c.clone().into()).collect()
+}
+
+/// Runs `f` in a subtransaction. An error with SQLSTATE `code` rolls the
+/// subtransaction back and is returned; any other error propagates.
+fn in_subtransaction<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+    code: PgSqlErrorCode,
+) -> Result<R, Box<pg_sys::panic::CaughtError>> {
+    // SAFETY: the PL/pgSQL pattern for an exception block: begin, and on
+    // error roll back, restoring the memory context and resource owner.
+    let (cxt, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+    }
+    let restore = move || unsafe {
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    PgTryBuilder::new(move || {
+        let r = f();
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        Ok(r)
+    })
+    .catch_when(code, move |e| {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(cxt);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        restore();
+        Err(Box::new(e))
+    })
+    .catch_others(move |e| {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(cxt);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        restore();
+        e.rethrow()
+    })
+    .execute()
 }
