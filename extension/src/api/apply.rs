@@ -38,6 +38,8 @@ struct Table {
 
 struct Loaded {
     state: KeyState,
+    /// The locked row's address, for its UPDATE (live rows only).
+    ctid: Option<String>,
     /// The xid of each column's current stamp, to keep it when unchanged.
     xids: Map<Text, i64>,
     created_xid: i64,
@@ -473,7 +475,8 @@ fn run(
         .select(
             &load_sql(
                 &bt,
-                "r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text",
+                "r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text,
+                 r.ctid::text",
                 true,
             ),
             None,
@@ -486,8 +489,10 @@ fn run(
         let meta: Option<Vec<u8>> = r.get(3).unwrap_or_else(|e| spi_err(e));
         let created_xid: i64 = r.get(4).unwrap_or_else(|e| spi_err(e)).unwrap_or(0);
         let row: &str = r.get(5).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
+        let ctid: Option<String> = r.get(6).unwrap_or_else(|e| spi_err(e));
         let entries = meta.map(|m| colvers::decode(&m));
         let mut l = Loaded {
+            ctid,
             state: KeyState {
                 alive: true,
                 version,
@@ -564,6 +569,7 @@ fn run(
         let image: String = r.get(7).unwrap_or_else(|e| spi_err(e)).unwrap_or_default();
         let entries = meta.map(|m| colvers::decode(&m));
         let mut l = Loaded {
+            ctid: None,
             state: KeyState {
                 alive: false,
                 version,
@@ -704,10 +710,12 @@ fn run(
             continue;
         }
         if state.alive {
-            let rows = if before.is_some_and(|b| b.state.alive) {
-                &mut upd
-            } else {
-                &mut ins
+            let rows = match before.filter(|b| b.state.alive) {
+                Some(b) => {
+                    upd.ctid.push(b.ctid.clone());
+                    &mut upd
+                }
+                None => &mut ins,
             };
             for (i, c) in bt.columns.iter().enumerate() {
                 let v = state
@@ -743,28 +751,21 @@ fn run(
 
     tick!("built");
     let _guard = ApplyMode::enter(tbl);
-    let unnest = |with_pk: bool| {
-        let n = ncols;
-        let args = (1..=n + 3)
-            .map(|i| {
-                format!(
-                    "${i}::{}",
-                    match i - n {
-                        1 => "int8[]",
-                        3 => "bytea[]",
-                        _ => "text[]",
-                    }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let names = (1..=n)
-            .map(|i| format!("c{i}"))
-            .chain(["v".into(), "o".into(), "m".into()])
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = with_pk;
-        format!("unnest({args}) AS u({names})")
+    // The rows' parameters: one array per column, sync_version,
+    // sync_origin, sync_colmeta; then the xid; for updates, the addresses.
+    let unnest = |ctid: bool| {
+        let types = std::iter::repeat_n("text[]", ncols).chain(["int8[]", "text[]", "bytea[]"]);
+        let mut args: Vec<String> = types
+            .enumerate()
+            .map(|(i, ty)| format!("${}::{ty}", i + 1))
+            .collect();
+        let mut names: Vec<String> = (1..=ncols).map(|i| format!("c{i}")).collect();
+        names.extend(["v".into(), "o".into(), "m".into()]);
+        if ctid {
+            args.push(format!("${}::text[]", ncols + 5));
+            names.push("t".into());
+        }
+        format!("unnest({}) AS u({})", args.join(", "), names.join(", "))
     };
     let xid_param = format!("${}", ncols + 4);
     if !ins.is_empty() {
@@ -790,7 +791,7 @@ fn run(
             "INSERT INTO {tbl} ({collist}, sync_version, sync_xid, sync_created_xid, sync_origin, sync_colmeta)
              OVERRIDING SYSTEM VALUE SELECT {sel}, u.v, {xid_param}, {xid_param}, nullif(u.o, ''), u.m FROM {from}",
             tbl = t.name,
-            from = unnest(true)
+            from = unnest(false)
         );
         let args = ins.args(xid);
         let inserted = in_subtransaction(
@@ -853,27 +854,19 @@ fn run(
             ])
             .collect::<Vec<_>>()
             .join(", ");
-        let matches = bt
-            .pk
-            .iter()
-            .map(|i| {
-                format!(
-                    "r.{} = {}",
-                    quote_ident(&bt.columns[*i].name),
-                    value_expr(&bt, *i, &format!("u.c{}", i + 1))
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        // The rows are locked: found by their address, not their key.
+        let ctids = std::mem::take(&mut upd.ctid);
+        let mut args = upd.args(xid);
+        args.push(ctids.into());
         let done = client
             .update(
                 &format!(
-                    "UPDATE {tbl} AS r SET {sets} FROM {from} WHERE {matches}",
+                    "UPDATE {tbl} AS r SET {sets} FROM {from} WHERE r.ctid = u.t::tid",
                     tbl = t.name,
                     from = unnest(true)
                 ),
                 None,
-                &upd.args(xid),
+                &args,
             )
             .unwrap_or_else(|e| spi_err(e))
             .len();
@@ -1224,6 +1217,8 @@ fn value_expr(t: &batch::Table, col: usize, expr: &str) -> String {
 /// sync_version, sync_origin and sync_colmeta.
 struct Rows {
     cols: Vec<Vec<Option<String>>>,
+    /// For updates: the address of each row.
+    ctid: Vec<Option<String>>,
     version: Vec<i64>,
     origin: Vec<String>,
     colmeta: Vec<Vec<u8>>,
@@ -1233,6 +1228,7 @@ impl Rows {
     fn new(ncols: usize) -> Rows {
         Rows {
             cols: vec![Vec::new(); ncols],
+            ctid: Vec::new(),
             version: Vec::new(),
             origin: Vec::new(),
             colmeta: Vec::new(),
