@@ -64,6 +64,3 @@ pub mod pg_test {
         vec!["wal_level = 'logical'"]
     }
 }
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

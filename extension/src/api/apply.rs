@@ -41,7 +41,7 @@ struct Loaded {
     /// The locked row's address, for its UPDATE (live rows only).
     ctid: Option<String>,
     /// The xid of each column's current stamp, to keep it when unchanged.
-    xids: Map<Text, i64>,
+    xids: Vec<(Text, i64)>,
     created_xid: i64,
 }
 
@@ -54,7 +54,7 @@ impl Loaded {
                 None => (Text::from(&*col), 0),
             };
             let (stamp, xid) = stamps(entries, creator, self.created_xid, a);
-            self.xids.insert(col.clone(), xid);
+            self.xids.push((col.clone(), xid));
             self.state.cells.insert(
                 col,
                 Cell {
@@ -178,7 +178,7 @@ fn colmeta_for(t: &Table, state: &KeyState, before: Option<&Loaded>, xid: i64) -
         let Some(a) = t.attnum.get(col) else { continue };
         let kept = before.and_then(|b| {
             (b.state.cells.get(col).map(|c| &c.stamp) == Some(&cell.stamp))
-                .then(|| b.xids.get(col).copied())
+                .then(|| b.xids.iter().find(|(c, _)| c == col).map(|(_, x)| *x))
                 .flatten()
         });
         entries.push(ColVersion {
@@ -255,7 +255,7 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
         'static,
         (
             name!(pk, KeyJson),
-            name!(outcome, String),
+            name!(outcome, &'static str),
             name!(row_version, Option<i64>),
             name!(conflict_id, Option<i64>),
             name!(detail, String),
@@ -280,7 +280,7 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
     }
 }
 
-type Row = (i32, String, String, Option<i64>, Option<i64>, String);
+type Row = (i32, String, &'static str, Option<i64>, Option<i64>, String);
 
 fn run(
     client: &mut SpiClient<'_>,
@@ -500,7 +500,7 @@ fn run(
                 deleted: None,
                 origin: row_origin.into(),
             },
-            xids: Map::default(),
+            xids: Vec::new(),
             created_xid,
         };
         let creator = l.state.origin.clone();
@@ -577,7 +577,7 @@ fn run(
                 deleted: Some(deleted),
                 origin: del_origin.into(),
             },
-            xids: Map::default(),
+            xids: Vec::new(),
             created_xid,
         };
         l.fill(&t, &image, entries.as_deref(), &Text::from(creator));
@@ -626,7 +626,7 @@ fn run(
         out.push((
             (i + 1) as i32,
             key.clone(),
-            d.outcome.as_str().to_string(),
+            d.outcome.as_str(),
             Some(d.state.version),
             None,
             std::mem::take(&mut d.detail),
@@ -662,7 +662,7 @@ fn run(
             let Some((parent, why)) = deferred.get(key) else {
                 continue;
             };
-            out[i].2 = "DEFERRED".into();
+            out[i].2 = "DEFERRED";
             out[i].3 = None;
             out[i].5 = why.clone();
             parked.push(
