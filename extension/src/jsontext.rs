@@ -97,6 +97,17 @@ pub fn unquote(text: &str) -> Option<String> {
     read_string(text, 0).map(|(s, _)| s)
 }
 
+/// Appends the contents of a JSON string's text: copied as it is when it
+/// has no escapes.
+pub fn unquote_into(text: &str, out: &mut Vec<u8>) {
+    let b = text.as_bytes();
+    if b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' && !b.contains(&b'\\') {
+        out.extend_from_slice(&b[1..b.len() - 1]);
+    } else if let Some(s) = unquote(text) {
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
@@ -283,6 +294,14 @@ mod tests {
             ("t".into(), "true"),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn strings_unquote_with_and_without_escapes() {
+        let mut out = Vec::new();
+        unquote_into(r#""plain""#, &mut out);
+        unquote_into(r#""a\"b\n""#, &mut out);
+        assert_eq!(out, b"plaina\"b\n");
     }
 
     #[test]

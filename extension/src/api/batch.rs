@@ -328,20 +328,21 @@ impl Table {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// The text a column's input function reads for a canonical JSON value
-    /// (None for null): strings unquoted, numbers and json as they are.
-    pub fn input_of(&self, col: usize, canonical: &str) -> Option<String> {
+    /// Appends the text a column's input function reads for a canonical
+    /// JSON value: strings unquoted, numbers and json as they are. False
+    /// (nothing appended) for null.
+    pub fn input_into(&self, col: usize, canonical: &str, out: &mut Vec<u8>) -> bool {
         if canonical == "null" {
-            return None;
+            return false;
         }
-        let c = &self.columns[col];
-        match &c.way {
-            Way::Input { json: true, .. } | Way::Populate => Some(canonical.to_string()),
-            _ if canonical.starts_with('"') => {
-                Some(jsontext::unquote(canonical).unwrap_or_default())
+        match &self.columns[col].way {
+            Way::Input { json: true, .. } | Way::Populate => {
+                out.extend_from_slice(canonical.as_bytes())
             }
-            _ => Some(canonical.to_string()),
+            _ if canonical.starts_with('"') => jsontext::unquote_into(canonical, out),
+            _ => out.extend_from_slice(canonical.as_bytes()),
         }
+        true
     }
 }
 
