@@ -92,7 +92,7 @@ impl J {
         match self {
             J::Null => out.extend_from_slice(b"null"),
             J::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-            J::Num(n) => out.extend_from_slice(numeric_text(n).as_bytes()),
+            J::Num(n) => push_numeric(n, out),
             J::Str(..) => jsontext::push_string(out, self.str_bytes().unwrap_or_default()),
             J::Obj(c) | J::Arr(c) => unsafe {
                 let s = pg_sys::JsonbToCString(std::ptr::null_mut(), c, -1);
@@ -113,6 +113,13 @@ impl J {
 }
 
 fn numeric_text(n: pg_sys::Numeric) -> String {
+    let mut out = Vec::with_capacity(16);
+    push_numeric(n, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends numeric_out's text of a number.
+fn push_numeric(n: pg_sys::Numeric, out: &mut Vec<u8>) {
     unsafe {
         let d = pgrx::direct_function_call_as_datum(
             pg_sys::numeric_out,
@@ -120,9 +127,8 @@ fn numeric_text(n: pg_sys::Numeric) -> String {
         )
         .expect("numeric_out of a number");
         let c = d.cast_mut_ptr::<std::ffi::c_char>();
-        let s = CStr::from_ptr(c).to_string_lossy().into_owned();
+        out.extend_from_slice(CStr::from_ptr(c).to_bytes());
         pg_sys::pfree(c.cast());
-        s
     }
 }
 
@@ -578,7 +584,8 @@ unsafe fn typed(
             if let (true, J::Num(n)) = (*numeric, v) {
                 // A jsonb number is a numeric already: reading and printing
                 // it again would give the same text.
-                return Text::from(numeric_text(n));
+                push_numeric(n, out);
+                return Text::from(std::str::from_utf8(out).unwrap_or_default());
             }
             buf.clear();
             if *json {
@@ -653,6 +660,10 @@ pub fn parse(
 
     // Names: every key of data and every name in changed is a column.
     for (i, r) in raws.iter().enumerate() {
+        let known = |k: &[u8]| std::str::from_utf8(k).is_ok_and(|k| t.by_name.contains_key(k));
+        if r.data.iter().all(|(k, _)| known(k)) && r.changed.is_none() {
+            continue;
+        }
         let names = r
             .data
             .iter()
