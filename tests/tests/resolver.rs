@@ -1009,3 +1009,47 @@ fn another_unique_constraint_refuses_the_batch_with_23505() {
     );
     assert_eq!(got, ["NEW_RECORD"]);
 }
+
+/// Large batches and wide rows (more than 32 members, where jsonb stores
+/// offsets rather than lengths) are read exactly: the stored rows equal
+/// jsonb_populate_recordset's reading of the batch.
+#[test]
+fn a_large_batch_of_wide_rows_is_read_exactly() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    let cols: Vec<String> = (1..=40).map(|i| format!("c{i} text")).collect();
+    c.batch_execute(&format!(
+        "CREATE TABLE wide (id int PRIMARY KEY, {}); SELECT sync_track('wide');",
+        cols.join(", ")
+    ))
+    .unwrap();
+    let changes: Vec<String> = (1..=300)
+        .map(|r| {
+            let data: Vec<String> = (1..=40)
+                .map(|i| format!(r#""c{i}": "r{r} c{i} {}""#, "é\\\"".repeat(i % 3)))
+                .collect();
+            format!(
+                r#"{{"op":"I","pk":{{"id":{r}}},"data":{{{}}},"version":1}}"#,
+                data.join(", ")
+            )
+        })
+        .collect();
+    let batch = format!("[{}]", changes.join(","));
+    let got = apply(&mut c, "wide", &batch, "peer");
+    assert_eq!(got.len(), 300);
+    assert!(got.iter().all(|g| g.0 == "NEW_RECORD"), "{:?}", &got[..3]);
+    let differing: i64 = c
+        .query_one(
+            "SELECT count(*) FROM jsonb_array_elements($1::text::jsonb) AS x(e)
+               LEFT JOIN wide w ON w.id = (x.e -> 'pk' ->> 'id')::int
+              WHERE w.id IS NULL
+                 OR to_jsonb(w) - '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[]
+                    <> to_jsonb(jsonb_populate_record(NULL::wide, (x.e -> 'data') || (x.e -> 'pk')))
+                    - '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[]",
+            &[&batch],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(differing, 0);
+}

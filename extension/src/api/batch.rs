@@ -40,27 +40,6 @@ const JB_FARRAY: u32 = 0x4000_0000;
 const JB_CMASK: u32 = 0x0FFF_FFFF;
 
 impl J {
-    unsafe fn from_value(v: &pg_sys::JsonbValue) -> J {
-        unsafe {
-            match v.type_ {
-                pg_sys::jbvType::jbvBool => J::Bool(v.val.boolean),
-                pg_sys::jbvType::jbvNumeric => J::Num(v.val.numeric),
-                pg_sys::jbvType::jbvString => {
-                    J::Str(v.val.string.val as *const u8, v.val.string.len as usize)
-                }
-                pg_sys::jbvType::jbvBinary => {
-                    let c = v.val.binary.data;
-                    if (*c).header & JB_FOBJECT != 0 {
-                        J::Obj(c)
-                    } else {
-                        J::Arr(c)
-                    }
-                }
-                _ => J::Null,
-            }
-        }
-    }
-
     fn str_bytes<'a>(self) -> Option<&'a [u8]> {
         match self {
             // SAFETY: points into the batch's jsonb, valid for the call.
@@ -134,34 +113,74 @@ fn push_numeric(n: pg_sys::Numeric, out: &mut Vec<u8>) {
 
 /// The members of an object (key, value) or the elements of an array
 /// (empty key, value), nested containers left unopened.
-unsafe fn members<'a>(c: *mut pg_sys::JsonbContainer) -> Vec<(&'a [u8], J)> {
-    let mut out = Vec::new();
-    unsafe {
-        let mut it = pg_sys::JsonbIteratorInit(c);
-        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
-        let mut key: &[u8] = &[];
-        loop {
-            match pg_sys::JsonbIteratorNext(&mut it, &mut v, true) {
-                pg_sys::JsonbIteratorToken::WJB_KEY => {
-                    key = J::from_value(&v).str_bytes().unwrap_or_default();
-                }
-                pg_sys::JsonbIteratorToken::WJB_VALUE => out.push((key, J::from_value(&v))),
-                pg_sys::JsonbIteratorToken::WJB_ELEM => out.push((&[][..], J::from_value(&v))),
-                pg_sys::JsonbIteratorToken::WJB_DONE => break,
-                _ => {}
-            }
-        }
-    }
-    out
-}
+// The jsonb container layout (utils/jsonb.h), which is PostgreSQL's
+// on-disk format: a header (count and kind), one JEntry per key and value
+// (keys first in an object), then their data. Read here directly: going
+// through JsonbIteratorNext crossed the FFI guard for every member.
+const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
+const JENTRY_TYPEMASK: u32 = 0x7000_0000;
+const JENTRY_HAS_OFF: u32 = 0x8000_0000;
+const JENTRY_ISSTRING: u32 = 0x0000_0000;
+const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
+const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
+const JENTRY_ISNULL: u32 = 0x4000_0000;
 
-/// A member of an object, found by key (binary search, no iterator).
-unsafe fn lookup(c: *mut pg_sys::JsonbContainer, key: &str) -> Option<J> {
+/// The members of an object (key, value) or the elements of an array
+/// (empty key, value), nested containers left unopened.
+unsafe fn members<'a>(c: *mut pg_sys::JsonbContainer) -> Vec<(&'a [u8], J)> {
     unsafe {
-        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
-        let found =
-            pg_sys::getKeyJsonValueFromContainer(c, key.as_ptr().cast(), key.len() as i32, &mut v);
-        (!found.is_null()).then(|| J::from_value(&v))
+        let header = (*c).header;
+        let count = (header & JB_CMASK) as usize;
+        let object = header & JB_FOBJECT != 0;
+        let entries = if object { 2 * count } else { count };
+        let children = (c as *const u8).add(std::mem::size_of::<u32>()) as *const u32;
+        let base = children.add(entries) as *const u8;
+        // Each entry's data: [start, end) from base, and its type.
+        let mut spans: Vec<(usize, usize, u32)> = Vec::with_capacity(entries);
+        let mut off = 0usize;
+        for i in 0..entries {
+            let je = children.add(i).read_unaligned();
+            let field = (je & JENTRY_OFFLENMASK) as usize;
+            let end = if je & JENTRY_HAS_OFF != 0 {
+                field
+            } else {
+                off + field
+            };
+            spans.push((off, end, je & JENTRY_TYPEMASK));
+            off = end;
+        }
+        let value = |(start, end, kind): (usize, usize, u32)| -> J {
+            let aligned = (start + 3) & !3;
+            match kind {
+                JENTRY_ISSTRING => J::Str(base.add(start), end - start),
+                JENTRY_ISNUMERIC => J::Num(base.add(aligned) as pg_sys::Numeric),
+                JENTRY_ISBOOL_FALSE => J::Bool(false),
+                JENTRY_ISBOOL_TRUE => J::Bool(true),
+                JENTRY_ISNULL => J::Null,
+                _ => {
+                    let inner = base.add(aligned) as *mut pg_sys::JsonbContainer;
+                    if (*inner).header & JB_FOBJECT != 0 {
+                        J::Obj(inner)
+                    } else {
+                        J::Arr(inner)
+                    }
+                }
+            }
+        };
+        if object {
+            (0..count)
+                .map(|i| {
+                    let (ks, ke, _) = spans[i];
+                    (
+                        std::slice::from_raw_parts(base.add(ks), ke - ks),
+                        value(spans[count + i]),
+                    )
+                })
+                .collect()
+        } else {
+            spans.into_iter().map(|sp| (&[][..], value(sp))).collect()
+        }
     }
 }
 
@@ -439,7 +458,8 @@ fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
     let J::Obj(c) = elem else {
         return Err("it is not a JSON object".into());
     };
-    let get = |k: &str| unsafe { lookup(c, k) };
+    let m = unsafe { members(c) };
+    let get = |k: &str| m.iter().find(|(n, _)| *n == k.as_bytes()).map(|(_, v)| *v);
     let op = match get("op").and_then(|o| o.str_bytes()) {
         Some(b"I") => Op::Insert,
         Some(b"U") => Op::Update,
@@ -456,9 +476,16 @@ fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
     };
     // Exactly the key columns: as many members, each found by name.
     let count = unsafe { (*pkc).header } & JB_CMASK;
+    let pk_members = unsafe { members(pkc) };
     let pk: Vec<(usize, J)> = if count as usize == t.pk.len() {
         t.pk.iter()
-            .map_while(|i| unsafe { lookup(pkc, &t.columns[*i].name) }.map(|v| (*i, v)))
+            .map_while(|i| {
+                let name = t.columns[*i].name.as_bytes();
+                pk_members
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*i, *v))
+            })
             .collect()
     } else {
         Vec::new()
