@@ -77,9 +77,13 @@ COMMENT ON VIEW sync_conflicts IS 'Open and resolved conflicts of the tables you
 
 -- The table must be tracked: checked here, in SQL, so that the error keeps
 -- its own SQLSTATE (TB003). The outcomes come in the batch's order.
+-- work_mem for the call only: the engine's hash joins and the outcome rows
+-- of a large batch stay in memory instead of spilling to temporary files
+-- (ALTER FUNCTION sync_apply(regclass, jsonb, text) SET work_mem = ... to change it).
 CREATE FUNCTION sync_apply(tbl regclass, changes jsonb, origin text)
 RETURNS TABLE (pk jsonb, outcome text, row_version bigint, conflict_id bigint, detail text)
 LANGUAGE sql VOLATILE
+SET work_mem = '64MB'
 AS $$
     SELECT a.pk, a.outcome, a.row_version, a.conflict_id, a.detail
       FROM tributary._apply((tributary._tracked(tbl)).relid::regclass, changes, origin) AS a
