@@ -3,16 +3,20 @@
 //!
 //! ```text
 //!  lock the table's apply lock (one applier per table at a time)
-//!  load, for every key in the batch:  the live row (FOR UPDATE) + its tombstone
+//!  number the batch's keys by first appearance (state lives in vectors)
+//!  load, for every key:  the live row (FOR UPDATE, with its ctid) + its tombstone
 //!  decide every change in order, in memory  (resolver.rs; duplicates of a key
 //!                                            see each other's effect)
-//!  write set-based, in apply mode:  upsert live rows, delete killed rows,
-//!                                   upsert tombstones, insert conflicts
+//!  write set-based, in batch order, stamped by the engine (apply mode):
+//!    INSERT new keys (in a subtransaction: a key inserted meanwhile is 40001),
+//!    UPDATE the locked rows by ctid, delete killed rows, upsert tombstones,
+//!    insert conflicts
 //!  return one outcome per change
 //! ```
 //!
-//! Values travel as PostgreSQL's own JSON text (`jsonb::text`), never
-//! re-serialised in Rust, so the tie-break compares what the table stores.
+//! Values are compared as canonical JSON text (what `row_json` prints), and
+//! travel to the writing statements as their input text, one text array per
+//! column, cast by the statement.
 
 use crate::api::batch;
 use crate::api::trigger::ApplyMode;
