@@ -1053,3 +1053,50 @@ fn a_large_batch_of_wide_rows_is_read_exactly() {
         .get(0);
     assert_eq!(differing, 0);
 }
+
+/// An error while writing (here a NOT NULL column the change leaves out)
+/// leaves nothing applied, also when the caller catches it in a PL/pgSQL
+/// exception block and goes on in the same transaction.
+#[test]
+fn a_write_error_caught_by_the_caller_leaves_nothing_applied() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE strict_t (id int PRIMARY KEY, must text NOT NULL, other text);
+         SELECT sync_track('strict_t');",
+    )
+    .unwrap();
+    let e = db_error(
+        c.query(
+            "SELECT * FROM sync_apply('strict_t', $1::text::jsonb, 'peer')",
+            &[&r#"[{"op":"I","pk":{"id":1},"data":{"other":"x"},"version":1}]"#],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, "23502", "{e:?}");
+    c.batch_execute(
+        r#"DO $$
+           BEGIN
+             BEGIN
+               PERFORM * FROM sync_apply('strict_t',
+                 '[{"op":"I","pk":{"id":2},"data":{"must":"m"},"version":1},
+                   {"op":"I","pk":{"id":3},"data":{"other":"x"},"version":1}]', 'peer');
+             EXCEPTION WHEN not_null_violation THEN
+               INSERT INTO strict_t (id, must) VALUES (9, 'after the error');
+             END;
+           END $$;"#,
+    )
+    .unwrap();
+    let rows: String = c
+        .query_one(
+            "SELECT coalesce(string_agg(id || ':' || must, ',' ORDER BY id), '') FROM strict_t",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows, "9:after the error",
+        "the batch left nothing; the caller went on"
+    );
+}
