@@ -77,14 +77,24 @@ fn streams_a_committed_change_and_confirms_it() {
         assert!(got_keepalive);
         (stream, end)
     });
-    // The status was applied: the slot's confirmed position moved.
-    let confirmed: String = c
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'w1'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    // The status was applied: the slot's confirmed position moved. The
+    // walsender reads the status between its own sends, so a keepalive can
+    // arrive before it has: wait for the position rather than read it once.
+    let mut confirmed = String::new();
+    tributary_e2e::worker::wait_until(
+        std::time::Duration::from_secs(10),
+        "the slot's confirmed position",
+        || {
+            confirmed = c
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'w1'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            confirmed.parse::<Lsn>().unwrap() >= end
+        },
+    );
     assert!(
         confirmed.parse::<Lsn>().unwrap() >= end,
         "confirmed {confirmed}, sent {end}"
