@@ -140,8 +140,11 @@ fn changes_reach_the_queue_whole_in_commit_order_with_typed_values() {
     // The worker is not a superuser, and /healthz says it streams.
     let st = w.sigterm(T);
     assert!(st.success(), "SIGTERM exits 0:\n{}", w.log_text());
-    // Its progress is stored, and the slot confirmed up to it.
-    let (progress, confirmed): (String, String) = {
+    // Its progress is stored, and the slot confirmed up to it. The last
+    // status reaches the walsender as the worker exits, and the walsender
+    // applies it in its own time: wait for it rather than read it once.
+    let mut last = (String::new(), String::new());
+    wait_until(T, "the slot to confirm the queue's progress", || {
         let r = c
             .query_one(
                 "SELECT p.lsn::text, s.confirmed_flush_lsn::text
@@ -150,10 +153,13 @@ fn changes_reach_the_queue_whole_in_commit_order_with_typed_values() {
                 &[],
             )
             .unwrap();
-        (r.get(0), r.get(1))
-    };
+        last = (r.get(0), r.get(1));
+        let (p, s): (tributary_worker::lsn::Lsn, tributary_worker::lsn::Lsn) =
+            (last.0.parse().unwrap(), last.1.parse().unwrap());
+        s >= p
+    });
     let (p, s): (tributary_worker::lsn::Lsn, tributary_worker::lsn::Lsn) =
-        (progress.parse().unwrap(), confirmed.parse().unwrap());
+        (last.0.parse().unwrap(), last.1.parse().unwrap());
     assert!(s >= p, "slot confirmed {s} below the queue's progress {p}");
 }
 
