@@ -27,8 +27,8 @@ fi
 # cargo pgrx test installed its test build; put the release build back.
 ./scripts/setup.sh >/dev/null
 
-say "worker: unit and property tests"
-cargo test -p tributary-worker 2>&1 | tee -a "$LOG"
+say "core, SQLite peer file and worker: unit and property tests"
+cargo test -p tributary-core -p tributary-sqlite -p tributary-worker 2>&1 | tee -a "$LOG"
 
 say "end-to-end tests and pg_regress (throwaway clusters)"
 cargo test -p tributary-e2e -- --test-threads=2 2>&1 | tee -a "$LOG"

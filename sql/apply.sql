@@ -1,7 +1,7 @@
 -- The in-database resolver: sync_apply, peers and conflicts.
--- The engine is Rust (tributary._apply, extension/src/api/apply.rs): it
--- checks and types the batch (extension/src/api/batch.rs), decides
--- (extension/src/resolver.rs) and writes; this file holds the SQL API.
+-- The engine is Rust (tributary._apply, extension/src/api/apply.rs, running
+-- extension/src/engine/): it checks and types the batch (engine/batch.rs),
+-- decides (core/src/resolver.rs) and writes; this file holds the SQL API.
 
 CREATE FUNCTION sync_set_peer(name text, priority integer) RETURNS void
 LANGUAGE plpgsql VOLATILE

@@ -18,9 +18,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
-pub mod colvers;
-pub mod jsontext;
-pub mod resolver;
+mod engine;
 
 // Order of the install script: schema and tables first, then the Rust
 // functions pgrx generates, then the SQL API that refers to them.

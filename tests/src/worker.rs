@@ -32,6 +32,9 @@ pub fn worker_bin() -> PathBuf {
             "tributary-worker",
             "--bin",
             "tributary-worker",
+            // The fault tests' crash points.
+            "--features",
+            "failpoints",
         ]);
         if profile == "release" {
             c.arg("--release");

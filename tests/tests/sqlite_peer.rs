@@ -966,3 +966,181 @@ fn the_loser_of_a_priority_conflict_receives_the_winner() {
         "the loser gets the winner's value back"
     );
 }
+
+/// Runs `f` with a worker serving a SQLite peer edge1 (pulling every
+/// 50 ms) and a queue `audit`, both taking `items`, once edge1 is copied.
+fn with_peer_and_queue(f: impl FnOnce(&mut Client, &mut WorkerProc, &Path)) {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let dests = format!(
+        "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.items\"]\n",
+        sqlite_dest("edge1", &path).replace("tables =", "pull_interval_ms = 50\ntables =")
+    );
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
+    caught_up(&mut w, &mut c, &path);
+    f(&mut c, &mut w, &path);
+}
+
+#[test]
+fn a_pull_blocked_by_the_apps_write_lock_leaves_the_worker_and_the_queue_going() {
+    with_peer_and_queue(|c, w, path| {
+        let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
+        // The app edits, then holds the write lock past the busy timeout: the
+        // pull cannot clear what it sent, the push cannot write.
+        let app = lite(path);
+        app.execute_batch(
+            "INSERT INTO items (id, v) VALUES (1, 'from edge1');
+         BEGIN IMMEDIATE; CREATE TABLE app_scratch (x int);",
+        )
+        .unwrap();
+        assert_eq!(outbox_len(path), 1);
+        for i in 10..13 {
+            c.batch_execute(&format!("INSERT INTO items (id, v) VALUES ({i}, 'hub')"))
+                .unwrap();
+        }
+        w.until(
+            T,
+            "the queue to keep receiving while edge1 is locked",
+            || queued(c) >= 3,
+        );
+        // Past the busy timeout, with the pull failing at least once.
+        let log = w.log.clone();
+        w.until(T, "the pull to fail on the lock", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("pull failed: this peer's pull waits")
+        });
+        c.batch_execute("INSERT INTO items (id, v) VALUES (13, 'hub')")
+            .unwrap();
+        w.until(T, "the queue to go on", || queued(c) >= 4);
+        assert!(w.running(), "the worker keeps running:\n{}", w.log_text());
+        app.execute_batch("ROLLBACK").unwrap();
+        drop(app);
+        w.until(T, "edge1's edit at the hub and its outbox cleared", || {
+            outbox_len(path) == 0
+                && scalar(c, "SELECT count(*) FROM items WHERE v = 'from edge1'") == 1
+        });
+        caught_up(w, c, path);
+        assert_eq!(peer_items(path), hub_items(c));
+        assert!(w.running());
+    });
+}
+
+#[test]
+fn an_outbox_value_the_pull_cannot_read_stops_only_that_pull_until_it_is_fixed() {
+    with_peer_and_queue(|c, w, path| {
+        // An app (or a bad tool) leaves an outbox row whose base revision is
+        // not a number.
+        lite(path)
+            .execute_batch(
+                "BEGIN;
+             INSERT INTO items (id, v) VALUES (1, 'from edge1');
+             UPDATE _tributary_outbox SET base = 'not a number';
+             COMMIT;",
+            )
+            .unwrap();
+        let log = w.log.clone();
+        w.until(T, "the pull to fail on the value", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("pull failed: this peer's pull waits")
+        });
+        // The push side of edge1 and the queue go on.
+        c.batch_execute("INSERT INTO items (id, v) VALUES (2, 'hub two')")
+            .unwrap();
+        caught_up(w, c, path);
+        assert_eq!(scalar(c, "SELECT count(*) FROM tributary.queue_audit"), 1);
+        assert!(
+            peer_items(path).contains(&(2, "hub two".to_string())),
+            "edge1 still receives"
+        );
+        assert_eq!(scalar(c, "SELECT count(*) FROM items WHERE id = 1"), 0);
+        assert!(w.running(), "the worker keeps running:\n{}", w.log_text());
+        // Fixed: the edit goes through, and everything converges.
+        lite(path)
+            .execute_batch("UPDATE _tributary_outbox SET base = NULL")
+            .unwrap();
+        w.until(T, "edge1's edit at the hub", || {
+            scalar(c, "SELECT count(*) FROM items WHERE v = 'from edge1'") == 1
+        });
+        w.until(T, "the outbox cleared", || outbox_len(path) == 0);
+        caught_up(w, c, path);
+        assert_eq!(peer_items(path), hub_items(c));
+        assert_eq!(
+            scalar(c, "SELECT count(*) FROM tributary.queue_audit"),
+            2,
+            "the queue got the hub's row and edge1's, once each"
+        );
+        assert!(w.running());
+    });
+}
+
+#[test]
+fn a_200_byte_origin_goes_through_sync_apply_the_stream_and_a_sqlite_peer() {
+    with_peer_and_queue(|c, w, path| {
+        let origin = format!("peer-{}", "é".repeat(50)) + &"o".repeat(95);
+        assert_eq!(origin.len(), 200);
+        let applied: Vec<String> = c
+            .query(
+                r#"SELECT outcome FROM sync_apply('items',
+                 '[{"op":"I","pk":{"id":1},"data":{"id":1,"v":"long"},"version":1},
+                   {"op":"I","pk":{"id":2},"data":{"id":2,"v":"two"},"version":1}]', $1)"#,
+                &[&origin],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(applied, vec!["NEW_RECORD", "NEW_RECORD"]);
+        // A local session under the same origin, and a second change of that
+        // key (its column stamps are read back).
+        c.batch_execute(&format!(
+        "SET tributary.origin = '{origin}'; UPDATE items SET v = 'longer' WHERE id = 1; RESET tributary.origin;"
+    ))
+    .unwrap();
+        let outcome: String = c
+            .query_one(
+                r#"SELECT outcome FROM sync_apply('items',
+                 '[{"op":"U","pk":{"id":2},"data":{"id":2,"v":"two!"},"version":2}]', $1)"#,
+                &[&origin],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(outcome, "VERSION_WIN");
+        let origins: Vec<Option<String>> = c
+        .query(
+            "SELECT origin FROM sync_changes_since(0) WHERE tbl = 'items'::regclass ORDER BY pk->>'id'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        assert_eq!(origins, vec![Some(origin.clone()), Some(origin.clone())]);
+        caught_up(w, c, path);
+        assert_eq!(
+            peer_items(path),
+            vec![(1, "longer".to_string()), (2, "two!".to_string())]
+        );
+        let queued = scalar(
+            c,
+            &format!("SELECT count(*) FROM tributary.queue_audit WHERE origin = '{origin}'"),
+        );
+        assert_eq!(queued, 4, "the stream carries the origin whole");
+        // The peer edits the row the long origin wrote; the hub resolves it.
+        lite(path)
+            .execute("UPDATE items SET v = 'edge1 wins' WHERE id = 1", [])
+            .unwrap();
+        w.until(T, "edge1's edit at the hub", || {
+            scalar(c, "SELECT count(*) FROM items WHERE v = 'edge1 wins'") == 1
+        });
+        caught_up(w, c, path);
+        assert_eq!(peer_items(path), hub_items(c));
+        assert!(w.running());
+    });
+}

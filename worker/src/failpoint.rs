@@ -3,24 +3,38 @@
 //! point is reached. Unset, a check is one relaxed atomic load.
 //!
 //! Points: `queue.before_commit` (rows written, destination transaction
-//! still open), `queue.after_commit` (committed, slot not yet confirmed).
+//! still open), `queue.after_commit` (committed, slot not yet confirmed),
+//! `sqlite.after_commit`, `pull.before_hub_commit`, `pull.after_hub_commit`.
+//!
+//! Only a build with the `failpoints` feature has them (the end-to-end
+//! tests build the worker so); otherwise [`hit`] is empty.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
 
-static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
-static HITS: AtomicU64 = AtomicU64::new(0);
+#[cfg(feature = "failpoints")]
+pub use armed::hit;
 
-pub fn hit(name: &str) {
-    let armed = ARMED.get_or_init(|| {
-        let v = std::env::var("TRIBUTARY_FAILPOINT").ok()?;
-        let (n, count) = v.split_once(':')?;
-        Some((n.to_string(), count.parse().ok()?))
-    });
-    if let Some((n, count)) = armed {
-        if n == name && HITS.fetch_add(1, Relaxed) + 1 == *count {
-            eprintln!("tributary-worker: failpoint {name} reached: aborting");
-            std::process::abort();
+#[cfg(feature = "failpoints")]
+mod armed {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::OnceLock;
+
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn hit(name: &str) {
+        let armed = ARMED.get_or_init(|| {
+            let v = std::env::var("TRIBUTARY_FAILPOINT").ok()?;
+            let (n, count) = v.split_once(':')?;
+            Some((n.to_string(), count.parse().ok()?))
+        });
+        if let Some((n, count)) = armed {
+            if n == name && HITS.fetch_add(1, Relaxed) + 1 == *count {
+                eprintln!("tributary-worker: failpoint {name} reached: aborting");
+                std::process::abort();
+            }
         }
     }
 }

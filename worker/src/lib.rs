@@ -3,30 +3,33 @@
 //! peers' own changes back through the hub's resolver.
 //!
 //! ```text
-//!  slot ──source──> pgoutput ──transaction──> router ──> sink::queue  ──> tributary.queue_<name>
-//!   ^  (replication     (decode)   (whole txns,   (tables,   sink::sqlite ──> peer.db
+//!  slot ──source──> pgoutput ──transaction──> router ──> sink::drive(queue)  ──> tributary.queue_<name>
+//!   ^  (replication     (decode)   (whole txns,   (tables,   sink::drive(sqlite) ──> peer.db (tributary-sqlite)
 //!   |   protocol)                   spill)         no echo)      (data + progress, one transaction)
-//!   └──────── standby status: confirmed = min(durable progress) ── pipeline
+//!   └──────── standby status: confirmed = min(durable progress) ── pipeline (session: open, stream, close)
 //!
-//!  peer.db _tributary_outbox ──inbound──> sync_apply(origin => peer) ──> write-back via the stream
+//!  peer.db _tributary_outbox ──pull──> sync_apply(origin => peer) ──> write-back via the stream
 //!  new peer: snapshot (exported snapshot of a temporary slot) ──> sink::sqlite
+//!  any error ──> error::Cause ──> Retry | Detach | Stop          (error.rs: the one policy)
 //! ```
 //!
 //! `pipeline::run(config, metrics, shutdown)` is the whole worker; the
 //! binary adds the CLI, logging, signals and the HTTP endpoints (`http`).
+//! The modules the binary and the tests use are public; the rest is
+//! private to the crate.
 
 pub mod config;
 pub mod error;
-pub mod failpoint;
+mod failpoint;
 pub mod http;
-pub mod inbound;
+mod hub;
 pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
-pub mod router;
-pub mod sink;
-pub mod snapshot;
+mod pull;
+mod router;
+mod sink;
+mod snapshot;
 pub mod source;
 pub mod transaction;
-pub mod value;

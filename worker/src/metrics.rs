@@ -32,6 +32,8 @@ pub struct DestinationMetrics {
     pub applied: AtomicU64,
     /// Peer changes sent to the hub (pull).
     pub pulled: AtomicU64,
+    /// The peer's pull failed and waits to be retried.
+    pub pull_failing: AtomicBool,
     /// Initial copy progress.
     pub snapshot_rows: AtomicU64,
     pub snapshot_tables: AtomicU64,
@@ -74,132 +76,24 @@ impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let wal_end = self.server_wal_end.load(Relaxed);
-        let now = pg_now_micros();
-        let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+        let now = Now {
+            wal_end: self.server_wal_end.load(Relaxed),
+            micros: pg_now_micros(),
+        };
+        for (name, help, kind, value) in DESTINATION_FAMILIES {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(s, "{name}{labels} {v}");
+            for d in &self.destinations {
+                let labels = format!("destination=\"{}\",kind=\"{}\"", escape(&d.name), d.kind);
+                let _ = writeln!(s, "{name}{{{labels}}} {}", value(d, &now));
             }
-        };
-        let per = |f: &dyn Fn(&DestinationMetrics) -> f64| -> Vec<(String, f64)> {
-            self.destinations
-                .iter()
-                .map(|d| {
-                    (
-                        format!(
-                            "{{destination=\"{}\",kind=\"{}\"}}",
-                            escape(&d.name),
-                            d.kind
-                        ),
-                        f(d),
-                    )
-                })
-                .collect()
-        };
-        family(
-            "tributary_destination_lag_bytes",
-            "WAL bytes between the server's end and what the destination has durably applied.",
-            "gauge",
-            per(&|d| wal_end.saturating_sub(d.durable_lsn.load(Relaxed)) as f64),
-        );
-        family(
-            "tributary_destination_lag_seconds",
-            "Age of the last source commit the destination applied, while it is behind; 0 when caught up.",
-            "gauge",
-            per(&|d| {
-                let t = d.applied_commit_time.load(Relaxed);
-                if t == 0 || d.durable_lsn.load(Relaxed) >= wal_end {
-                    0.0
-                } else {
-                    (now - t).max(0) as f64 / 1e6
-                }
-            }),
-        );
-        family(
-            "tributary_destination_rows_total",
-            "Changes durably written to the destination.",
-            "counter",
-            per(&|d| d.rows.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_destination_transactions_total",
-            "Source transactions durably applied by the destination.",
-            "counter",
-            per(&|d| d.transactions.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_destination_errors_total",
-            "Errors writing to the destination.",
-            "counter",
-            per(&|d| d.errors.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_destination_applied_total",
-            "Changes that altered a SQLite peer (writes equal to what it holds excluded).",
-            "counter",
-            per(&|d| d.applied.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_destination_pulled_total",
-            "A peer's own changes sent to the hub through sync_apply.",
-            "counter",
-            per(&|d| d.pulled.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_snapshot_rows_total",
-            "Rows sent to the destination by its initial copy.",
-            "counter",
-            per(&|d| d.snapshot_rows.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_snapshot_tables_total",
-            "Tables the destination's initial copy has finished.",
-            "counter",
-            per(&|d| d.snapshot_tables.load(Relaxed) as f64),
-        );
-        family(
-            "tributary_retained_wal_bytes",
-            "WAL the server keeps for the slot (current WAL position - the slot's restart_lsn).",
-            "gauge",
-            vec![(String::new(), self.retained_wal.load(Relaxed) as f64)],
-        );
-        family(
-            "tributary_unconfirmed_bytes",
-            "WAL the server sent beyond what the slot is confirmed up to.",
-            "gauge",
-            vec![(
-                String::new(),
-                wal_end.saturating_sub(self.confirmed_lsn.load(Relaxed)) as f64,
-            )],
-        );
-        family(
-            "tributary_confirmed_lsn",
-            "Position the slot is confirmed up to.",
-            "gauge",
-            vec![(String::new(), self.confirmed_lsn.load(Relaxed) as f64)],
-        );
-        family(
-            "tributary_received_bytes_total",
-            "pgoutput bytes received from the slot.",
-            "counter",
-            vec![(String::new(), self.received_bytes.load(Relaxed) as f64)],
-        );
-        family(
-            "tributary_source_connected",
-            "1 while streaming from the slot.",
-            "gauge",
-            vec![(
-                String::new(),
-                f64::from(u8::from(self.connected.load(Relaxed))),
-            )],
-        );
-        family(
-            "tributary_errors_total",
-            "Errors that restarted the pipeline.",
-            "counter",
-            vec![(String::new(), self.errors.load(Relaxed) as f64)],
-        );
+        }
+        for (name, help, kind, value) in GLOBAL_FAMILIES {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value(self, &now)
+            );
+        }
         s
     }
 
@@ -207,6 +101,130 @@ impl Metrics {
         Lsn(self.confirmed_lsn.load(Relaxed))
     }
 }
+
+/// What a rendering reads once: the server's WAL end and the time.
+struct Now {
+    wal_end: u64,
+    micros: i64,
+}
+
+type Family<T> = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&T, &Now) -> f64,
+);
+
+/// The per-destination families: name, help, type, value.
+const DESTINATION_FAMILIES: &[Family<DestinationMetrics>] = &[
+    (
+        "tributary_destination_lag_bytes",
+        "WAL bytes between the server's end and what the destination has durably applied.",
+        "gauge",
+        |d, now| now.wal_end.saturating_sub(d.durable_lsn.load(Relaxed)) as f64,
+    ),
+    (
+        "tributary_destination_lag_seconds",
+        "Age of the last source commit the destination applied, while it is behind; 0 when caught up.",
+        "gauge",
+        |d, now| {
+            let t = d.applied_commit_time.load(Relaxed);
+            if t == 0 || d.durable_lsn.load(Relaxed) >= now.wal_end {
+                0.0
+            } else {
+                (now.micros - t).max(0) as f64 / 1e6
+            }
+        },
+    ),
+    (
+        "tributary_destination_rows_total",
+        "Changes durably written to the destination.",
+        "counter",
+        |d, _| d.rows.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_destination_transactions_total",
+        "Source transactions durably applied by the destination.",
+        "counter",
+        |d, _| d.transactions.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_destination_errors_total",
+        "Errors writing to the destination.",
+        "counter",
+        |d, _| d.errors.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_destination_applied_total",
+        "Changes that altered a SQLite peer (writes equal to what it holds excluded).",
+        "counter",
+        |d, _| d.applied.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_destination_pulled_total",
+        "A peer's own changes sent to the hub through sync_apply.",
+        "counter",
+        |d, _| d.pulled.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_destination_pull_failing",
+        "1 while the peer's pull has failed and waits to be retried (its push goes on).",
+        "gauge",
+        |d, _| f64::from(u8::from(d.pull_failing.load(Relaxed))),
+    ),
+    (
+        "tributary_snapshot_rows_total",
+        "Rows sent to the destination by its initial copy.",
+        "counter",
+        |d, _| d.snapshot_rows.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_snapshot_tables_total",
+        "Tables the destination's initial copy has finished.",
+        "counter",
+        |d, _| d.snapshot_tables.load(Relaxed) as f64,
+    ),
+];
+
+/// The worker-wide families: name, help, type, value.
+const GLOBAL_FAMILIES: &[Family<Metrics>] = &[
+    (
+        "tributary_retained_wal_bytes",
+        "WAL the server keeps for the slot (current WAL position - the slot's restart_lsn).",
+        "gauge",
+        |m, _| m.retained_wal.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_unconfirmed_bytes",
+        "WAL the server sent beyond what the slot is confirmed up to.",
+        "gauge",
+        |m, now| now.wal_end.saturating_sub(m.confirmed_lsn.load(Relaxed)) as f64,
+    ),
+    (
+        "tributary_confirmed_lsn",
+        "Position the slot is confirmed up to.",
+        "gauge",
+        |m, _| m.confirmed_lsn.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_received_bytes_total",
+        "pgoutput bytes received from the slot.",
+        "counter",
+        |m, _| m.received_bytes.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_source_connected",
+        "1 while streaming from the slot.",
+        "gauge",
+        |m, _| f64::from(u8::from(m.connected.load(Relaxed))),
+    ),
+    (
+        "tributary_errors_total",
+        "Errors that restarted the pipeline.",
+        "counter",
+        |m, _| m.errors.load(Relaxed) as f64,
+    ),
+];
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")

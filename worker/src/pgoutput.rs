@@ -427,8 +427,10 @@ impl Decoder {
     }
 }
 
-/// Encodes a message as pgoutput does; used by tests and benches to feed
-/// the decoder, and to fuzz it by round trips.
+/// Encodes a message as pgoutput does; used by tests to feed the decoder,
+/// and to fuzz it by round trips. Test-only: built with the
+/// `test-support` feature (the worker's own tests enable it).
+#[cfg(any(test, feature = "test-support"))]
 pub fn encode(d: &Decoded) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(s.as_bytes());

@@ -25,13 +25,13 @@
 //!   sent, and `run` returns `Ok`.
 
 use crate::config::{Config, Kind};
-use crate::error::{Context, Error, ErrorKind};
+use crate::error::{Action, Cause, Context, Error};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::router::{Route, Router};
-use crate::sink::queue::{self, QueueSink};
+use crate::sink::queue::QueueSink;
 use crate::sink::sqlite::SqliteSink;
-use crate::sink::ToSink;
+use crate::sink::{self, Sink, ToSink};
 use crate::source::{ConnectOptions, Connection, Event, Stream};
 use crate::transaction::{Assembler, Change, Item};
 use std::sync::atomic::Ordering::Relaxed;
@@ -59,7 +59,7 @@ pub async fn run(
         let started = Instant::now();
         match session(&config, &metrics, &shutdown).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Definite => {
+            Err(e) if e.action() == Action::Stop => {
                 metrics.connected.store(false, Relaxed);
                 tracing::error!(error = %e, "stopping: this needs the operator");
                 return Err(e);
@@ -102,6 +102,7 @@ async fn prepare_slot(
         return Err(Error::Definite {
             message: format!("publication {:?} does not exist", config.source.publication),
             hint: "track a table (SELECT sync_track('t') creates \"tributary\"), or fix source.publication".into(),
+            cause: Cause::PublicationMissing,
         });
     }
     let row = client
@@ -121,12 +122,14 @@ async fn prepare_slot(
                     "slot {slot:?} exists but is not a pgoutput slot of this database"
                 ),
                 hint: "choose another source.slot name".into(),
+                cause: Cause::Config,
             });
         }
         if status == "lost" {
             return Err(Error::Definite {
                 message: format!("slot {slot:?} was invalidated: the WAL it needed is gone"),
                 hint: "changes were lost for every destination: drop the slot, DELETE FROM tributary.worker_progress WHERE slot = '<slot>', and resync the destinations in full".into(),
+                cause: Cause::SlotLost,
             });
         }
         let confirmed: Option<String> = r.get(3);
@@ -148,6 +151,7 @@ async fn prepare_slot(
                 "replication slot {slot:?} does not exist, but {known} destination(s) recorded progress on it"
             ),
             hint: "the slot was dropped and changes since may be lost; the worker never recreates it by itself. To start over: DELETE FROM tributary.worker_progress WHERE slot = '<slot>', then run again (and resync the destinations)".into(),
+            cause: Cause::SlotLost,
         });
     }
     let mut conn = Connection::connect(opts).await?;
@@ -172,16 +176,25 @@ struct Outlet {
     buffer: Vec<Arc<Change>>,
 }
 
-/// Whether a destination's error detaches it (the others go on) rather
-/// than restarting the session: a SQLite peer that is locked or missing.
-fn detaches(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Peer {
-            transient: true,
-            ..
-        }
-    )
+/// How a supervised task ended: its destination's index and result.
+type TaskEnd = (usize, Result<(), Error>);
+
+/// One session's destinations: their channels, and their tasks,
+/// supervised apart. A sink task ends only with an error (or when its
+/// channel closes at the end of the session); a pull task ends only when
+/// asked to, or with an error the policy stops for.
+struct Destinations {
+    outlets: Vec<Outlet>,
+    routes: Vec<Route>,
+    sinks: JoinSet<TaskEnd>,
+    pulls: JoinSet<TaskEnd>,
+    /// Detached peers being waited for: when one is back, the session
+    /// restarts so that it catches up from the slot.
+    probes: JoinSet<()>,
+    /// New peers, to be copied before the stream starts.
+    needs_copy: Vec<usize>,
+    /// Ends the pulls with the session.
+    stop_pull: CancellationToken,
 }
 
 /// Waits until a detached peer file can be opened and written again.
@@ -204,145 +217,240 @@ async fn probe(path: std::path::PathBuf, slot: String, name: String) {
     }
 }
 
+impl Destinations {
+    /// Opens every destination of the configuration, each with its task.
+    async fn open(
+        config: &Config,
+        metrics: &Metrics,
+        opts: &ConnectOptions,
+        admin: &tokio_postgres::Client,
+    ) -> Result<Destinations, Error> {
+        let mut d = Destinations {
+            outlets: Vec::new(),
+            routes: Vec::new(),
+            sinks: JoinSet::new(),
+            pulls: JoinSet::new(),
+            probes: JoinSet::new(),
+            needs_copy: Vec::new(),
+            stop_pull: CancellationToken::new(),
+        };
+        for (i, dest) in config.destinations.iter().enumerate() {
+            let m = metrics.destinations[i].clone();
+            let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+            let attached = match dest.kind {
+                Kind::Queue => {
+                    let sink =
+                        QueueSink::open(opts, &config.source.slot, &dest.name, m.clone()).await?;
+                    tracing::info!(destination = %dest.name, progress = %sink.progress(), "queue destination ready");
+                    d.sinks
+                        .spawn(async move { (i, sink::drive(sink, rx, m).await) });
+                    true
+                }
+                Kind::Sqlite => d.open_sqlite(config, i, opts, admin, m, rx).await?,
+            };
+            d.outlets.push(Outlet {
+                tx: attached.then_some(tx),
+                buffer: Vec::new(),
+            });
+            d.routes.push(Route {
+                name: dest.name.clone(),
+                tables: dest.tables.clone(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// A SQLite peer: its pull, and its sink unless the file is
+    /// unavailable (then it starts detached). Returns whether it is attached.
+    async fn open_sqlite(
+        &mut self,
+        config: &Config,
+        i: usize,
+        opts: &ConnectOptions,
+        admin: &tokio_postgres::Client,
+        m: Arc<crate::metrics::DestinationMetrics>,
+        rx: mpsc::Receiver<ToSink>,
+    ) -> Result<bool, Error> {
+        let dest = &config.destinations[i];
+        let path = sink::sqlite::path_of(dest);
+        let pull = crate::pull::supervise(
+            opts.clone(),
+            dest.name.clone(),
+            path.clone(),
+            Duration::from_millis(dest.pull_interval_ms.unwrap_or(200)),
+            m.clone(),
+            self.stop_pull.clone(),
+        );
+        self.pulls.spawn(async move { (i, pull.await) });
+        let mut sink = match SqliteSink::open(&path, &config.source.slot, &dest.name, m.clone()) {
+            Ok(sink) => sink,
+            Err(e) if e.action() == Action::Detach => {
+                tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
+                m.errors.fetch_add(1, Relaxed);
+                self.probes
+                    .spawn(probe(path, config.source.slot.clone(), dest.name.clone()));
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        if sink.progress() != Lsn(0) {
+            // A table it takes that it has no copy of (tracked after its
+            // copy), or whose copy is of an older tracking epoch (untracked
+            // and tracked again): the stream alone cannot bring it up to date.
+            let held = sink.copied_tables()?;
+            let wanted =
+                crate::snapshot::wanted_tables(admin, &config.source.publication, dest).await?;
+            if let Some((t, _)) = wanted.iter().find(|(t, e)| held.get(t) != Some(e)) {
+                tracing::warn!(destination = %dest.name, table = %t, "the peer's copy of this table is missing or of an older epoch: copying it anew");
+                sink.forget_position()?;
+            }
+        }
+        if sink.progress() == Lsn(0) {
+            self.needs_copy.push(i);
+        }
+        tracing::info!(destination = %dest.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
+        self.sinks
+            .spawn(async move { (i, sink::drive(sink, rx, m).await) });
+        Ok(true)
+    }
+
+    /// A sink task ended while the session streams. A peer the policy
+    /// detaches is set aside (and probed); anything else ends the session.
+    fn sink_ended(
+        &mut self,
+        done: Result<TaskEnd, tokio::task::JoinError>,
+        config: &Config,
+    ) -> Result<(), Error> {
+        let (i, r) = done.map_err(|j| Error::bug(format!("a destination task failed: {j}")))?;
+        let dest = &config.destinations[i];
+        match r {
+            Err(e) if e.action() == Action::Detach && self.outlets[i].tx.is_some() => {
+                tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
+                self.outlets[i].tx = None;
+                self.outlets[i].buffer.clear();
+                self.probes.spawn(probe(
+                    sink::sqlite::path_of(dest),
+                    config.source.slot.clone(),
+                    dest.name.clone(),
+                ));
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::bug(format!(
+                "destination {} stopped while its channel was open",
+                dest.name
+            ))),
+        }
+    }
+
+    /// A pull task ended while the session streams: only an error the
+    /// policy stops for ends a pull (see `pull::supervise`).
+    fn pull_ended(done: Result<TaskEnd, tokio::task::JoinError>) -> Result<(), Error> {
+        match done.map_err(|j| Error::bug(format!("a pull task failed: {j}")))? {
+            (_, Err(e)) => Err(e),
+            (_, Ok(())) => Ok(()),
+        }
+    }
+
+    /// Ends the session's tasks: the channels close (the sinks commit whole
+    /// transactions and roll back a half-received one), the pulls end
+    /// between rounds. Returns the first error a task reported.
+    async fn close(mut self) -> Option<Error> {
+        self.stop_pull.cancel();
+        self.outlets.clear();
+        self.probes.abort_all();
+        let mut first = None;
+        while let Some(done) = self.sinks.join_next().await {
+            if let Err(e) = done
+                .map_err(|j| Error::bug(format!("a destination task failed: {j}")))
+                .and_then(|(_, r)| r)
+            {
+                first.get_or_insert(e);
+            }
+        }
+        while let Some(done) = self.pulls.join_next().await {
+            if let Err(e) = Destinations::pull_ended(done) {
+                first.get_or_insert(e);
+            }
+        }
+        first
+    }
+}
+
+/// Polls what the slot retains on the server, for /metrics, while the
+/// session lasts.
+fn watch_slot(admin: tokio_postgres::Client, slot: String, metrics: Arc<Metrics>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            if let Ok(Some(r)) = admin
+                .query_opt(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
+                       FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+            {
+                if let Ok(Some(v)) = r.try_get::<_, Option<i64>>(0) {
+                    metrics.retained_wal.store(v.max(0) as u64, Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }))
+}
+
+/// One session: open (the slot, the destinations, the new peers' copies),
+/// stream until shutdown or an error, close.
 async fn session(
     config: &Config,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
+    // Open.
     let opts = ConnectOptions::from_url(&config.source.url, config.source.password.clone())?;
-    let admin = queue::connect(&opts, "tributary-worker").await?;
+    let admin = crate::hub::connect(&opts, "tributary-worker").await?;
     let slot_confirmed = prepare_slot(config, &opts, &admin).await?;
-
-    // Sinks, each on its own task and connection.
-    let mut tasks: JoinSet<(usize, Result<(), Error>)> = JoinSet::new();
-    // Detached peers being waited for: when one is back, the session
-    // restarts so that it catches up from the slot.
-    let mut probes: JoinSet<()> = JoinSet::new();
-    let mut outlets = Vec::new();
-    let mut routes = Vec::new();
-    let mut needs_copy = Vec::new();
-    // Ends the peers' pull loops with the session.
-    let stop_pull = CancellationToken::new();
-    let _stop_pull = stop_pull.clone().drop_guard();
-    for (i, d) in config.destinations.iter().enumerate() {
-        let m = metrics.destinations[i].clone();
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        match d.kind {
-            Kind::Queue => {
-                let sink = QueueSink::open(&opts, &config.source.slot, &d.name, m.clone()).await?;
-                tracing::info!(destination = %d.name, progress = %sink.progress(), "queue destination ready");
-                tasks.spawn(async move {
-                    let r = sink.run(rx).await;
-                    if r.is_err() {
-                        m.errors.fetch_add(1, Relaxed);
-                    }
-                    (i, r)
-                });
-            }
-            Kind::Sqlite => {
-                let path = std::path::PathBuf::from(d.path.clone().unwrap_or_default());
-                let pull = crate::inbound::run(
-                    opts.clone(),
-                    d.name.clone(),
-                    path.clone(),
-                    std::time::Duration::from_millis(d.pull_interval_ms.unwrap_or(200)),
-                    m.clone(),
-                    stop_pull.clone(),
-                );
-                tasks.spawn(async move { (i, pull.await) });
-                match SqliteSink::open(&path, &config.source.slot, &d.name, m.clone()) {
-                    Ok(mut sink) => {
-                        if sink.progress() != Lsn(0) {
-                            // A table it takes that it has no copy of (tracked
-                            // after its copy), or whose copy is of an older
-                            // tracking epoch (untracked and tracked again):
-                            // the stream alone cannot bring it up to date.
-                            let held = sink.copied_tables()?;
-                            let wanted = crate::snapshot::wanted_tables(
-                                &admin,
-                                &config.source.publication,
-                                d,
-                            )
-                            .await?;
-                            if let Some((t, _)) =
-                                wanted.iter().find(|(t, e)| held.get(t) != Some(e))
-                            {
-                                tracing::warn!(destination = %d.name, table = %t, "the peer's copy of this table is missing or of an older epoch: copying it anew");
-                                sink.forget_position()?;
-                            }
-                        }
-                        if sink.progress() == Lsn(0) {
-                            needs_copy.push(i);
-                        }
-                        tracing::info!(destination = %d.name, path = %path.display(), progress = %sink.progress(), "sqlite destination ready");
-                        tasks.spawn_blocking(move || {
-                            let r = sink.run(rx);
-                            if r.is_err() {
-                                m.errors.fetch_add(1, Relaxed);
-                            }
-                            (i, r)
-                        });
-                    }
-                    Err(e) if detaches(&e) => {
-                        tracing::warn!(destination = %d.name, error = %e, "peer unavailable: detached; the other destinations go on");
-                        m.errors.fetch_add(1, Relaxed);
-                        probes.spawn(probe(path, config.source.slot.clone(), d.name.clone()));
-                        outlets.push(Outlet {
-                            tx: None,
-                            buffer: Vec::new(),
-                        });
-                        routes.push(Route {
-                            name: d.name.clone(),
-                            tables: d.tables.clone(),
-                        });
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        outlets.push(Outlet {
-            tx: Some(tx),
-            buffer: Vec::new(),
-        });
-        routes.push(Route {
-            name: d.name.clone(),
-            tables: d.tables.clone(),
-        });
-    }
-    let router = Router::new(routes);
-
-    // What the slot retains on the server, for /metrics: polled on the
-    // ordinary connection while the session lasts.
-    let watch = {
-        let (metrics, slot) = (metrics.clone(), config.source.slot.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Ok(Some(r)) = admin
-                    .query_opt(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
-                           FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await
-                {
-                    if let Ok(Some(v)) = r.try_get::<_, Option<i64>>(0) {
-                        metrics.retained_wal.store(v.max(0) as u64, Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        })
+    let mut dests = Destinations::open(config, metrics, &opts, &admin).await?;
+    let _watch = watch_slot(admin, config.source.slot.clone(), metrics.clone());
+    let copied = copy_new_peers(config, metrics, &opts, &dests).await;
+    let streamed = match copied {
+        Ok(()) => stream(config, metrics, shutdown, &opts, slot_confirmed, &mut dests).await,
+        Err(e) => Err((e, None)),
     };
-    let _abort_watch = AbortOnDrop(watch);
+    // Close.
+    let (result, mut pipe) = match streamed {
+        Ok(pipe) => (Ok(()), Some(pipe)),
+        Err((e, pipe)) => (Err(e), pipe),
+    };
+    let task_error = dests.close().await;
+    metrics.connected.store(false, Relaxed);
+    match (result, task_error, pipe.as_mut()) {
+        (Ok(()), None, Some(pipe)) => {
+            // The final status: everything the sinks committed.
+            pipe.send_status(true).await?;
+            tracing::info!(confirmed = %metrics.confirmed(), "stopped");
+            Ok(())
+        }
+        (Ok(()), Some(e), _) | (Err(e), _, _) => Err(e),
+        (Ok(()), None, None) => Ok(()),
+    }
+}
 
-    // New peers get a consistent copy first, joined to the stream.
-    for i in needs_copy {
+/// New peers get a consistent copy first, joined to the stream.
+async fn copy_new_peers(
+    config: &Config,
+    metrics: &Metrics,
+    opts: &ConnectOptions,
+    dests: &Destinations,
+) -> Result<(), Error> {
+    for &i in &dests.needs_copy {
         let d = &config.destinations[i];
-        let Some(tx) = &outlets[i].tx else { continue };
+        let Some(tx) = &dests.outlets[i].tx else {
+            continue;
+        };
         tracing::info!(destination = %d.name, "initial copy");
         crate::snapshot::copy(
-            &opts,
+            opts,
             &config.source.publication,
             d,
             tx,
@@ -350,128 +458,52 @@ async fn session(
         )
         .await?;
     }
+    Ok(())
+}
 
-    let conn = Connection::connect(&opts).await?;
-    let mut stream = conn
+/// Streams from the slot until shutdown (then the transaction being
+/// received is finished first) or an error. Returns the pipe, for the
+/// final status.
+async fn stream(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    opts: &ConnectOptions,
+    slot_confirmed: Lsn,
+    dests: &mut Destinations,
+) -> Result<Pipe, (Error, Option<Pipe>)> {
+    let conn = Connection::connect(opts)
+        .await
+        .map_err(|e| (e.into(), None))?;
+    let stream = conn
         .start_replication(&config.source.slot, Lsn(0), &config.source.publication)
-        .await?;
+        .await
+        .map_err(|e| (e.into(), None))?;
     metrics.connected.store(true, Relaxed);
     metrics.confirmed_lsn.fetch_max(slot_confirmed.0, Relaxed);
     tracing::info!(slot = %config.source.slot, from = %slot_confirmed, "streaming");
-
     let mut pipe = Pipe {
+        stream,
         assembler: Assembler::new(std::env::temp_dir()),
-        router,
-        outlets,
+        router: Router::new(dests.routes.clone()),
+        outlets: std::mem::take(&mut dests.outlets),
         metrics: metrics.clone(),
         received: slot_confirmed,
         last_end: Lsn(0),
         floor: slot_confirmed,
         idle_end: slot_confirmed,
     };
-    let mut items = Vec::new();
-    let mut status = tokio::time::interval(STATUS_EVERY);
-    let mut stopping = false;
-    let result: Result<(), Error> = loop {
-        if stopping && !pipe.assembler.in_transaction() {
-            break Ok(());
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if !stopping => {
-                tracing::info!("shutdown requested: finishing the current transaction");
-                stopping = true;
-            }
-            Some(done) = tasks.join_next() => {
-                match done {
-                    Ok((i, Err(e))) if detaches(&e) && pipe.outlets[i].tx.is_some() => {
-                        let d = &config.destinations[i];
-                        tracing::warn!(destination = %d.name, error = %e, "peer unavailable: detached; the other destinations go on");
-                        pipe.outlets[i].tx = None;
-                        pipe.outlets[i].buffer.clear();
-                        probes.spawn(probe(
-                            std::path::PathBuf::from(d.path.clone().unwrap_or_default()),
-                            config.source.slot.clone(),
-                            d.name.clone(),
-                        ));
-                    }
-                    other => break Err(sink_ended(Some(other))),
-                }
-            }
-            Some(_) = probes.join_next() => {
-                break Err(Error::Peer {
-                    message: "a detached peer is reachable again: restarting the stream so that it catches up".into(),
-                    transient: true,
-                });
-            }
-            _ = status.tick() => {
-                if let Err(e) = pipe.send_status(&mut stream, false).await {
-                    break Err(e);
-                }
-            }
-            ev = stream.next() => {
-                let r = match ev {
-                    Ok(Event::XLogData { wal_start, wal_end, data }) => {
-                        pipe.on_data(wal_start, wal_end, &data, &mut items).await
-                    }
-                    Ok(Event::Keepalive { wal_end, reply }) => {
-                        pipe.on_keepalive(wal_end);
-                        if reply { pipe.send_status(&mut stream, false).await } else { Ok(()) }
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = r {
-                    break Err(e);
-                }
-            }
-        }
-    };
-    // Closing the channels ends the sinks: they commit whole transactions
-    // and roll back a half-received one. The pull loops end between rounds.
-    stop_pull.cancel();
-    let Pipe { outlets, .. } = &mut pipe;
-    outlets.clear();
-    let mut sink_error = None;
-    probes.abort_all();
-    while let Some(done) = tasks.join_next().await {
-        if let Ok((_, Err(e))) | Err(e) = done.map_err(|j| Error::Definite {
-            message: format!("a destination task failed: {j}"),
-            hint: "report this as a bug".into(),
-        }) {
-            sink_error.get_or_insert(e);
-        }
-    }
-    metrics.connected.store(false, Relaxed);
-    match (result, sink_error) {
-        (Ok(()), None) => {
-            // The final status: everything the sinks committed.
-            pipe.send_status(&mut stream, true).await?;
-            tracing::info!(confirmed = %metrics.confirmed(), "stopped");
-            Ok(())
-        }
-        (Ok(()), Some(e)) => Err(e),
-        (Err(e), _) => Err(e),
-    }
-}
-
-/// How a destination task ended: its index and result.
-type TaskEnd = Result<(usize, Result<(), Error>), tokio::task::JoinError>;
-
-fn sink_ended(done: Option<TaskEnd>) -> Error {
-    match done {
-        Some(Ok((_, Err(e)))) => e,
-        Some(Err(j)) => Error::Definite {
-            message: format!("a destination task failed: {j}"),
-            hint: "report this as a bug".into(),
-        },
-        _ => Error::Definite {
-            message: "a destination stopped unexpectedly".into(),
-            hint: "report this as a bug".into(),
-        },
+    let r = pipe.run(config, shutdown, dests).await;
+    // The sinks' channels close with the pipe's outlets, at close.
+    dests.outlets = std::mem::take(&mut pipe.outlets);
+    match r {
+        Ok(()) => Ok(pipe),
+        Err(e) => Err((e, Some(pipe))),
     }
 }
 
 struct Pipe {
+    stream: Stream,
     assembler: Assembler,
     router: Router,
     outlets: Vec<Outlet>,
@@ -488,6 +520,55 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// The session's loop: the stream, the status timer, and the
+    /// destinations' tasks, each supervised by its own rule.
+    async fn run(
+        &mut self,
+        config: &Config,
+        shutdown: &CancellationToken,
+        dests: &mut Destinations,
+    ) -> Result<(), Error> {
+        let mut items = Vec::new();
+        let mut status = tokio::time::interval(STATUS_EVERY);
+        let mut stopping = false;
+        loop {
+            if stopping && !self.assembler.in_transaction() {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !stopping => {
+                    tracing::info!("shutdown requested: finishing the current transaction");
+                    stopping = true;
+                }
+                Some(done) = dests.sinks.join_next() => {
+                    dests.outlets = std::mem::take(&mut self.outlets);
+                    let r = dests.sink_ended(done, config);
+                    self.outlets = std::mem::take(&mut dests.outlets);
+                    r?;
+                }
+                Some(done) = dests.pulls.join_next() => Destinations::pull_ended(done)?,
+                Some(_) = dests.probes.join_next() => {
+                    return Err(Error::Peer {
+                        message: "a detached peer is reachable again: restarting the stream so that it catches up".into(),
+                        cause: Cause::Connection,
+                    });
+                }
+                _ = status.tick() => self.send_status(false).await?,
+                ev = self.stream.next() => match ev? {
+                    Event::XLogData { wal_start, wal_end, data } => {
+                        self.on_data(wal_start, wal_end, &data, &mut items).await?
+                    }
+                    Event::Keepalive { wal_end, reply } => {
+                        self.on_keepalive(wal_end);
+                        if reply {
+                            self.send_status(false).await?;
+                        }
+                    }
+                },
+            }
+        }
+    }
     async fn on_data(
         &mut self,
         wal_start: Lsn,
@@ -598,11 +679,11 @@ impl Pipe {
         c.max(self.floor)
     }
 
-    async fn send_status(&mut self, stream: &mut Stream, final_: bool) -> Result<(), Error> {
+    async fn send_status(&mut self, final_: bool) -> Result<(), Error> {
         let c = self.confirmable();
         self.floor = c;
         self.metrics.confirmed_lsn.store(c.0, Relaxed);
-        stream.send_status(self.received, c, c, false).await?;
+        self.stream.send_status(self.received, c, c, false).await?;
         if final_ {
             tracing::debug!(confirmed = %c, "final status sent");
         }

@@ -38,6 +38,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == b'*')
 }
 
+#[derive(Clone, Debug)]
 pub struct Route {
     pub name: String,
     pub tables: Vec<String>,
@@ -50,18 +51,6 @@ pub struct Router {
 impl Router {
     pub fn new(routes: Vec<Route>) -> Router {
         Router { routes }
-    }
-
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| r.name.as_str())
     }
 
     /// Whether destination `i` takes `change`. Which tables a destination

@@ -30,9 +30,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use tributary_core::quote::ident;
 
 /// Copies every published table `dest` takes into its sink through `tx`,
 /// as one transaction ending at the returned consistent point.
@@ -43,34 +41,9 @@ pub async fn copy(
     tx: &mpsc::Sender<ToSink>,
     metrics: &DestinationMetrics,
 ) -> Result<Lsn, Error> {
-    let mut repl = Connection::connect(opts).await?;
-    let slot = format!("tributary_snap_{}", std::process::id());
-    let info = repl.create_slot_with(&slot, true, true).await?;
-    let snapshot = info.snapshot.ok_or_else(|| Error::Definite {
-        message: "the server exported no snapshot for the initial copy".into(),
-        hint: "report this as a bug".into(),
-    })?;
-    let client = crate::sink::queue::connect(opts, "tributary-worker snapshot").await?;
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-             SET TRANSACTION SNAPSHOT '{}';
-             SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';
-             SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3;",
-            snapshot.replace('\'', "''")
-        ))
-        .await
-        .context("initial copy: importing the snapshot")?;
-    // The snapshot is ours now: the exporting connection (and its
-    // temporary slot) can go.
-    drop(repl);
-    let send = |m: ToSink| async {
-        tx.send(m).await.map_err(|_| Error::Definite {
-            message: format!("destination {}: stopped during its initial copy", dest.name),
-            hint: "see its error above".into(),
-        })
-    };
-    send(ToSink::Begin {
+    let (client, at) = open_snapshot(opts).await?;
+    let out = Out { dest, tx, metrics };
+    out.send(ToSink::Begin {
         commit_lsn: Lsn(0),
         commit_time: crate::metrics::pg_now_micros(),
     })
@@ -89,104 +62,168 @@ pub async fn copy(
     let mut ord = 0u32;
     for t in tables {
         let (oid, schema, name): (i64, String, String) = (t.get(0), t.get(1), t.get(2));
-        if !dest
+        if dest
             .tables
             .iter()
             .any(|g| glob_match(g, &format!("{schema}.{name}")))
         {
-            continue;
+            copy_table(&client, &out, oid, &schema, &name, &mut ord).await?;
         }
-        let columns = hub_columns(&client, &format!("{}.{}", ident(&schema), ident(&name))).await?;
-        let select = format!(
-            "SELECT {} FROM ONLY {}.{}",
-            columns
-                .iter()
-                .map(|c| format!("{}::text", ident(&c.name)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            ident(&schema),
-            ident(&name)
-        );
-        let table = Arc::new(Table::new(Relation {
-            id: oid as u32,
-            namespace: schema.clone(),
-            name: name.clone(),
-            replica_identity: b'd',
-            columns,
-        }));
-        let epoch: Option<i64> = client
-            .query_opt(
-                "SELECT tracked_xid FROM tributary.tracked WHERE relid = $1::int8::oid AND active",
-                &[&oid],
-            )
-            .await
-            .context(format!("initial copy: tracking epoch of {schema}.{name}"))?
-            .map(|r| r.get(0));
-        send(ToSink::Prepare {
-            table: table.clone(),
-            epoch,
-        })
-        .await?;
-        let rows = client
-            .query_raw(&select, std::iter::empty::<i64>())
-            .await
-            .context(format!("initial copy: reading {schema}.{name}"))?;
-        tokio::pin!(rows);
-        let mut batch = Vec::with_capacity(1024);
-        let mut n = 0u64;
-        use futures_util::StreamExt;
-        while let Some(r) = rows.next().await {
-            let r = r.context(format!("initial copy: reading {schema}.{name}"))?;
-            let tuple = Tuple(
-                (0..r.len())
-                    .map(|i| match r.get::<_, Option<&str>>(i) {
-                        Some(s) => Value::Text(s.as_bytes().to_vec()),
-                        None => Value::Null,
-                    })
-                    .collect(),
-            );
-            let version = table.version_col().and_then(|i| match &tuple.0[i] {
-                Value::Text(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-                _ => None,
-            });
-            batch.push(Arc::new(Change {
-                table: table.clone(),
-                op: Op::Insert,
-                ord,
-                tuple: Some(tuple),
-                version,
-                origin: None,
-                only_for: None,
-            }));
-            ord = ord.wrapping_add(1);
-            n += 1;
-            if batch.len() == 1024 {
-                send(ToSink::Changes(std::mem::take(&mut batch))).await?;
-                metrics.snapshot_rows.fetch_add(1024, Relaxed);
-            }
-            if n.is_multiple_of(100_000) {
-                tracing::info!(destination = %dest.name, table = %table.display, rows = n, "initial copy in progress");
-            }
-        }
-        metrics.snapshot_rows.fetch_add(batch.len() as u64, Relaxed);
-        if !batch.is_empty() {
-            send(ToSink::Changes(batch)).await?;
-        }
-        metrics.snapshot_tables.fetch_add(1, Relaxed);
-        tracing::info!(destination = %dest.name, table = %table.display, rows = n, "initial copy: table done");
     }
     client
         .batch_execute("COMMIT")
         .await
         .context("initial copy: closing the snapshot")?;
-    send(ToSink::Commit {
-        end_lsn: info.consistent_point,
-    })
-    .await?;
-    tracing::info!(destination = %dest.name, at = %info.consistent_point,
+    out.send(ToSink::Commit { end_lsn: at }).await?;
+    tracing::info!(destination = %dest.name, at = %at,
         rows = metrics.snapshot_rows.load(Relaxed), tables = metrics.snapshot_tables.load(Relaxed),
         "initial copy sent; streaming from here");
-    Ok(info.consistent_point)
+    Ok(at)
+}
+
+/// A temporary slot exports a snapshot, imported by an ordinary
+/// connection: it sees exactly what committed before the slot's
+/// consistent point, which is returned with it.
+async fn open_snapshot(opts: &ConnectOptions) -> Result<(tokio_postgres::Client, Lsn), Error> {
+    let mut repl = Connection::connect(opts).await?;
+    let slot = format!("tributary_snap_{}", std::process::id());
+    let info = repl.create_slot_with(&slot, true, true).await?;
+    let snapshot = info
+        .snapshot
+        .ok_or_else(|| Error::bug("the server exported no snapshot for the initial copy"))?;
+    let client = crate::hub::connect(opts, "tributary-worker snapshot").await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+             SET TRANSACTION SNAPSHOT {}; {}",
+            tributary_core::quote::literal(&snapshot),
+            crate::hub::session_settings_sql(true)
+        ))
+        .await
+        .context("initial copy: importing the snapshot")?;
+    // The snapshot is ours now: the exporting connection (and its
+    // temporary slot) can go.
+    drop(repl);
+    Ok((client, info.consistent_point))
+}
+
+/// Where the copy goes.
+struct Out<'a> {
+    dest: &'a Destination,
+    tx: &'a mpsc::Sender<ToSink>,
+    metrics: &'a DestinationMetrics,
+}
+
+impl Out<'_> {
+    async fn send(&self, m: ToSink) -> Result<(), Error> {
+        // The destination's own error says why; the session starts again.
+        self.tx.send(m).await.map_err(|_| Error::Definite {
+            message: format!(
+                "destination {}: stopped during its initial copy",
+                self.dest.name
+            ),
+            hint: "see its error above".into(),
+            cause: crate::error::Cause::Connection,
+        })
+    }
+}
+
+/// Copies one table: Prepare (with its tracking epoch), then its rows as
+/// inserts, 1,024 per message.
+async fn copy_table(
+    client: &tokio_postgres::Client,
+    out: &Out<'_>,
+    oid: i64,
+    schema: &str,
+    name: &str,
+    ord: &mut u32,
+) -> Result<(), Error> {
+    let qualified = format!("{}.{}", ident(schema), ident(name));
+    let columns = hub_columns(client, &qualified).await?;
+    let select = format!(
+        "SELECT {} FROM ONLY {qualified}",
+        columns
+            .iter()
+            .map(|c| format!("{}::text", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let table = Arc::new(Table::new(Relation {
+        id: oid as u32,
+        namespace: schema.to_string(),
+        name: name.to_string(),
+        replica_identity: b'd',
+        columns,
+    }));
+    let epoch: Option<i64> = client
+        .query_opt(
+            "SELECT tracked_xid FROM tributary.tracked WHERE relid = $1::int8::oid AND active",
+            &[&oid],
+        )
+        .await
+        .context(format!("initial copy: tracking epoch of {schema}.{name}"))?
+        .map(|r| r.get(0));
+    out.send(ToSink::Prepare {
+        table: table.clone(),
+        epoch,
+    })
+    .await?;
+    let rows = client
+        .query_raw(&select, std::iter::empty::<i64>())
+        .await
+        .context(format!("initial copy: reading {schema}.{name}"))?;
+    tokio::pin!(rows);
+    let mut batch = Vec::with_capacity(1024);
+    let mut n = 0u64;
+    use futures_util::StreamExt;
+    while let Some(r) = rows.next().await {
+        let r = r.context(format!("initial copy: reading {schema}.{name}"))?;
+        batch.push(Arc::new(row_change(&table, &r, *ord)));
+        *ord = ord.wrapping_add(1);
+        n += 1;
+        if batch.len() == 1024 {
+            out.send(ToSink::Changes(std::mem::take(&mut batch)))
+                .await?;
+            out.metrics.snapshot_rows.fetch_add(1024, Relaxed);
+        }
+        if n.is_multiple_of(100_000) {
+            tracing::info!(destination = %out.dest.name, table = %table.display, rows = n, "initial copy in progress");
+        }
+    }
+    out.metrics
+        .snapshot_rows
+        .fetch_add(batch.len() as u64, Relaxed);
+    if !batch.is_empty() {
+        out.send(ToSink::Changes(batch)).await?;
+    }
+    out.metrics.snapshot_tables.fetch_add(1, Relaxed);
+    tracing::info!(destination = %out.dest.name, table = %table.display, rows = n, "initial copy: table done");
+    Ok(())
+}
+
+/// A copied row, as an insert.
+fn row_change(table: &Arc<Table>, r: &tokio_postgres::Row, ord: u32) -> Change {
+    let tuple = Tuple(
+        (0..r.len())
+            .map(|i| match r.get::<_, Option<&str>>(i) {
+                Some(s) => Value::Text(s.as_bytes().to_vec()),
+                None => Value::Null,
+            })
+            .collect(),
+    );
+    let version = table.version_col().and_then(|i| match &tuple.0[i] {
+        Value::Text(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    });
+    Change {
+        table: table.clone(),
+        op: Op::Insert,
+        ord,
+        tuple: Some(tuple),
+        version,
+        origin: None,
+        only_for: None,
+    }
 }
 
 /// The published tables `dest` takes, as `"schema"."name"`, with their

@@ -16,11 +16,13 @@
 //! is definite (the operator must act, and a slot is never silently
 //! recreated); anything else is transient.
 
+use crate::error::{Action, Cause};
 use crate::lsn::Lsn;
 use bytes::{Buf, BufMut, BytesMut};
 use postgres_protocol::authentication::sasl;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tributary_core::quote::{ident as quote_ident, literal as quote_literal};
 
 /// Where and how to connect, from a `postgres://user:pass@host:port/db` URL.
 /// A host starting with `/` is a Unix socket directory.
@@ -36,6 +38,7 @@ pub struct ConnectOptions {
 impl ConnectOptions {
     pub fn from_url(url: &str, password: Option<String>) -> Result<ConnectOptions, SourceError> {
         let bad = |why: &str| SourceError::Definite {
+            cause: Cause::Config,
             code: None,
             message: format!("invalid source URL: {why}"),
             hint:
@@ -94,6 +97,7 @@ pub enum SourceError {
     /// The operator must act; retrying cannot help.
     #[error("{message}{}. Hint: {hint}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
     Definite {
+        cause: Cause,
         code: Option<String>,
         message: String,
         hint: String,
@@ -115,30 +119,33 @@ impl From<std::io::Error> for SourceError {
     }
 }
 
-/// Classes a server error by SQLSTATE and message.
+/// A server error, classed by the worker's one classifier
+/// ([`crate::error::classify`]).
 pub fn classify(code: &str, message: &str) -> SourceError {
-    let definite = |hint: &str| SourceError::Definite {
-        code: Some(code.to_string()),
-        message: message.to_string(),
-        hint: hint.to_string(),
-    };
-    let m = message.to_ascii_lowercase();
-    if m.contains("replication slot") && (m.contains("does not exist") || code == "42704") {
-        definite("The slot is gone: changes since the worker's last position may be lost. Re-create it and resync the destinations in full; the worker never recreates a slot by itself.")
-    } else if m.contains("can no longer get changes") || m.contains("invalidated") {
-        definite("The slot was invalidated (max_slot_wal_keep_size?): resync the destinations in full from a new slot.")
-    } else if m.contains("publication") && m.contains("does not exist") {
-        definite("Create the publication (SELECT sync_track(...) creates \"tributary\") or fix source.publication.")
-    } else if m.contains("wal_level") {
-        definite("Set wal_level = logical in postgresql.conf and restart PostgreSQL.")
-    } else if code == "28P01" || code == "28000" {
-        definite("Check the user, the password (TRIBUTARY_SOURCE_PASSWORD) and pg_hba.conf (it needs a replication line).")
-    } else if code == "42501" {
-        definite("The worker's role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION.")
+    let cause = crate::error::classify(code, message);
+    if cause.action() == Action::Stop {
+        SourceError::Definite {
+            cause,
+            code: Some(code.to_string()),
+            message: message.to_string(),
+            hint: cause.hint().to_string(),
+        }
     } else {
         SourceError::Transient {
             code: Some(code.to_string()),
             message: message.to_string(),
+        }
+    }
+}
+
+impl SourceError {
+    pub fn cause(&self) -> Cause {
+        match self {
+            SourceError::Definite { cause, .. } => *cause,
+            SourceError::Transient { code, message } => match code {
+                Some(c) => crate::error::classify(c, message),
+                None => Cause::Connection,
+            },
         }
     }
 }
@@ -230,19 +237,17 @@ impl Connection {
             read: BytesMut::with_capacity(64 * 1024),
             write: BytesMut::new(),
         };
+        // pgoutput prints values with the walsender's settings: pin them.
         let params = [
             ("user", o.user.as_str()),
             ("database", o.dbname.as_str()),
             ("replication", "database"),
             ("application_name", "tributary-worker"),
-            // pgoutput prints values with the walsender's settings: pin
-            // them, so that values map to JSON the same way everywhere.
-            ("DateStyle", "ISO, YMD"),
-            ("IntervalStyle", "postgres"),
-            ("TimeZone", "UTC"),
-            ("extra_float_digits", "3"),
         ];
-        frontend::startup_message(params.iter().copied(), &mut c.write)?;
+        let params = params
+            .into_iter()
+            .chain(crate::hub::SESSION_SETTINGS.iter().copied());
+        frontend::startup_message(params, &mut c.write)?;
         c.flush().await?;
         c.authenticate(o).await?;
         Ok(c)
@@ -290,6 +295,7 @@ impl Connection {
     async fn authenticate(&mut self, o: &ConnectOptions) -> Result<(), SourceError> {
         let password = || {
             o.password.clone().ok_or_else(|| SourceError::Definite {
+                cause: Cause::Login,
                 code: None,
                 message: "the server asks for a password".into(),
                 hint: "Set TRIBUTARY_SOURCE_PASSWORD.".into(),
@@ -334,6 +340,7 @@ impl Connection {
                             message: "SASL out of order".into(),
                         })?;
                         s.update(&f.body).map_err(|e| SourceError::Definite {
+                            cause: Cause::Login,
                             code: None,
                             message: format!("SCRAM: {e}"),
                             hint: "Check the password.".into(),
@@ -344,6 +351,7 @@ impl Connection {
                     12 => {
                         if let Some(s) = scram.as_mut() {
                             s.finish(&f.body).map_err(|e| SourceError::Definite {
+                                cause: Cause::Login,
                                 code: None,
                                 message: format!("SCRAM: {e}"),
                                 hint: "The server's proof did not verify.".into(),
@@ -352,6 +360,7 @@ impl Connection {
                     }
                     other => {
                         return Err(SourceError::Definite {
+                            cause: Cause::Login,
                             code: None,
                             message: format!("unsupported authentication method {other}"),
                             hint: "Use trust, md5 or scram-sha-256 in pg_hba.conf for the worker."
@@ -562,14 +571,6 @@ impl Stream {
         frontend::CopyData::new(msg.freeze())?.write(&mut self.conn.write);
         self.conn.flush().await
     }
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

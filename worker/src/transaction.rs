@@ -16,27 +16,18 @@
 //! either way.
 //!
 //! A change keeps its tuple as sent (text values); each destination shapes
-//! it: JSON for a queue ([`Change::data_json`], via [`crate::value`]),
+//! it: JSON for a queue ([`Change::data_json`], via [`tributary_core::pgjson`]),
 //! typed values for SQLite. An unchanged TOASTed column (`'u'`) is **left
 //! out**, never turned into NULL: a destination keeps its current value.
 
 use crate::lsn::Lsn;
 use crate::pgoutput::{Column, DecodeError, Decoded, Decoder, Message, Relation, Tuple, Value};
-use crate::value;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The tracking columns of a tracked table: metadata, not data.
-const META: [&str; 5] = [
-    "sync_version",
-    "sync_xid",
-    "sync_created_xid",
-    "sync_origin",
-    "sync_colmeta",
-];
+use tributary_core::pgjson as value;
 
 /// The prefix of the transactional logical messages that tag the deletes
 /// of a DELETE statement run under `tributary.origin` (see sql/tracking.sql).
@@ -81,6 +72,7 @@ pub struct Table {
 impl Table {
     pub fn new(relation: Relation) -> Table {
         let find = |n: &str| relation.columns.iter().position(|c| c.name == n);
+        use tributary_core::tracking::{ORIGIN, VERSION};
         Table {
             id: relation.id,
             schema: relation.namespace.clone(),
@@ -90,8 +82,8 @@ impl Table {
                 quote_if_needed(&relation.namespace),
                 quote_if_needed(&relation.name)
             ),
-            origin_col: find("sync_origin"),
-            version_col: find("sync_version"),
+            origin_col: find(ORIGIN),
+            version_col: find(VERSION),
             routes: std::sync::OnceLock::new(),
             relation,
         }
@@ -118,7 +110,7 @@ fn quote_if_needed(s: &str) -> String {
     if simple {
         s.to_string()
     } else {
-        format!("\"{}\"", s.replace('"', "\"\""))
+        tributary_core::quote::ident(s)
     }
 }
 
@@ -189,7 +181,8 @@ impl Change {
             .iter()
             .zip(row)
             .filter(|(c, v)| {
-                !META.contains(&c.name.as_str()) && !matches!(v, Value::UnchangedToast)
+                !tributary_core::tracking::is_tracking_column(&c.name)
+                    && !matches!(v, Value::UnchangedToast)
             })
     }
 

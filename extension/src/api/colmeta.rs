@@ -2,14 +2,14 @@
 //! `colvers.rs`): used by `sync_changes_since` for `changed_columns`, and
 //! by people inspecting a row.
 
-use crate::colvers;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use tributary_core::colvers;
 
 #[pgrx::pg_schema]
 pub mod tributary {
-    use crate::colvers;
     use pgrx::prelude::*;
+    use tributary_core::colvers;
 
     /// The packed per-column stamps, for inspection. attnum 0 is the
     /// creation entry; an empty origin is local.

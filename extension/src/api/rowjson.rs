@@ -17,9 +17,9 @@
 //! up every column's type on every row. This builds the text once, with
 //! the column plan computed once per query.
 
-use crate::jsontext;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use tributary_core::jsontext;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -87,7 +87,7 @@ unsafe fn build_plan(typid: pg_sys::Oid, typmod: i32, mcxt: pg_sys::MemoryContex
     let indexes: Vec<usize> = (0..natts)
         .filter(|i| {
             !attr(*i).attisdropped
-                && !crate::api::trigger::META_COLUMNS
+                && !tributary_core::tracking::COLUMNS
                     .iter()
                     .any(|m| m.as_bytes() == name(*i))
         })

@@ -18,18 +18,12 @@
 //! Whatever a statement writes into the tracking columns is overwritten:
 //! they cannot be forged from SQL.
 
-use crate::colvers;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use tributary_core::colvers;
 
 /// The tracking columns, by name, in the order they are replaced.
-pub const META_COLUMNS: [&str; 5] = [
-    "sync_version",
-    "sync_xid",
-    "sync_created_xid",
-    "sync_origin",
-    "sync_colmeta",
-];
+use tributary_core::tracking::COLUMNS as META_COLUMNS;
 
 thread_local! {
     static APPLY_MODE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
@@ -57,7 +51,7 @@ impl Drop for ApplyMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
-    #[error("tributary.origin is {0} bytes long; at most 255 are allowed")]
+    #[error("tributary.origin is {0} bytes long; at most {max} are allowed", max = tributary_core::tracking::MAX_ORIGIN_BYTES)]
     OriginTooLong(usize),
     #[error("tributary row trigger fired on a table without its tracking column \"{0}\"")]
     MissingColumn(&'static str),

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tributary_worker::config::{Config, Kind};
-use tributary_worker::error::{Error, ErrorKind};
+use tributary_worker::error::{Action, Error};
 use tributary_worker::metrics::Metrics;
 
 #[derive(Parser)]
@@ -129,9 +129,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tributary-worker: {e}");
-            ExitCode::from(match e.kind() {
-                ErrorKind::Definite => 2,
-                ErrorKind::Transient => 1,
+            // 2: the operator must act (the error policy stops); 1: anything else.
+            ExitCode::from(match e.action() {
+                Action::Stop => 2,
+                Action::Retry | Action::Detach => 1,
             })
         }
     }

@@ -1,34 +1,166 @@
 //! Destinations ("sinks"): each runs as its own task, fed whole source
-//! transactions in commit order through a bounded channel.
+//! transactions in commit order through a bounded channel, by one generic
+//! driver ([`drive`]) that owns the batching and the progress; a
+//! destination only says how to begin, write, commit and roll back
+//! ([`Sink`]).
 //!
 //! ```text
-//!  pipeline ──ToSink::Begin / Changes / Commit──> [bounded channel] ──> sink task
-//!                                                                        │ writes data + its
-//!                                                                        │ progress in ONE
-//!                                                                        │ destination transaction
-//!  pipeline <──────────── durable position (DestinationMetrics) ─────────┘
+//!  pipeline ──ToSink::Begin / Prepare / Changes / Commit──> [bounded channel] ──> drive(sink)
+//!                                                                                 │ Batch: skip what is applied,
+//!                                                                                 │ gather whole transactions
+//!                                                                                 │ sink.begin / write / commit(progress)
+//!  pipeline <──────────── durable position (DestinationMetrics) ──────────────────┘
 //! ```
 //!
-//! **The contract every sink keeps.**
-//! - Delivery is at-least-once: after a crash, transactions after the
-//!   slot's confirmed position arrive again.
-//! - The effect is exactly once: a sink stores the end LSN of the last
-//!   source transaction it applied *in the same destination transaction as
-//!   the data*, skips any transaction whose commit LSN is below it, and
-//!   keys each change by (commit LSN, ordinal) so a replay cannot
-//!   duplicate it.
-//! - A write counts as durable when that destination transaction has
-//!   committed; only then does the sink publish its new position, and the
-//!   slot is never confirmed beyond the smallest published position.
-//! - A source transaction is never split: it is committed whole, possibly
-//!   together with the transactions before it.
+//! Implementations: [`queue`] (rows in `tributary.queue_<name>`) and
+//! [`sqlite`] (a peer file).
 
 pub mod queue;
 pub mod sqlite;
 
+use crate::error::Error;
 use crate::lsn::Lsn;
-use crate::transaction::Change;
+use crate::metrics::DestinationMetrics;
+use crate::transaction::{Change, Table};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A destination, as the driver ([`drive`]) sees it.
+///
+/// **The delivery contract** every implementation keeps:
+/// - *At-least-once in.* After a crash, the source transactions after the
+///   slot's confirmed position arrive again; the driver hands the sink
+///   only those not below its stored progress ([`Sink::progress`]).
+/// - *Exactly-once effect.* [`Sink::commit`] stores the end LSN of the
+///   last source transaction *in the same destination transaction as the
+///   data*, so nothing is ever visible without its progress, and a replay
+///   is skipped before anything is written. Where a destination can, it
+///   also keys each change by (commit LSN, ordinal), so that a change
+///   delivered twice anyway has one effect.
+/// - *Durable means committed.* A write counts once [`Sink::commit`] has
+///   returned; only then does the driver publish the new position, and the
+///   slot is never confirmed beyond the smallest published position.
+/// - *Whole transactions.* A source transaction is never split across two
+///   destination transactions; several may share one.
+/// - *Errors.* A method's error ends the destination's task; the driver
+///   rolls back what was not committed. What follows is the error policy's
+///   ([`crate::error::Cause::action`]).
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// The end LSN of the last source transaction this destination holds,
+    /// as loaded when it was opened.
+    fn progress(&self) -> Lsn;
+
+    /// Opens a destination transaction.
+    async fn begin(&mut self) -> Result<(), Error>;
+
+    /// An initial copy of `table` follows: create it if needed and empty it
+    /// (so that empty tables exist too, and a resync replaces old rows).
+    /// Destinations that hold no tables ignore it.
+    async fn prepare(&mut self, _table: Arc<Table>, _epoch: Option<i64>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Writes changes of the source transaction that committed at
+    /// `commit` (LSN and time), inside the open transaction.
+    async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error>;
+
+    /// Stores `done.end` as progress and commits the open transaction.
+    async fn commit(&mut self, done: &Done) -> Result<(), Error>;
+
+    /// Rolls the open transaction back (after an error, or when the
+    /// channel closed in the middle of a source transaction).
+    async fn rollback(&mut self);
+}
+
+/// Runs `sink` until the channel closes: skips what it holds, gathers whole
+/// source transactions into destination transactions, and publishes each
+/// durable position in `metrics`. A channel closed in the middle of a
+/// source transaction, or an error, rolls the open transaction back:
+/// nothing half-applied is ever committed.
+pub async fn drive<S: Sink>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<ToSink>,
+    metrics: Arc<DestinationMetrics>,
+) -> Result<(), Error> {
+    let mut batch = Batch::new(sink.progress());
+    metrics.durable_lsn.store(batch.progress.0, Relaxed);
+    let result = run(&mut sink, &mut rx, &mut batch, &metrics).await;
+    if result.is_err() || batch.is_open() {
+        sink.rollback().await;
+    }
+    if result.is_err() {
+        metrics.errors.fetch_add(1, Relaxed);
+    }
+    result.map(|_| ())
+}
+
+/// The driver's loop. Ok(true) when the last destination transaction was
+/// committed at close.
+async fn run<S: Sink>(
+    sink: &mut S,
+    rx: &mut mpsc::Receiver<ToSink>,
+    batch: &mut Batch,
+    metrics: &DestinationMetrics,
+) -> Result<bool, Error> {
+    loop {
+        let Some(msg) = rx.recv().await else {
+            return match batch.close() {
+                AtClose::Commit(d) => {
+                    sink.commit(&d).await?;
+                    published(metrics, &d);
+                    Ok(true)
+                }
+                AtClose::Rollback | AtClose::Nothing => Ok(false),
+            };
+        };
+        match msg {
+            ToSink::Begin {
+                commit_lsn,
+                commit_time,
+            } => batch.begin(commit_lsn, commit_time),
+            ToSink::Prepare { table, epoch } => {
+                if !batch.skipping() {
+                    if batch.opens() {
+                        sink.begin().await?;
+                    }
+                    sink.prepare(table, epoch).await?;
+                }
+            }
+            ToSink::Changes(changes) => {
+                if !batch.skipping() {
+                    let commit = batch.current()?;
+                    if batch.opens() {
+                        sink.begin().await?;
+                    }
+                    batch.added(changes.len());
+                    sink.write(commit, changes).await?;
+                }
+            }
+            ToSink::Commit { end_lsn } => match batch.commit(end_lsn, !rx.is_empty()) {
+                AtCommit::Commit(d) => {
+                    sink.commit(&d).await?;
+                    batch.committed(&d);
+                    published(metrics, &d);
+                }
+                AtCommit::Moved { end, time } => {
+                    metrics.durable_lsn.store(end.0, Relaxed);
+                    metrics.applied_commit_time.store(time, Relaxed);
+                }
+                AtCommit::Keep | AtCommit::Nothing => {}
+            },
+        }
+    }
+}
+
+/// `d` is durable: publish it.
+fn published(metrics: &DestinationMetrics, d: &Done) {
+    metrics.durable_lsn.store(d.end.0, Relaxed);
+    metrics.applied_commit_time.store(d.time, Relaxed);
+    metrics.rows.fetch_add(d.rows as u64, Relaxed);
+    metrics.transactions.fetch_add(d.txns, Relaxed);
+}
 
 /// What the pipeline sends a sink.
 #[derive(Debug)]
@@ -40,7 +172,7 @@ pub enum ToSink {
     /// An initial copy of `table` follows: create it if needed and empty it
     /// (so that empty tables exist too, and a resync replaces old rows).
     Prepare {
-        table: Arc<crate::transaction::Table>,
+        table: Arc<Table>,
         /// The hub's tracking epoch of the table (`tributary.tracked.tracked_xid`):
         /// a peer whose copy is of another epoch needs a new one.
         epoch: Option<i64>,
@@ -137,11 +269,9 @@ impl Batch {
     }
 
     /// The commit LSN and time of the source transaction being received.
-    pub fn current(&self) -> Result<(Lsn, i64), crate::error::Error> {
-        self.current.ok_or_else(|| crate::error::Error::Definite {
-            message: "changes outside a transaction".into(),
-            hint: "report this as a bug".into(),
-        })
+    pub fn current(&self) -> Result<(Lsn, i64), Error> {
+        self.current
+            .ok_or_else(|| Error::bug("changes outside a transaction"))
     }
 
     /// Before writing: true when the destination transaction must be

@@ -21,47 +21,22 @@
 //! (lsn, ord) DO NOTHING` (slower: speculative insertion), so the duplicate
 //! is dropped and the stream goes on.
 
-use super::{AtClose, AtCommit, Batch, Done, ToSink};
-use crate::error::{Context, Error};
+use super::{Done, Sink};
+use crate::error::{Cause, Context, Error};
+use crate::hub::connect;
 use crate::lsn::Lsn;
 use crate::metrics::DestinationMetrics;
 use crate::transaction::Change;
 use bytes::{BufMut, BytesMut};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
+use tributary_core::quote;
 
 /// Rows sent to the server per COPY (or INSERT).
 const ROWS_PER_CHUNK: usize = 8192;
-
-/// Connects an ordinary (non-replication) client.
-pub async fn connect(
-    o: &crate::source::ConnectOptions,
-    application_name: &str,
-) -> Result<Client, Error> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&o.host)
-        .port(o.port)
-        .user(&o.user)
-        .dbname(&o.dbname)
-        .application_name(application_name);
-    if let Some(p) = &o.password {
-        cfg.password(p);
-    }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting to the hub")?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "hub connection ended");
-        }
-    });
-    Ok(client)
-}
 
 /// Binary COPY values the driver has no type for: `pg_lsn` (a u64),
 /// `jsonb` from JSON text (version 1, then the text), and `timestamptz`
@@ -124,6 +99,8 @@ pub struct QueueSink {
     insert: Statement,
     progress: Lsn,
     metrics: Arc<DestinationMetrics>,
+    /// Rows written but not yet sent to the server.
+    rows: Vec<Pending>,
 }
 
 impl QueueSink {
@@ -151,11 +128,13 @@ impl QueueSink {
                         e.as_db_error().map(|d| d.message()).unwrap_or("error")
                     ),
                     hint: format!(
-                        "as an admin: SELECT sync_queue_create('{name}'); SELECT sync_worker_grant('<worker role>');"
+                        "as an admin: SELECT sync_queue_create({}); SELECT sync_worker_grant('<worker role>');",
+                        quote::literal(name)
                     ),
+                    cause: Cause::MissingObject,
                 })?;
         }
-        let table = format!("tributary.\"queue_{}\"", name.replace('"', "\"\""));
+        let table = quote::qualified("tributary", &format!("queue_{name}"));
         let insert = client
             .prepare(&format!(
                 "INSERT INTO {table} (lsn, ord, tbl, op, pk, data, origin, committed_at)
@@ -168,7 +147,6 @@ impl QueueSink {
             .await
             .context(format!("destination {name}: preparing the queue insert"))?;
         let progress = load_progress(&client, slot, name).await?;
-        metrics.durable_lsn.store(progress.0, Relaxed);
         Ok(QueueSink {
             client,
             slot: slot.to_string(),
@@ -177,11 +155,8 @@ impl QueueSink {
             insert,
             progress,
             metrics,
+            rows: Vec::new(),
         })
-    }
-
-    pub fn progress(&self) -> Lsn {
-        self.progress
     }
 
     /// Writes the pending rows: binary COPY, or the guarded INSERT once a
@@ -281,69 +256,37 @@ impl QueueSink {
         }
         r
     }
+}
 
-    /// Runs until the channel closes. A channel closed in the middle of a
-    /// source transaction (the pipeline failed) rolls the open queue
-    /// transaction back: nothing half-applied is ever committed.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<ToSink>) -> Result<(), Error> {
-        let mut rows: Vec<Pending> = Vec::new();
-        let mut batch = Batch::new(self.progress);
-        loop {
-            let Some(msg) = rx.recv().await else {
-                return match batch.close() {
-                    AtClose::Rollback => {
-                        let _ = self.client.batch_execute("ROLLBACK").await;
-                        Ok(())
-                    }
-                    AtClose::Commit(d) => self.commit(&mut rows, d).await,
-                    AtClose::Nothing => Ok(()),
-                };
-            };
-            match msg {
-                ToSink::Begin {
-                    commit_lsn,
-                    commit_time,
-                } => batch.begin(commit_lsn, commit_time),
-                ToSink::Prepare { .. } => {}
-                ToSink::Changes(changes) => {
-                    if batch.skipping() {
-                        continue;
-                    }
-                    let (lsn, time) = batch.current()?;
-                    if batch.opens() {
-                        self.client
-                            .batch_execute("BEGIN")
-                            .await
-                            .context(format!("destination {}: BEGIN", self.name))?;
-                    }
-                    batch.added(changes.len());
-                    rows.extend(
-                        changes
-                            .into_iter()
-                            .map(|change| Pending { change, lsn, time }),
-                    );
-                    if rows.len() >= ROWS_PER_CHUNK {
-                        self.send(&mut rows).await?;
-                    }
-                }
-                ToSink::Commit { end_lsn } => match batch.commit(end_lsn, !rx.is_empty()) {
-                    AtCommit::Commit(d) => {
-                        self.commit(&mut rows, d).await?;
-                        batch.committed(&d);
-                    }
-                    AtCommit::Moved { end, time } => {
-                        self.progress = end;
-                        self.metrics.durable_lsn.store(end.0, Relaxed);
-                        self.metrics.applied_commit_time.store(time, Relaxed);
-                    }
-                    AtCommit::Keep | AtCommit::Nothing => {}
-                },
-            }
-        }
+impl Sink for QueueSink {
+    fn progress(&self) -> Lsn {
+        self.progress
     }
 
-    async fn commit(&mut self, rows: &mut Vec<Pending>, d: Done) -> Result<(), Error> {
-        self.send(rows).await?;
+    async fn begin(&mut self) -> Result<(), Error> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .context(format!("destination {}: BEGIN", self.name))
+    }
+
+    async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
+        let (lsn, time) = commit;
+        self.rows.extend(
+            changes
+                .into_iter()
+                .map(|change| Pending { change, lsn, time }),
+        );
+        if self.rows.len() >= ROWS_PER_CHUNK {
+            let mut rows = std::mem::take(&mut self.rows);
+            self.send(&mut rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, d: &Done) -> Result<(), Error> {
+        let mut rows = std::mem::take(&mut self.rows);
+        self.send(&mut rows).await?;
         self.client
             .execute(
                 "INSERT INTO tributary.worker_progress AS p (slot, destination, lsn)
@@ -360,11 +303,12 @@ impl QueueSink {
             .context(format!("destination {}: COMMIT", self.name))?;
         crate::failpoint::hit("queue.after_commit");
         self.progress = d.end;
-        self.metrics.durable_lsn.store(d.end.0, Relaxed);
-        self.metrics.applied_commit_time.store(d.time, Relaxed);
-        self.metrics.rows.fetch_add(d.rows as u64, Relaxed);
-        self.metrics.transactions.fetch_add(d.txns, Relaxed);
         Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        self.rows.clear();
+        let _ = self.client.batch_execute("ROLLBACK").await;
     }
 }
 

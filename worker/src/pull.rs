@@ -25,10 +25,8 @@
 //! changes again: the resolver finds the same stamps and changes nothing
 //! (tested with `kill -9`).
 
-use crate::error::{Context, Error};
-use crate::sink::sqlite::ident;
+use crate::error::{Action, Cause, Context, Error};
 use crate::source::ConnectOptions;
-use rusqlite::{params, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,23 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tributary_core::quote::ident;
+use tributary_core::resolver::Outcome as Label;
+use tributary_sqlite::outbox::{self, Entry, Report};
 
 /// Outbox rows sent per round.
 const BATCH: usize = 500;
 
-#[derive(Debug, Clone)]
-struct Entry {
-    tbl: String,
-    hub: String,
-    pk: String,
-    op: String,
-    data: Option<String>,
-    changed: Option<String>,
-    base: Option<i64>,
-    gen: i64,
-    ts: i64,
-}
-
+/// What the hub answered for one change.
 #[derive(Debug, Clone)]
 struct Outcome {
     outcome: String,
@@ -61,107 +50,55 @@ struct Outcome {
     hub_row: Option<String>,
 }
 
-fn lite_err(what: &str, e: rusqlite::Error) -> Error {
-    Error::Peer {
-        message: format!("{what}: {e}"),
-        transient: true,
+impl Outcome {
+    /// What the app must see, if anything (conflicts, parked and refused
+    /// changes).
+    fn report(self) -> Option<Report> {
+        Label::parse(&self.outcome)
+            .is_some_and(Label::needs_attention)
+            .then_some(Report {
+                outcome: self.outcome,
+                detail: self.detail,
+                hub_row: self.hub_row,
+                conflict_id: self.conflict_id,
+            })
     }
 }
 
-fn open(path: &Path) -> Result<rusqlite::Connection, Error> {
-    let what = format!("pull from {}", path.display());
-    let c = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| lite_err(&what, e))?;
-    c.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| lite_err(&what, e))?;
-    Ok(c)
+/// An outbox failure: only this peer's pull is concerned.
+fn outbox_err(what: &str, e: tributary_sqlite::PeerError) -> Error {
+    Error::Peer {
+        message: format!("{what}: {e}"),
+        cause: Cause::PeerOutbox,
+    }
 }
 
 fn read_outbox(path: &Path) -> Result<Vec<Entry>, Error> {
     let what = format!("reading the outbox of {}", path.display());
-    let c = open(path)?;
-    // The file may not have its bookkeeping tables yet (before the initial
-    // copy): nothing to send.
-    let ready: Option<i64> = c
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE name = '_tributary_outbox'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| lite_err(&what, e))?;
-    if ready.is_none() {
-        return Ok(vec![]);
-    }
-    let mut st = c
-        .prepare(
-            "SELECT o.tbl, t.hub, o.pk, o.op, o.data, o.changed, o.base, o.gen,
-                    CAST((julianday(o.at) - 2440587.5) * 86400000000 AS INTEGER)
-               FROM _tributary_outbox o JOIN _tributary_tables t ON t.tbl = o.tbl
-              ORDER BY o.seq LIMIT ?1",
-        )
-        .map_err(|e| lite_err(&what, e))?;
-    let rows = st
-        .query_map([BATCH as i64], |r| {
-            Ok(Entry {
-                tbl: r.get(0)?,
-                hub: r.get(1)?,
-                pk: r.get(2)?,
-                op: r.get(3)?,
-                data: r.get(4)?,
-                changed: r.get(5)?,
-                base: r.get(6)?,
-                gen: r.get(7)?,
-                ts: r.get(8)?,
-            })
-        })
-        .map_err(|e| lite_err(&what, e))?;
-    rows.collect::<Result<_, _>>()
-        .map_err(|e| lite_err(&what, e))
+    let c = tributary_sqlite::file::connect(path, false).map_err(|e| outbox_err(&what, e))?;
+    outbox::read(&c, BATCH).map_err(|e| outbox_err(&what, e))
 }
 
 /// Removes what was sent (unless edited again since) and records the
 /// outcomes the app must see, in one SQLite transaction.
-fn finish(path: &Path, sent: &[(Entry, Outcome)]) -> Result<(), Error> {
+fn finish(path: &Path, sent: Vec<(Entry, Outcome)>) -> Result<(), Error> {
     let what = format!("clearing the outbox of {}", path.display());
-    let mut c = open(path)?;
-    let tx = c
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| lite_err(&what, e))?;
-    for (e, o) in sent {
-        tx.execute(
-            "DELETE FROM _tributary_outbox WHERE tbl = ?1 AND pk = ?2 AND gen = ?3",
-            params![e.tbl, e.pk, e.gen],
-        )
-        .map_err(|er| lite_err(&what, er))?;
-        if matches!(o.outcome.as_str(), "MANUAL" | "DEFERRED" | "REJECTED") {
-            tx.execute(
-                "INSERT INTO _tributary_errors (tbl, pk, op, outcome, detail, local_data, hub_row, conflict_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![e.tbl, e.pk, e.op, o.outcome, o.detail, e.data, o.hub_row, o.conflict_id],
-            )
-            .map_err(|er| lite_err(&what, er))?;
-        }
-    }
-    tx.commit().map_err(|e| lite_err(&what, e))
+    let mut c = tributary_sqlite::file::connect(path, false).map_err(|e| outbox_err(&what, e))?;
+    let sent: Vec<(Entry, Option<Report>)> =
+        sent.into_iter().map(|(e, o)| (e, o.report())).collect();
+    outbox::finish(&mut c, &sent).map_err(|e| outbox_err(&what, e))
 }
 
 /// Whether sync_apply refused the changes themselves (bad data, a
 /// constraint), as opposed to failing for a reason a retry can fix
 /// (deadlock, connection) or the operator must (privileges).
 fn refused(e: &tokio_postgres::Error) -> bool {
-    match e.code().map(|c| c.code()) {
-        Some(c) => {
-            c.starts_with("22")
-                || c.starts_with("23")
-                || c.starts_with("TB")
-                || matches!(c, "42703" | "42804" | "42P18")
-        }
-        None => false,
-    }
+    e.as_db_error().is_some_and(|d| {
+        matches!(
+            crate::error::classify(d.code().code(), d.message()),
+            Cause::RefusedValue | Cause::BadColumn
+        )
+    })
 }
 
 fn change_json(e: &Entry) -> serde_json::Value {
@@ -187,7 +124,16 @@ fn change_json(e: &Entry) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// A hub table's columns: (name, type oid, part of the key).
+/// A key's row as the hub holds it after `sync_apply`.
+struct HubRow {
+    /// Its columns as text; None when the hub holds no such row.
+    values: Option<Vec<Option<String>>>,
+    /// The row as JSON, for `_tributary_errors`.
+    json: Option<String>,
+}
+
+/// A hub table's columns: (name, type oid, part of the key), as the
+/// write-back message carries them.
 type Columns = Arc<Vec<(String, u32, bool)>>;
 
 struct Puller {
@@ -255,16 +201,16 @@ impl Puller {
             .collect();
         if outcomes.len() != entries.len() {
             let _ = self.client.batch_execute("ROLLBACK").await;
-            return Err(Error::Definite {
-                message: format!(
-                    "sync_apply returned {} outcomes for {} changes",
-                    outcomes.len(),
-                    entries.len()
-                ),
-                hint: "report this as a bug".into(),
-            });
+            return Err(Error::bug(format!(
+                "sync_apply returned {} outcomes for {} changes",
+                outcomes.len(),
+                entries.len()
+            )));
         }
-        let deferred: Vec<bool> = outcomes.iter().map(|o| o.outcome == "DEFERRED").collect();
+        let deferred: Vec<bool> = outcomes
+            .iter()
+            .map(|o| o.outcome == Label::Deferred.as_str())
+            .collect();
         let hub_rows = self.write_back(hub, &cols, entries, &deferred).await?;
         for (o, r) in outcomes.iter_mut().zip(hub_rows) {
             o.hub_row = r;
@@ -292,7 +238,7 @@ impl Puller {
         // Rows sync_apply touched are locked until our commit, so what we
         // read is what our commit leaves.
         let mut rows = self.fetch(hub, cols, entries).await?;
-        if (0..entries.len()).any(|i| rows[i].0.is_none() && !deferred[i]) {
+        if (0..entries.len()).any(|i| rows[i].values.is_none() && !deferred[i]) {
             // Keys the hub does not hold: make sure no one inserts them
             // before we commit the write-back that removes them at the peer
             // (SHARE mode waits for writers in flight, then holds new ones
@@ -306,7 +252,7 @@ impl Puller {
         let mut upserts = vec![];
         let mut deletes = vec![];
         for (i, e) in entries.iter().enumerate() {
-            match &rows[i].0 {
+            match &rows[i].values {
                 Some(values) => upserts.push(values.clone()),
                 None if !deferred[i] => {
                     // The key as the hub types it, other columns null.
@@ -348,7 +294,7 @@ impl Puller {
             )
             .await
             .context("pull: emitting the write-back")?;
-        Ok(rows.into_iter().map(|r| r.1).collect())
+        Ok(rows.into_iter().map(|r| r.json).collect())
     }
 
     /// After a change was refused: the peer gets the hub's row back (or
@@ -391,7 +337,7 @@ impl Puller {
         hub: &str,
         cols: &[(String, u32, bool)],
         entries: &[Entry],
-    ) -> Result<Vec<(Option<Vec<Option<String>>>, Option<String>)>, Error> {
+    ) -> Result<Vec<HubRow>, Error> {
         let keys = serde_json::Value::Array(
             entries
                 .iter()
@@ -433,9 +379,15 @@ impl Puller {
                     let vals = (0..cols.len())
                         .map(|i| r.get::<_, Option<String>>(3 + i))
                         .collect();
-                    (Some(vals), r.get(2))
+                    HubRow {
+                        values: Some(vals),
+                        json: r.get(2),
+                    }
                 } else {
-                    (None, None)
+                    HubRow {
+                        values: None,
+                        json: None,
+                    }
                 }
             })
             .collect())
@@ -447,10 +399,7 @@ impl Puller {
         let path = self.path.clone();
         let batch = tokio::task::spawn_blocking(move || read_outbox(&path))
             .await
-            .map_err(|e| Error::Definite {
-                message: format!("pull task: {e}"),
-                hint: "report this as a bug".into(),
-            })??;
+            .map_err(|e| Error::bug(format!("pull task: {e}")))??;
         if batch.is_empty() {
             return Ok(0);
         }
@@ -492,7 +441,7 @@ impl Puller {
                                 sent.push((
                                     e.clone(),
                                     Outcome {
-                                        outcome: "REJECTED".into(),
+                                        outcome: Label::Rejected.as_str().into(),
                                         conflict_id: None,
                                         detail,
                                         hub_row,
@@ -506,19 +455,20 @@ impl Puller {
         }
         let n = sent.len();
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || finish(&path, &sent))
+        tokio::task::spawn_blocking(move || finish(&path, sent))
             .await
-            .map_err(|e| Error::Definite {
-                message: format!("pull task: {e}"),
-                hint: "report this as a bug".into(),
-            })??;
+            .map_err(|e| Error::bug(format!("pull task: {e}")))??;
         self.metrics.pulled.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 }
 
-/// Pulls the peer's outbox until `stop` fires.
-pub async fn run(
+/// Runs the peer's pull until `stop` fires. A failure that concerns only
+/// this peer (its outbox locked or unreadable) or that a retry can fix
+/// (a lost hub connection) pauses this pull alone, which starts again
+/// after a backoff; the peer's push and the other destinations go on. An
+/// error the policy stops for (a missing privilege) is returned.
+pub async fn supervise(
     opts: ConnectOptions,
     name: String,
     path: PathBuf,
@@ -526,21 +476,50 @@ pub async fn run(
     metrics: Arc<crate::metrics::DestinationMetrics>,
     stop: CancellationToken,
 ) -> Result<(), Error> {
-    let client =
-        crate::sink::queue::connect(&opts, &format!("tributary-worker pull {name}")).await?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = std::time::Instant::now();
+        let r = run(&opts, &name, &path, interval, &metrics, &stop).await;
+        let e = match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.action() == Action::Stop => return Err(e),
+            Err(e) => e,
+        };
+        metrics.errors.fetch_add(1, Relaxed);
+        metrics.pull_failing.store(true, Relaxed);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tracing::warn!(destination = %name, error = %e, retry_in_ms = backoff.as_millis() as u64,
+            "pull failed: this peer's pull waits; its push and the other destinations go on");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Pulls the peer's outbox until `stop` fires or an error.
+async fn run(
+    opts: &ConnectOptions,
+    name: &str,
+    path: &Path,
+    interval: Duration,
+    metrics: &Arc<crate::metrics::DestinationMetrics>,
+    stop: &CancellationToken,
+) -> Result<(), Error> {
+    let client = crate::hub::connect(opts, &format!("tributary-worker pull {name}")).await?;
     client
-        .batch_execute(
-            "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC';
-             SET extra_float_digits = 3;",
-        )
+        .batch_execute(&crate::hub::session_settings_sql(false))
         .await
         .context("pull: session settings")?;
     let mut p = Puller {
         client,
-        name,
-        path,
+        name: name.to_string(),
+        path: path.to_path_buf(),
         columns: HashMap::new(),
-        metrics,
+        metrics: metrics.clone(),
     };
     loop {
         if stop.is_cancelled() {
@@ -553,13 +532,16 @@ pub async fn run(
             }
         }
         let n = match p.round().await {
-            Ok(n) => n,
+            Ok(n) => {
+                p.metrics.pull_failing.store(false, Relaxed);
+                n
+            }
             // A deadlock with the hub's own writers, a serialization
             // failure: the round rolled back; try it again on this
             // connection. A lost connection or a peer error ends the loop
-            // (the session restarts, or the peer is detached).
+            // (and `supervise` starts it again).
             Err(e @ Error::Postgres { .. })
-                if e.kind() == crate::error::ErrorKind::Transient && !p.client.is_closed() =>
+                if e.action() == Action::Retry && !p.client.is_closed() =>
             {
                 tracing::warn!(destination = %p.name, error = %e, "pull round failed; retrying it");
                 let _ = p.client.batch_execute("ROLLBACK").await;

@@ -1,14 +1,30 @@
-//! JSON text building blocks for the row serializer: string escaping and
-//! the non-finite numbers JSON cannot carry.
+//! JSON text building blocks, shared by the extension's row serializer,
+//! the worker's change JSON and the peers' keys: string escaping, the
+//! non-finite numbers JSON cannot carry, and splitting an object's text.
 //!
-//! Pure logic, no pgrx, tested with `#[test]`.
+//! Pure logic, tested with `#[test]`.
+
+use std::borrow::Cow;
 
 /// Appends `s` (bytes in the server encoding, which is always ASCII-safe)
 /// as a quoted JSON string. Runs that need no escaping are copied at once.
-use std::borrow::Cow;
-
 pub fn push_string(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
+    escape(s, |part| out.extend_from_slice(part));
+}
+
+/// [`push_string`] into a `String`: the same escapes.
+pub fn push_str(out: &mut String, s: &str) {
+    // Every part is either a run of `s` cut at ASCII bytes (char
+    // boundaries) or an ASCII escape, so it is valid UTF-8.
+    escape(s.as_bytes(), |part| {
+        out.push_str(std::str::from_utf8(part).unwrap_or_default())
+    });
+}
+
+/// Hands `put` the quoted, escaped JSON string of `s`, in parts.
+fn escape(s: &[u8], mut put: impl FnMut(&[u8])) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    put(b"\"");
     let mut run = 0;
     for (i, &b) in s.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -22,19 +38,23 @@ pub fn push_string(out: &mut Vec<u8>, s: &[u8]) {
             0..=0x1f => b"",
             _ => continue,
         };
-        out.extend_from_slice(&s[run..i]);
+        put(&s[run..i]);
         if esc.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xf) as usize]);
+            put(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
         } else {
-            out.extend_from_slice(esc);
+            put(esc);
         }
         run = i + 1;
     }
-    out.extend_from_slice(&s[run..]);
-    out.push(b'"');
+    put(&s[run..]);
+    put(b"\"");
 }
 
 /// Appends a number as PostgreSQL printed it. NaN and the infinities are
@@ -215,6 +235,17 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_str_escapes_as_push_string_does() {
+        for s in ["plain", "tab'le\"]", "a\u{1}b\u{8}c\u{c}\n\r\t\\", "é日本"] {
+            let mut a = String::new();
+            push_str(&mut a, s);
+            let mut b = Vec::new();
+            push_string(&mut b, s.as_bytes());
+            assert_eq!(a.as_bytes(), &b[..], "{s:?}");
+        }
+    }
 
     fn s(x: &str) -> String {
         let mut o = Vec::new();

@@ -58,6 +58,33 @@ pub enum Policy {
     Custom,
 }
 
+impl Policy {
+    /// Every policy, as `tributary.policies.policy` may hold it.
+    pub const ALL: [Policy; 5] = [
+        Policy::Ladder,
+        Policy::LastWriterWins,
+        Policy::HubWins,
+        Policy::PeerWins,
+        Policy::Custom,
+    ];
+
+    /// The policy's name in SQL (`sync_set_policy`, `tributary.policies`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Ladder => "ladder",
+            Policy::LastWriterWins => "last_writer_wins",
+            Policy::HubWins => "hub_wins",
+            Policy::PeerWins => "peer_wins",
+            Policy::Custom => "custom",
+        }
+    }
+
+    /// The policy named `s` in SQL; `None` for an unknown name.
+    pub fn parse(s: &str) -> Option<Policy> {
+        Policy::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
 /// A column's value (canonical JSON text) and its stamp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cell {
@@ -265,9 +292,50 @@ pub enum Outcome {
     HubWins,
     PeerWins,
     Custom,
+    /// Parked by `sync_apply`: a foreign-key parent is missing; retried
+    /// when the parent's table is written (never decided by [`resolve`]).
+    Deferred,
+    /// A parked change that failed `tributary.max_retries` times
+    /// (`sync_retry_pending`): a dead letter.
+    DeadLetter,
+    /// Refused by the hub with an error (bad data, a constraint): given by
+    /// a puller that applied the change alone, never by `sync_apply`.
+    Rejected,
 }
 
 impl Outcome {
+    /// Every outcome, by its name.
+    pub const ALL: [Outcome; 13] = [
+        Outcome::NewRecord,
+        Outcome::VersionWin,
+        Outcome::StaleSkip,
+        Outcome::FieldMerge,
+        Outcome::PriorityWin,
+        Outcome::Manual,
+        Outcome::LastWriterWins,
+        Outcome::HubWins,
+        Outcome::PeerWins,
+        Outcome::Custom,
+        Outcome::Deferred,
+        Outcome::DeadLetter,
+        Outcome::Rejected,
+    ];
+
+    /// The outcome named `s`, as `sync_apply` returns it.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// Whether the writer must be told: a conflict logged for a person, a
+    /// change parked, or one refused. These go to a peer's
+    /// `_tributary_errors`.
+    pub fn needs_attention(self) -> bool {
+        matches!(
+            self,
+            Outcome::Manual | Outcome::Deferred | Outcome::DeadLetter | Outcome::Rejected
+        )
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::NewRecord => "NEW_RECORD",
@@ -280,6 +348,9 @@ impl Outcome {
             Outcome::HubWins => "HUB_WINS",
             Outcome::PeerWins => "PEER_WINS",
             Outcome::Custom => "CUSTOM",
+            Outcome::Deferred => "DEFERRED",
+            Outcome::DeadLetter => "DEAD_LETTER",
+            Outcome::Rejected => "REJECTED",
         }
     }
 }

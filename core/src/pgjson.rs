@@ -14,61 +14,11 @@
 //! connection pins `DateStyle`, `TimeZone` and `extra_float_digits`, which
 //! these conversions rely on.
 
-/// Built-in type OIDs the conversion knows.
-pub mod oid {
-    pub const BOOL: u32 = 16;
-    pub const INT8: u32 = 20;
-    pub const INT2: u32 = 21;
-    pub const INT4: u32 = 23;
-    pub const OID: u32 = 26;
-    pub const JSON: u32 = 114;
-    pub const FLOAT4: u32 = 700;
-    pub const FLOAT8: u32 = 701;
-    pub const TIMESTAMP: u32 = 1114;
-    pub const TIMESTAMPTZ: u32 = 1184;
-    pub const NUMERIC: u32 = 1700;
-    pub const JSONB: u32 = 3802;
-}
-
-/// The element type of a built-in array type, if `t` is one.
-pub fn element_of(t: u32) -> Option<u32> {
-    Some(match t {
-        1000 => oid::BOOL,
-        1005 => oid::INT2,
-        1007 => oid::INT4,
-        1016 => oid::INT8,
-        1028 => oid::OID,
-        1021 => oid::FLOAT4,
-        1022 => oid::FLOAT8,
-        1231 => oid::NUMERIC,
-        199 => oid::JSON,
-        3807 => oid::JSONB,
-        1115 => oid::TIMESTAMP,
-        1185 => oid::TIMESTAMPTZ,
-        // text, varchar, bpchar, name, uuid, date, time, timetz, interval,
-        // bytea, inet, cidr, macaddr: elements that are JSON strings.
-        1009 | 1015 | 1014 | 1003 | 2951 | 1182 | 1183 | 1270 | 1187 | 1001 | 1041 | 651 | 1040 => {
-            25
-        }
-        _ => return None,
-    })
-}
+use crate::pgtype::{element_of, oid};
 
 /// Appends `s` as a JSON string literal.
 pub fn push_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::jsontext::push_str(out, s)
 }
 
 /// Appends the JSON for one non-NULL value of type `type_oid`, printed by

@@ -3,9 +3,15 @@
 //!
 //! ```text
 //!  sync_colmeta = entry*
-//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE | flags_len u8 | [ts i64 LE] | origin bytes
-//!                 flags_len: bit 7 = a ts follows; bits 0-6 = origin length (at most 127)
+//!  entry        = attnum u16 LE | revision i64 LE | xid i64 LE | flags_len u8 | [len u8] | [ts i64 LE] | origin bytes
+//!                 flags_len: bit 7 = a ts follows; bits 0-6 = origin length (0-126),
+//!                 or 127 with bit 15 of attnum set: the length is in the `len` byte (127-255)
 //! ```
+//!
+//! The long form keeps every entry written before it readable: those never
+//! carried more than 127 bytes of origin, and never an attnum with bit 15 set
+//! (PostgreSQL has at most 1,600 columns), so the pair (127, bit 15) was
+//! never written by the short form.
 //!
 //! - `revision`: the row's `sync_version` at which the column last changed;
 //!   what the resolver compares with a writer's version.
@@ -32,8 +38,13 @@
 pub const CREATION: u16 = 0;
 const FIXED: usize = 2 + 8 + 8 + 1;
 const HAS_TS: u8 = 0x80;
-/// The longest origin an entry can carry, in bytes.
-pub const MAX_ORIGIN: usize = 127;
+/// In `flags_len`: the origin's length is in the next byte (with [`LONG_ATTNUM`]).
+const LONG_LEN: u8 = 0x7f;
+/// In `attnum`: marks the long form, together with [`LONG_LEN`].
+const LONG_ATTNUM: u16 = 0x8000;
+/// The longest origin an entry can carry, in bytes: the one limit on peer
+/// names, [`crate::tracking::MAX_ORIGIN_BYTES`].
+pub const MAX_ORIGIN: usize = crate::tracking::MAX_ORIGIN_BYTES;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ColVersion {
@@ -55,26 +66,32 @@ pub fn decode(bytes: &[u8]) -> Vec<ColVersion> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while rest.len() >= FIXED {
+        let mut attnum = u16::from_le_bytes([rest[0], rest[1]]);
         let flags = rest[18];
-        let olen = (flags & !HAS_TS) as usize;
+        let (mut olen, mut head) = ((flags & !HAS_TS) as usize, FIXED);
+        if olen == LONG_LEN as usize && attnum & LONG_ATTNUM != 0 {
+            let Some(&len) = rest.get(FIXED) else { break };
+            attnum &= !LONG_ATTNUM;
+            olen = len as usize;
+            head += 1;
+        }
         let tslen = if flags & HAS_TS != 0 { 8 } else { 0 };
-        if rest.len() < FIXED + tslen + olen {
+        if rest.len() < head + tslen + olen {
             break;
         }
         let ts = if tslen > 0 {
-            i64::from_le_bytes(rest[FIXED..FIXED + 8].try_into().unwrap())
+            i64::from_le_bytes(rest[head..head + 8].try_into().unwrap())
         } else {
             0
         };
         out.push(ColVersion {
-            attnum: u16::from_le_bytes([rest[0], rest[1]]),
+            attnum,
             revision: i64::from_le_bytes(rest[2..10].try_into().unwrap()),
             xid: i64::from_le_bytes(rest[10..18].try_into().unwrap()),
-            origin: String::from_utf8_lossy(&rest[FIXED + tslen..FIXED + tslen + olen])
-                .into_owned(),
+            origin: String::from_utf8_lossy(&rest[head + tslen..head + tslen + olen]).into_owned(),
             ts,
         });
-        rest = &rest[FIXED + tslen + olen..];
+        rest = &rest[head + tslen + olen..];
     }
     out
 }
@@ -82,13 +99,26 @@ pub fn decode(bytes: &[u8]) -> Vec<ColVersion> {
 pub fn encode(entries: &[ColVersion]) -> Result<Vec<u8>, OriginTooLong> {
     let mut out = Vec::with_capacity(entries.iter().map(|e| FIXED + 8 + e.origin.len()).sum());
     for e in entries {
-        if e.origin.len() > MAX_ORIGIN {
-            return Err(OriginTooLong(e.origin.len()));
+        let len = e.origin.len();
+        if len > MAX_ORIGIN {
+            return Err(OriginTooLong(len));
         }
-        out.extend_from_slice(&e.attnum.to_le_bytes());
+        let long = len >= LONG_LEN as usize;
+        let attnum = if long {
+            e.attnum | LONG_ATTNUM
+        } else {
+            e.attnum
+        };
+        out.extend_from_slice(&attnum.to_le_bytes());
         out.extend_from_slice(&e.revision.to_le_bytes());
         out.extend_from_slice(&e.xid.to_le_bytes());
-        out.push(e.origin.len() as u8 | if e.ts != 0 { HAS_TS } else { 0 });
+        let ts = if e.ts != 0 { HAS_TS } else { 0 };
+        if long {
+            out.push(LONG_LEN | ts);
+            out.push(len as u8);
+        } else {
+            out.push(len as u8 | ts);
+        }
         if e.ts != 0 {
             out.extend_from_slice(&e.ts.to_le_bytes());
         }
@@ -212,6 +242,27 @@ mod tests {
             encode(&[cv(1, 1, 1, &"o".repeat(256))]),
             Err(OriginTooLong(256))
         );
+    }
+
+    #[test]
+    fn origins_of_127_to_255_bytes_round_trip_in_the_long_form() {
+        for len in [126, 127, 128, 200, 255] {
+            let mut e = vec![cv(7, 3, 9, &"o".repeat(len)), cv(1600, 2, 8, "x")];
+            e[0].ts = 42;
+            let bytes = encode(&e).unwrap();
+            assert_eq!(decode(&bytes), e, "origin of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn entries_written_in_the_short_form_with_127_bytes_still_decode() {
+        // What the short form wrote before the long form existed.
+        let mut bytes = vec![5, 0];
+        bytes.extend_from_slice(&2i64.to_le_bytes());
+        bytes.extend_from_slice(&3i64.to_le_bytes());
+        bytes.push(127);
+        bytes.extend_from_slice(&[b'a'; 127]);
+        assert_eq!(decode(&bytes), vec![cv(5, 2, 3, &"a".repeat(127))]);
     }
 
     #[test]

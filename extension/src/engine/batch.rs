@@ -15,13 +15,13 @@
 //! itself, one value at a time (their JSON form is not their input syntax).
 
 use crate::api::rowjson;
-use crate::jsontext;
-use crate::resolver::{Op, Text};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::CStr;
+use tributary_core::jsontext;
+use tributary_core::resolver::{Op, Text};
 
 /// A JSON value inside the batch, pointing into the jsonb datum.
 #[derive(Clone, Copy)]
@@ -263,7 +263,7 @@ impl Table {
                 let name = CStr::from_ptr(a.attname.data.as_ptr())
                     .to_string_lossy()
                     .into_owned();
-                if a.attisdropped || crate::api::trigger::META_COLUMNS.contains(&name.as_str()) {
+                if a.attisdropped || tributary_core::tracking::is_tracking_column(&name) {
                     continue;
                 }
                 let typid = a.atttypid;
@@ -700,7 +700,7 @@ pub fn parse(
             if t.by_name.contains_key(&k) {
                 continue;
             }
-            let meta = crate::api::trigger::META_COLUMNS.contains(&k.as_str());
+            let meta = tributary_core::tracking::is_tracking_column(&k);
             let cols: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,

@@ -1,0 +1,350 @@
+//! A peer file opened for syncing: the writes a sync makes, each inside
+//! one SQLite transaction with the position it reaches.
+//!
+//! ```text
+//!  begin()                 BEGIN IMMEDIATE; applying = 1      (the capture triggers ignore us)
+//!  ensure_table(def)       CREATE TABLE / ADD COLUMN from the hub's columns, triggers, _tributary_tables
+//!  upsert / delete / truncate, with _tributary_versions (the hub revision of each row)
+//!  commit(slot, position)  _tributary_state(slot) = position; applying = 0; COMMIT
+//! ```
+
+use crate::encoding::{key_json, sqlite_type, sqlite_value};
+use crate::{schema, ColumnDef, Result, TableDef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use tributary_core::quote::{ident, literal};
+
+/// How long a statement waits for the app's lock before it fails.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A file table as a sync writes it.
+#[derive(Clone, Debug)]
+pub struct Mapped {
+    /// Quoted SQLite name.
+    pub name: String,
+    /// Plain SQLite name, as `_tributary_versions` and the outbox key it.
+    pub plain: String,
+}
+
+pub struct PeerFile {
+    conn: Connection,
+}
+
+/// Opens `path` with the busy timeout every connection to a peer file sets.
+pub fn connect(path: &Path, create: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+impl PeerFile {
+    /// Opens (creating it if needed) the file, in WAL mode with
+    /// `synchronous = FULL` (committed means durable), and brings its
+    /// layout to the current version.
+    pub fn open(path: &Path) -> Result<PeerFile> {
+        let conn = connect(path, true)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        schema::ensure(&conn)?;
+        Ok(PeerFile { conn })
+    }
+
+    /// The connection, for what a caller reads itself (the outbox).
+    pub fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// The position stored for `slot`, as stored.
+    pub fn position(&self, slot: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT lsn FROM _tributary_state WHERE slot = ?1",
+                [slot],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Forgets the position of `slot`: the next sync copies the file anew.
+    pub fn forget_position(&self, slot: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM _tributary_state WHERE slot = ?1", [slot])?;
+        Ok(())
+    }
+
+    /// The hub tables the file holds a copy of (quoted hub names), with the
+    /// tracking epoch of that copy (None: the table came by changes alone).
+    pub fn copied_tables(&self) -> Result<HashMap<String, Option<i64>>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT hub, epoch FROM _tributary_tables")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether the file takes a write lock now.
+    pub fn check_writable(&self) -> Result<()> {
+        Ok(self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?)
+    }
+
+    /// Opens the sync's transaction; the capture triggers ignore its writes.
+    pub fn begin(&self) -> Result<()> {
+        Ok(self
+            .conn
+            .execute_batch("BEGIN IMMEDIATE; UPDATE _tributary_ctl SET applying = 1;")?)
+    }
+
+    /// Stores `position` for `slot` and commits: the writes and the
+    /// position become durable together.
+    pub fn commit(&self, slot: &str, position: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO _tributary_state (slot, lsn) VALUES (?1, ?2)
+             ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn,
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            params![slot, position],
+        )?;
+        Ok(self
+            .conn
+            .execute_batch("UPDATE _tributary_ctl SET applying = 0; COMMIT;")?)
+    }
+
+    pub fn rollback(&self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    /// Creates the file table of `def` (or adds the columns the hub added
+    /// since), records which hub table it is, and installs its capture
+    /// triggers.
+    pub fn ensure_table(&self, def: &TableDef) -> Result<Mapped> {
+        let plain = def.file_name();
+        let name = ident(&plain);
+        let cols: Vec<&ColumnDef> = def.columns.iter().collect();
+        let keys: Vec<String> = cols
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| ident(&c.name))
+            .collect();
+        let mut ddl = format!("CREATE TABLE IF NOT EXISTS {name} (");
+        for (i, c) in cols.iter().enumerate() {
+            if i > 0 {
+                ddl.push_str(", ");
+            }
+            ddl.push_str(&format!("{} {}", ident(&c.name), sqlite_type(c.type_oid)));
+        }
+        if !keys.is_empty() {
+            ddl.push_str(&format!(", PRIMARY KEY ({})", keys.join(", ")));
+        }
+        ddl.push(')');
+        self.conn.execute_batch(&ddl)?;
+        let have: Vec<String> = {
+            let mut st = self.conn.prepare(&format!(
+                "SELECT name FROM pragma_table_info({})",
+                literal(&plain)
+            ))?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for c in &cols {
+            if !have.contains(&c.name) {
+                self.conn.execute_batch(&format!(
+                    "ALTER TABLE {name} ADD COLUMN {} {}",
+                    ident(&c.name),
+                    sqlite_type(c.type_oid)
+                ))?;
+            }
+        }
+        self.conn.execute(
+            "INSERT INTO _tributary_tables (tbl, hub) VALUES (?1, ?2)
+             ON CONFLICT (tbl) DO UPDATE SET hub = excluded.hub",
+            params![plain, def.hub_name()],
+        )?;
+        self.conn
+            .execute_batch(&crate::outbox::triggers(&plain, &cols))?;
+        Ok(Mapped { name, plain })
+    }
+
+    /// Before a full copy of a table: records the tracking epoch of the
+    /// copy, and empties the table (a copy replaces what the file held).
+    pub fn prepare_copy(&self, m: &Mapped, epoch: Option<i64>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE _tributary_tables SET epoch = ?2 WHERE tbl = ?1",
+            params![m.plain, epoch],
+        )?;
+        self.truncate(m)
+    }
+
+    /// Inserts or updates a row (`cols`: the columns it carries, with their
+    /// text or None for NULL), and records its hub revision. Only columns
+    /// that differ are written. Returns whether the file changed.
+    pub fn upsert(
+        &self,
+        m: &Mapped,
+        cols: &[(&ColumnDef, Option<&[u8]>)],
+        version: Option<i64>,
+    ) -> Result<bool> {
+        let names: Vec<String> = cols.iter().map(|(c, _)| ident(&c.name)).collect();
+        let keys: Vec<&String> = cols
+            .iter()
+            .zip(&names)
+            .filter(|((c, _), _)| c.key)
+            .map(|(_, n)| n)
+            .collect();
+        let sql = upsert_sql(&m.name, &names, &keys);
+        let values = cols.iter().map(|(c, v)| sqlite_value(c.type_oid, *v));
+        let n = self
+            .conn
+            .prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(values))?;
+        let key = key_json(cols.iter().filter(|(c, _)| c.key).map(|(c, v)| (*c, *v)));
+        if let (Some(v), Some(pk)) = (version, key) {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO _tributary_versions (tbl, pk, version) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tbl, pk) DO UPDATE SET version = excluded.version",
+                )?
+                .execute(params![m.plain, pk, v])?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Deletes the row of `keys`, and its hub revision. Returns whether
+    /// the file changed.
+    pub fn delete(&self, m: &Mapped, keys: &[(&ColumnDef, Option<&[u8]>)]) -> Result<bool> {
+        let cond: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{} IS ?{}", ident(&c.name), i + 1))
+            .collect();
+        let values = keys.iter().map(|(c, v)| sqlite_value(c.type_oid, *v));
+        let n = self
+            .conn
+            .prepare_cached(&format!(
+                "DELETE FROM {} WHERE {}",
+                m.name,
+                cond.join(" AND ")
+            ))?
+            .execute(rusqlite::params_from_iter(values))?;
+        if let Some(pk) = key_json(keys.iter().map(|(c, v)| (*c, *v))) {
+            self.conn
+                .prepare_cached("DELETE FROM _tributary_versions WHERE tbl = ?1 AND pk = ?2")?
+                .execute(params![m.plain, pk])?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Empties a table and forgets its revisions.
+    pub fn truncate(&self, m: &Mapped) -> Result<()> {
+        self.conn
+            .execute_batch(&format!("DELETE FROM {}", m.name))?;
+        self.conn
+            .execute("DELETE FROM _tributary_versions WHERE tbl = ?1", [&m.plain])?;
+        Ok(())
+    }
+}
+
+/// `INSERT … ON CONFLICT (keys) DO UPDATE SET … WHERE a column differs`.
+fn upsert_sql(table: &str, names: &[String], keys: &[&String]) -> String {
+    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let sets: Vec<&String> = names.iter().filter(|n| !keys.contains(n)).collect();
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
+        marks.join(", ")
+    );
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    if keys.is_empty() {
+        return sql;
+    }
+    if sets.is_empty() {
+        sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", ")));
+    } else {
+        sql.push_str(&format!(
+            " ON CONFLICT ({}) DO UPDATE SET {} WHERE {}",
+            keys.join(", "),
+            sets.iter()
+                .map(|n| format!("{n} = excluded.{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sets.iter()
+                .map(|n| format!("{table}.{n} IS NOT excluded.{n}"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ));
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> TableDef {
+        TableDef {
+            schema: "public".into(),
+            name: "tab'le".into(),
+            columns: vec![
+                ColumnDef {
+                    name: "id".into(),
+                    type_oid: 23,
+                    key: true,
+                },
+                ColumnDef {
+                    name: "na\"me".into(),
+                    type_oid: 25,
+                    key: false,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn names_follow_the_hub_schema() {
+        assert_eq!(def().file_name(), "tab'le");
+        let mut d = def();
+        d.schema = "sales".into();
+        d.name = "orders".into();
+        assert_eq!(d.file_name(), "sales.orders");
+        assert_eq!(d.hub_name(), "\"sales\".\"orders\"");
+    }
+
+    #[test]
+    fn a_sync_writes_rows_and_its_position_together_and_the_outbox_ignores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.db");
+        let f = PeerFile::open(&path).unwrap();
+        let d = def();
+        let m = f.ensure_table(&d).unwrap();
+        f.begin().unwrap();
+        let row = [
+            (&d.columns[0], Some(&b"1"[..])),
+            (&d.columns[1], Some(&b"a"[..])),
+        ];
+        assert!(f.upsert(&m, &row, Some(3)).unwrap());
+        assert!(!f.upsert(&m, &row, Some(3)).unwrap(), "nothing differs");
+        f.commit("slot", "0/16").unwrap();
+        assert_eq!(f.position("slot").unwrap().as_deref(), Some("0/16"));
+        let mut app = connect(&path, false).unwrap();
+        let n: i64 = app
+            .query_row("SELECT count(*) FROM _tributary_outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "the sync's own writes are not captured");
+        app.execute("UPDATE \"tab'le\" SET \"na\"\"me\" = 'b' WHERE id = 1", [])
+            .unwrap();
+        let out = crate::outbox::read(&app, 10).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].op.as_str(), out[0].base), ("U", Some(3)));
+        assert_eq!(out[0].hub, "\"public\".\"tab'le\"");
+        crate::outbox::finish(&mut app, &[(out[0].clone(), None)]).unwrap();
+        assert!(crate::outbox::read(&app, 10).unwrap().is_empty());
+        f.begin().unwrap();
+        assert!(f.delete(&m, &row[..1]).unwrap());
+        f.commit("slot", "0/20").unwrap();
+    }
+}
