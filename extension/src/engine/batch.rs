@@ -452,28 +452,9 @@ struct Raw {
     ts: Option<J>,
 }
 
-/// Checks the structure of one change; the problem, in the order the
-/// checks are documented, or the change.
-fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
-    let J::Obj(c) = elem else {
-        return Err("it is not a JSON object".into());
-    };
-    let m = unsafe { members(c) };
-    let get = |k: &str| m.iter().find(|(n, _)| *n == k.as_bytes()).map(|(_, v)| *v);
-    let op = match get("op").and_then(|o| o.str_bytes()) {
-        Some(b"I") => Op::Insert,
-        Some(b"U") => Op::Update,
-        Some(b"D") => Op::Delete,
-        _ => {
-            return Err(format!(
-                "op is {}; it must be \"I\", \"U\" or \"D\"",
-                get("op").map(J::text).unwrap_or_else(|| "missing".into())
-            ))
-        }
-    };
-    let Some(J::Obj(pkc)) = get("pk") else {
-        return Err("pk is missing or not an object".into());
-    };
+/// The key's members, exactly the key columns (as many members, each
+/// found by name), none null.
+fn key_members(pkc: *mut pg_sys::JsonbContainer, t: &Table) -> Result<Vec<(usize, J)>, String> {
     // Exactly the key columns: as many members, each found by name.
     let count = unsafe { (*pkc).header } & JB_CMASK;
     let pk_members = unsafe { members(pkc) };
@@ -502,6 +483,32 @@ fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
     if pk.iter().any(|(_, v)| matches!(v, J::Null)) {
         return Err("a primary key value is null".into());
     }
+    Ok(pk)
+}
+
+/// Checks the structure of one change; the problem, in the order the
+/// checks are documented, or the change.
+fn structure(elem: J, t: &Table, lww: bool) -> Result<Raw, String> {
+    let J::Obj(c) = elem else {
+        return Err("it is not a JSON object".into());
+    };
+    let m = unsafe { members(c) };
+    let get = |k: &str| m.iter().find(|(n, _)| *n == k.as_bytes()).map(|(_, v)| *v);
+    let op = match get("op").and_then(|o| o.str_bytes()) {
+        Some(b"I") => Op::Insert,
+        Some(b"U") => Op::Update,
+        Some(b"D") => Op::Delete,
+        _ => {
+            return Err(format!(
+                "op is {}; it must be \"I\", \"U\" or \"D\"",
+                get("op").map(J::text).unwrap_or_else(|| "missing".into())
+            ))
+        }
+    };
+    let Some(J::Obj(pkc)) = get("pk") else {
+        return Err("pk is missing or not an object".into());
+    };
+    let pk = key_members(pkc, t)?;
     let data = match get("data") {
         Some(J::Obj(d)) => unsafe { members(d) },
         Some(_) => return Err("data is not an object".into()),
@@ -670,8 +677,16 @@ pub fn parse(
         );
     }
     let elems: Vec<J> = unsafe { members(root) }.into_iter().map(|m| m.1).collect();
+    // Structure, for the whole batch before anything else; then names;
+    // then types, in order.
+    let raws = check_structure(&elems, t, lww);
+    check_names(&raws, t);
+    let changes = type_checked(&raws, &elems, t, populate);
+    Batch { changes, elems }
+}
 
-    // Structure, for the whole batch before anything else.
+/// Each change's structure; raises (22023) naming the first malformed one.
+fn check_structure(elems: &[J], t: &Table, lww: bool) -> Vec<Raw> {
     let mut raws = Vec::with_capacity(elems.len());
     for (i, e) in elems.iter().enumerate() {
         match structure(*e, t, lww) {
@@ -684,8 +699,12 @@ pub fn parse(
             ),
         }
     }
+    raws
+}
 
-    // Names: every key of data and every name in changed is a column.
+/// Every key of data and every name in changed is a column; raises
+/// (42703) naming the first change that names another.
+fn check_names(raws: &[Raw], t: &Table) {
     for (i, r) in raws.iter().enumerate() {
         let known = |k: &[u8]| std::str::from_utf8(k).is_ok_and(|k| t.by_name.contains_key(k));
         if r.data.iter().all(|(k, _)| known(k)) && r.changed.is_none() {
@@ -727,12 +746,20 @@ pub fn parse(
             );
         }
     }
+}
 
-    // Types, in order; the first value that does not fit names its change.
+/// Types every change; the first value that does not fit raises its own
+/// class-22 SQLSTATE, naming its change.
+fn type_checked(
+    raws: &[Raw],
+    elems: &[J],
+    t: &mut Table,
+    populate: &mut dyn FnMut(&str, &str) -> String,
+) -> Vec<Parsed> {
     let current = std::sync::atomic::AtomicUsize::new(0);
     let tbl_name = t.name.clone();
-    let typed_changes = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        type_all(&raws, t, &current, populate)
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        type_all(raws, t, &current, populate)
     }))
     .catch_others(|e| {
         let report = match &e {
@@ -756,11 +783,17 @@ pub fn parse(
             ),
         )
     })
-    .execute();
-    Batch {
-        changes: typed_changes,
-        elems,
-    }
+    .execute()
+}
+
+/// Buffers reused for every change of a batch.
+struct Scratch {
+    buf: Vec<u8>,
+    text_buf: Vec<u8>,
+    /// Per column: the value the change gives, if any.
+    given: Vec<Option<J>>,
+    /// The columns the change sets.
+    sets: Vec<usize>,
 }
 
 fn type_all(
@@ -770,7 +803,12 @@ fn type_all(
     populate: &mut dyn FnMut(&str, &str) -> String,
 ) -> Vec<Parsed> {
     let mut out = Vec::with_capacity(raws.len());
-    let mut buf = Vec::with_capacity(64);
+    let mut s = Scratch {
+        buf: Vec::with_capacity(64),
+        text_buf: Vec::with_capacity(64),
+        given: vec![None; t.columns.len()],
+        sets: Vec::with_capacity(t.columns.len()),
+    };
     // Each change's values are read in a context reset after it.
     let cx = unsafe {
         pg_sys::AllocSetContextCreateExtended(
@@ -781,110 +819,136 @@ fn type_all(
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         )
     };
-    let mut given: Vec<Option<J>> = vec![None; t.columns.len()];
-    let mut sets: Vec<usize> = Vec::with_capacity(t.columns.len());
-    let mut text_buf: Vec<u8> = Vec::with_capacity(64);
     for (i, r) in raws.iter().enumerate() {
         current.store(i, std::sync::atomic::Ordering::Relaxed);
-        given.iter_mut().for_each(|g| *g = None);
-        for (k, v) in &r.data {
-            if let Some(c) = t.by_name.get(std::str::from_utf8(k).unwrap_or_default()) {
-                given[*c] = Some(*v);
-            }
-        }
-        for (c, v) in &r.pk {
-            given[*c] = Some(*v);
-        }
-        sets.clear();
-        match &r.changed {
-            Some(_) => sets.extend(
-                changed_names(r)
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|n| t.by_name.get(n.as_str()).copied()),
-            ),
-            None => sets.extend(r.data.iter().filter_map(|(k, _)| {
-                t.by_name
-                    .get(std::str::from_utf8(k).unwrap_or_default())
-                    .copied()
-            })),
-        }
+        given_and_sets(r, t, &mut s);
         let old = unsafe { pg_sys::MemoryContextSwitchTo(cx) };
-        let mut values = BTreeMap::new();
-        let mut key_values: Vec<(usize, Text)> = Vec::with_capacity(t.pk.len());
-        for (c, v) in given.iter().copied().enumerate() {
-            let is_pk = t.pk.contains(&c);
-            let keep =
-                r.op != Op::Delete && (is_pk || sets.contains(&c)) && !t.columns[c].generated;
-            // Every column is read (a domain may refuse NULL), as
-            // jsonb_populate_record does; the kept ones are printed.
-            if v.is_none() && !keep {
-                if let Way::Input { domain: true, .. } = t.columns[c].way {
-                    unsafe {
-                        typed(
-                            &mut t.columns[c],
-                            J::Null,
-                            &mut buf,
-                            &mut text_buf,
-                            populate,
-                        )
-                    };
-                }
-                continue;
-            }
-            let text = unsafe {
-                typed(
-                    &mut t.columns[c],
-                    v.unwrap_or(J::Null),
-                    &mut buf,
-                    &mut text_buf,
-                    populate,
-                )
-            };
-            if is_pk {
-                key_values.push((c, text.clone()));
-            }
-            if keep {
-                values.insert(t.columns[c].key.clone(), text);
-            }
-        }
+        let (values, key_values) = type_values(r, t, &mut s, populate);
         let ts = match r.ts {
             Some(J::Num(n)) => whole(&numeric_text(n)).unwrap_or(0),
-            Some(s @ J::Str(..)) => unsafe { timestamp_micros(s, &mut buf) },
+            Some(v @ J::Str(..)) => unsafe { timestamp_micros(v, &mut s.buf) },
             _ => 0,
         };
         unsafe {
             pg_sys::MemoryContextSwitchTo(old);
             pg_sys::MemoryContextReset(cx);
         }
-        let key = t.key_text(|name| {
-            key_values
-                .iter()
-                .find(|(c, _)| t.columns[*c].name == name)
-                .map(|(_, v)| &**v)
-        });
-        let pk_values =
-            t.pk.iter()
-                .map(|p| {
-                    key_values
-                        .iter()
-                        .find(|(c, _)| c == p)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_else(|| Text::from("null"))
-                })
-                .collect();
-        out.push(Parsed {
-            pk_values,
-            op: r.op,
-            version: r.version,
-            expect_version: r.expect_version,
-            ts,
-            key,
-            values,
-        });
+        out.push(parsed(r, t, values, &key_values, ts));
     }
     unsafe { pg_sys::MemoryContextDelete(cx) };
     out
+}
+
+/// Which value the change gives each column, and which columns it sets.
+fn given_and_sets(r: &Raw, t: &Table, s: &mut Scratch) {
+    s.given.iter_mut().for_each(|g| *g = None);
+    for (k, v) in &r.data {
+        if let Some(c) = t.by_name.get(std::str::from_utf8(k).unwrap_or_default()) {
+            s.given[*c] = Some(*v);
+        }
+    }
+    for (c, v) in &r.pk {
+        s.given[*c] = Some(*v);
+    }
+    s.sets.clear();
+    match &r.changed {
+        Some(_) => s.sets.extend(
+            changed_names(r)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| t.by_name.get(n.as_str()).copied()),
+        ),
+        None => s.sets.extend(r.data.iter().filter_map(|(k, _)| {
+            t.by_name
+                .get(std::str::from_utf8(k).unwrap_or_default())
+                .copied()
+        })),
+    }
+}
+
+/// Types every column the change gives (and, for a domain that may refuse
+/// NULL, those it does not), as jsonb_populate_record does. Returns the
+/// values it writes, by name, and the key's values, by column.
+fn type_values(
+    r: &Raw,
+    t: &mut Table,
+    s: &mut Scratch,
+    populate: &mut dyn FnMut(&str, &str) -> String,
+) -> (BTreeMap<Text, Text>, Vec<(usize, Text)>) {
+    let mut values = BTreeMap::new();
+    let mut key_values: Vec<(usize, Text)> = Vec::with_capacity(t.pk.len());
+    for c in 0..s.given.len() {
+        let v = s.given[c];
+        let is_pk = t.pk.contains(&c);
+        let keep = r.op != Op::Delete && (is_pk || s.sets.contains(&c)) && !t.columns[c].generated;
+        // Every column is read (a domain may refuse NULL), as
+        // jsonb_populate_record does; the kept ones are printed.
+        if v.is_none() && !keep {
+            if let Way::Input { domain: true, .. } = t.columns[c].way {
+                unsafe {
+                    typed(
+                        &mut t.columns[c],
+                        J::Null,
+                        &mut s.buf,
+                        &mut s.text_buf,
+                        populate,
+                    )
+                };
+            }
+            continue;
+        }
+        let text = unsafe {
+            typed(
+                &mut t.columns[c],
+                v.unwrap_or(J::Null),
+                &mut s.buf,
+                &mut s.text_buf,
+                populate,
+            )
+        };
+        if is_pk {
+            key_values.push((c, text.clone()));
+        }
+        if keep {
+            values.insert(t.columns[c].key.clone(), text);
+        }
+    }
+    (values, key_values)
+}
+
+/// A typed change.
+fn parsed(
+    r: &Raw,
+    t: &Table,
+    values: BTreeMap<Text, Text>,
+    key_values: &[(usize, Text)],
+    ts: i64,
+) -> Parsed {
+    let key = t.key_text(|name| {
+        key_values
+            .iter()
+            .find(|(c, _)| t.columns[*c].name == name)
+            .map(|(_, v)| &**v)
+    });
+    let pk_values =
+        t.pk.iter()
+            .map(|p| {
+                key_values
+                    .iter()
+                    .find(|(c, _)| c == p)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| Text::from("null"))
+            })
+            .collect();
+    Parsed {
+        pk_values,
+        op: r.op,
+        version: r.version,
+        expect_version: r.expect_version,
+        ts,
+        key,
+        values,
+    }
 }
 
 /// An RFC 3339 `ts` as microseconds since the Unix epoch.
