@@ -474,14 +474,66 @@ pub fn resolve(state: Option<&KeyState>, change: &Change, prio: &Priorities) -> 
     }
 }
 
+/// How the columns of a write compared with the hub's.
+#[derive(Default)]
+struct Tally {
+    won_rev: usize,
+    lost_rev: usize,
+    same: usize,
+    /// (column, the incoming value won) per kind of decision.
+    by_prio: Vec<(String, bool)>,
+    by_rule: Vec<(String, bool)>,
+    ties: Vec<(String, bool)>,
+}
+
 fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorities) -> Decision {
+    let (mut next, tally) = compare_columns(s, change, incoming, prio);
+    let any_won = next.cells != s.cells;
+    let revive_by = (!s.alive).then(|| revive(s, &mut next, prio));
+    if next.alive {
+        next.version = s.version.max(next.max_revision());
+        if !s.alive {
+            next.version = next.max_revision();
+        }
+    }
+    if any_won {
+        next.origin = change.origin.clone();
+    }
+    let changed = next != *s;
+    let manual = match revive_by {
+        Some(by) => by == By::TieBreak,
+        None => !tally.ties.is_empty(),
+    };
+    let (outcome, detail) = label_write(s, &next, change, &tally, revive_by, prio);
+    let conflict = manual.then(|| Conflict {
+        columns: tally.ties.iter().map(|t| t.0.clone()).collect(),
+        remote_won: tally.ties.iter().all(|t| t.1),
+    });
+    let custom = if prio.policy == Policy::Custom && revive_by.is_none() {
+        tally.by_rule.iter().map(|r| r.0.clone()).collect()
+    } else {
+        vec![]
+    };
+    Decision {
+        outcome,
+        state: next,
+        changed,
+        conflict,
+        detail,
+        custom,
+    }
+}
+
+/// Each column the write sets against the hub's: the larger stamp wins.
+/// Returns the state after it, and how the columns compared.
+fn compare_columns(
+    s: &KeyState,
+    change: &Change,
+    incoming: &Stamp,
+    prio: &Priorities,
+) -> (KeyState, Tally) {
     let mut next = s.clone();
-    let mut won_rev = 0;
-    let mut lost_rev = 0;
-    let mut same = 0;
-    let mut by_prio: Vec<(String, bool)> = vec![];
-    let mut by_rule: Vec<(String, bool)> = vec![];
-    let mut ties: Vec<(String, bool)> = vec![];
+    let mut t = Tally::default();
     for (col, value) in &change.values {
         // The same value at the same revision is no overlap, whoever wrote
         // it (e.g. the key columns every change carries); the stamp still
@@ -501,13 +553,13 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
         );
         let won = ord == Ordering::Greater;
         match by {
-            By::Same => same += 1,
-            By::Priority | By::TieBreak | By::Clock | By::Policy if same_value => same += 1,
-            By::Revision if won => won_rev += 1,
-            By::Revision => lost_rev += 1,
-            By::Priority => by_prio.push((col.to_string(), won)),
-            By::TieBreak => ties.push((col.to_string(), won)),
-            By::Clock | By::Policy => by_rule.push((col.to_string(), won)),
+            By::Same => t.same += 1,
+            By::Priority | By::TieBreak | By::Clock | By::Policy if same_value => t.same += 1,
+            By::Revision if won => t.won_rev += 1,
+            By::Revision => t.lost_rev += 1,
+            By::Priority => t.by_prio.push((col.to_string(), won)),
+            By::TieBreak => t.ties.push((col.to_string(), won)),
+            By::Clock | By::Policy => t.by_rule.push((col.to_string(), won)),
         }
         if won {
             next.cells.insert(
@@ -519,84 +571,96 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
             );
         }
     }
-    let any_won = next.cells != s.cells;
+    (next, t)
+}
 
-    // A dead key comes back when its largest column stamp beats the delete.
-    let mut revive_by = None;
-    if !s.alive {
-        let top = next.top(prio);
-        let del = s.deleted.clone().unwrap_or(Stamp {
-            revision: 0,
-            origin: "".into(),
-            ts: 0,
-        });
-        let (ord, by) = decide(
-            match top {
-                Some((st, v)) => compare((st, Kind::Update, v), (&del, Kind::Delete, ""), prio),
-                None => (Ordering::Less, By::Revision),
-            },
-            prio,
-            false,
-        );
-        next.alive = ord == Ordering::Greater;
-        revive_by = Some(by);
-    }
-    if next.alive {
-        next.version = s.version.max(next.max_revision());
-        if !s.alive {
-            next.version = next.max_revision();
-        }
-    }
-    if any_won {
-        next.origin = change.origin.clone();
-    }
-    let changed = next != *s;
+/// A dead key comes back when its largest column stamp beats the delete.
+/// Sets `next.alive`; returns how the comparison was decided.
+fn revive(s: &KeyState, next: &mut KeyState, prio: &Priorities) -> By {
+    let top = next.top(prio);
+    let del = s.deleted.clone().unwrap_or(Stamp {
+        revision: 0,
+        origin: "".into(),
+        ts: 0,
+    });
+    let (ord, by) = decide(
+        match top {
+            Some((st, v)) => compare((st, Kind::Update, v), (&del, Kind::Delete, ""), prio),
+            None => (Ordering::Less, By::Revision),
+        },
+        prio,
+        false,
+    );
+    next.alive = ord == Ordering::Greater;
+    by
+}
 
-    // For a deleted key, what decides is the comparison with the delete;
-    // column-level outcomes only refresh the tombstone's image.
+/// The ladder label of a write, and its detail. For a deleted key, what
+/// decides is the comparison with the delete; column-level outcomes only
+/// refresh the tombstone's image.
+fn label_write(
+    s: &KeyState,
+    next: &KeyState,
+    change: &Change,
+    t: &Tally,
+    revive_by: Option<By>,
+    prio: &Priorities,
+) -> (Outcome, String) {
     let (manual, prioritized, ruled) = match revive_by {
         Some(by) => (
             by == By::TieBreak,
             by == By::Priority,
             matches!(by, By::Clock | By::Policy),
         ),
-        None => (!ties.is_empty(), !by_prio.is_empty(), !by_rule.is_empty()),
+        None => (
+            !t.ties.is_empty(),
+            !t.by_prio.is_empty(),
+            !t.by_rule.is_empty(),
+        ),
     };
-    let (outcome, detail) = if manual {
-        let remote_won = ties.iter().all(|t| t.1);
-        (
+    let kept = |won: bool| {
+        if won {
+            "the incoming value is kept"
+        } else {
+            "the hub's value is kept"
+        }
+    };
+    if manual {
+        let what = if t.ties.is_empty() {
+            "the row's existence".to_string()
+        } else {
+            join(&t.ties)
+        };
+        return (
             Outcome::Manual,
             format!(
-                "equal revision {} and equal priority on {}: {} for now (tie-break), logged as a conflict",
+                "equal revision {} and equal priority on {what}: {} for now (tie-break), logged as a conflict",
                 change.version,
-                if ties.is_empty() { "the row's existence".to_string() } else { join(&ties) },
-                if remote_won { "the incoming value is kept" } else { "the hub's value is kept" }
+                kept(t.ties.iter().all(|x| x.1))
             ),
-        )
-    } else if ruled {
-        let won = by_rule.iter().any(|p| p.1) || (revive_by.is_some() && next.alive);
-        (
+        );
+    }
+    if ruled {
+        let won = t.by_rule.iter().any(|p| p.1) || (revive_by.is_some() && next.alive);
+        return (
             policy_outcome(prio.policy),
             format!(
                 "{} at revision {}: {}",
                 policy_name(prio.policy),
                 change.version,
-                if won {
-                    "the incoming value is kept"
-                } else {
-                    "the hub's value is kept"
-                }
+                kept(won)
             ),
-        )
-    } else if prioritized {
-        let won = by_prio.iter().any(|p| p.1) || (revive_by == Some(By::Priority) && next.alive);
+        );
+    }
+    if prioritized {
+        let won = t.by_prio.iter().any(|p| p.1) || (revive_by == Some(By::Priority) && next.alive);
         let hub_origin = s
             .cells
-            .get(by_prio.first().map(|p| p.0.as_str()).unwrap_or(""))
+            .get(t.by_prio.first().map(|p| p.0.as_str()).unwrap_or(""))
             .map(|c| c.stamp.origin.clone())
             .or_else(|| s.deleted.as_ref().map(|d| d.origin.clone()))
             .unwrap_or_default();
-        (
+        return (
             Outcome::PriorityWin,
             format!(
                 "{} (priority {}) {} {} (priority {}) at revision {}",
@@ -607,9 +671,10 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
                 prio.of(&hub_origin),
                 change.version
             ),
-        )
-    } else if !s.alive {
-        if next.alive {
+        );
+    }
+    if !s.alive {
+        return if next.alive {
             (
                 Outcome::VersionWin,
                 format!(
@@ -622,17 +687,19 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
                 Outcome::StaleSkip,
                 format!("the row was deleted at revision {}", s.version),
             )
-        }
-    } else if won_rev == 0 {
-        if same > 0 && lost_rev == 0 {
+        };
+    }
+    if t.won_rev == 0 {
+        return if t.same > 0 && t.lost_rev == 0 {
             (Outcome::StaleSkip, "already applied".into())
         } else {
             (
                 Outcome::StaleSkip,
                 format!("the hub's row is newer (revision {})", s.version),
             )
-        }
-    } else if lost_rev == 0 && change.version > s.version {
+        };
+    }
+    if t.lost_rev == 0 && change.version > s.version {
         (
             Outcome::VersionWin,
             format!("revision {} over {}", change.version, s.version),
@@ -645,23 +712,6 @@ fn resolve_write(s: &KeyState, change: &Change, incoming: &Stamp, prio: &Priorit
                 next.version
             ),
         )
-    };
-    let conflict = manual.then(|| Conflict {
-        columns: ties.iter().map(|t| t.0.clone()).collect(),
-        remote_won: ties.iter().all(|t| t.1),
-    });
-    let custom = if prio.policy == Policy::Custom && revive_by.is_none() {
-        by_rule.iter().map(|r| r.0.clone()).collect()
-    } else {
-        vec![]
-    };
-    Decision {
-        outcome,
-        state: next,
-        changed,
-        conflict,
-        detail,
-        custom,
     }
 }
 
