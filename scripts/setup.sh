@@ -41,6 +41,10 @@ say "building and installing the tributary extension (release)"
 sudo_flag=(); [ "$(id -u)" = 0 ] || sudo_flag=(--sudo)
 cargo pgrx install --release -p tributary --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/tmp/tributary-install.log 2>&1 \
   || { cat /tmp/tributary-install.log; exit 1; }
+# The released install scripts too (cargo pgrx install copies only the
+# upgrade scripts, tributary--A--B.sql): a hub can be created at an older
+# release and brought up to date with ALTER EXTENSION tributary UPDATE.
+as_root install -m 644 extension/sql/tributary--*.sql "$($PG_CONFIG --sharedir)/extension/"
 say "building the worker (release)"
 cargo build -q --release -p tributary-worker
 say "setup done"

@@ -9,10 +9,14 @@
 
 CREATE TABLE tributary.queues (
     name         text PRIMARY KEY,
-    relid        oid NOT NULL,
+    relid        regclass NOT NULL,
     max_attempts integer NOT NULL DEFAULT 10,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
+-- Dumped with the database (the queue tables themselves are ordinary
+-- tables, dumped with their rows). Positions (worker_progress) are not:
+-- they belong to one cluster's WAL.
+SELECT pg_catalog.pg_extension_config_dump('tributary.queues', '');
 
 CREATE FUNCTION tributary._queue(queue text) RETURNS tributary.queues
 LANGUAGE plpgsql STABLE

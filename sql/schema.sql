@@ -8,7 +8,7 @@ COMMENT ON SCHEMA tributary IS 'Tributary internal state: tracked tables, tombst
 -- after sync_untrack, so that tracking the table again knows that clients may
 -- hold rows from the earlier epoch and must resync in full.
 CREATE TABLE tributary.tracked (
-    relid        oid PRIMARY KEY,
+    relid        regclass PRIMARY KEY,       -- a name in a dump: OIDs differ after a restore
     pk_columns   text[] NOT NULL,
     active       boolean NOT NULL DEFAULT true,
     tracked_xid  bigint NOT NULL,           -- stamp given to the rows present when tracking began
@@ -20,7 +20,7 @@ CREATE TABLE tributary.tracked (
 -- The latest delete of each key. A re-insert of the key leaves the
 -- tombstone in place; readers skip tombstones whose key is live again.
 CREATE TABLE tributary.tombstones (
-    relid       oid NOT NULL,
+    relid       regclass NOT NULL,
     pk          jsonb NOT NULL,
     xid         bigint NOT NULL,   -- top-level xid stamp of the deleting transaction
     version     bigint NOT NULL,   -- the revision the delete produced (last sync_version + 1)
@@ -55,7 +55,7 @@ CREATE TABLE tributary.peers (
 -- resolved. The hub holds the tie-break's value meanwhile.
 CREATE TABLE tributary.conflicts (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    relid          oid NOT NULL,
+    relid          regclass NOT NULL,
     pk             jsonb NOT NULL,
     columns        text[] NOT NULL,          -- the overlapping columns (empty: delete against update)
     local          jsonb,                    -- the hub's row before the change (NULL: deleted)
@@ -92,11 +92,11 @@ CREATE POLICY tombstones_rewritable ON tributary.tombstones
 -- after tributary.max_retries attempts, dead letters. Retried in order.
 CREATE TABLE tributary.pending (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    relid         oid NOT NULL,
+    relid         regclass NOT NULL,
     pk            jsonb NOT NULL,
     origin        text NOT NULL,
     change        jsonb NOT NULL,            -- the canonical change, as sync_apply received it
-    parent_relid  oid,                       -- the table whose row was missing
+    parent_relid  regclass,                  -- the table whose row was missing
     attempts      integer NOT NULL DEFAULT 1,
     last_error    text,
     status        text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'dead')),
@@ -111,8 +111,21 @@ CREATE POLICY pending_writable ON tributary.pending FOR ALL USING (has_table_pri
 
 -- Per-table resolver policy for overlaps at the same revision.
 CREATE TABLE tributary.policies (
-    relid      oid PRIMARY KEY,
+    relid      regclass PRIMARY KEY,
     policy     text NOT NULL CHECK (policy IN ('ladder', 'last_writer_wins', 'hub_wins', 'peer_wins', 'custom')),
     resolver   regprocedure,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- pg_dump saves the rows of these tables (and the sequences behind their
+-- ids) with the dump of the database: tracking, tombstones, peers,
+-- conflicts, parked changes and policies survive a dump and restore.
+-- Tables are named by regclass, so a restore finds them by name.
+SELECT pg_catalog.pg_extension_config_dump('tributary.tracked', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.tombstones', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.peers', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.conflicts', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.conflicts_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.pending', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.pending_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.policies', '');

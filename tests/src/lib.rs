@@ -147,15 +147,21 @@ impl Cluster {
 
     /// A new database with the extension created.
     pub fn db(&self) -> Db<'_> {
+        let db = self.empty_db();
+        db.connect()
+            .batch_execute("CREATE EXTENSION tributary")
+            .expect("CREATE EXTENSION tributary (run `cargo pgrx install` first)");
+        db
+    }
+
+    /// A new database without the extension.
+    pub fn empty_db(&self) -> Db<'_> {
         let n = self.next_db.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{n}");
         let mut admin = self.connect("postgres");
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
-        let mut c = self.connect(&name);
-        c.batch_execute("CREATE EXTENSION tributary")
-            .expect("CREATE EXTENSION tributary (run `cargo pgrx install` first)");
         Db {
             cluster: self,
             name,
