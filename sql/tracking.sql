@@ -109,6 +109,52 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- The tracking triggers of a table, for its primary key `pk`: dropped and
+-- made again, so that a changed key (or a renamed key column) is picked up.
+-- Run by sync_track, and by the DDL event trigger after an ALTER TABLE.
+CREATE FUNCTION tributary._install_triggers(tbl regclass, pk text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pk_cond text;
+BEGIN
+    -- Triggers: dropped and recreated so that a changed key is picked up.
+    -- The row trigger is named to fire after the application's own BEFORE
+    -- triggers (they fire in name order), so it sees their final values.
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
+    -- Tables with the last_writer_wins policy stamp a clock on local writes.
+    EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
+                   CASE WHEN EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins')
+                        THEN '''lww''' ELSE '' END);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_delete AFTER DELETE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
+                   tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+    SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') INTO pk_cond FROM unnest(pk) c;
+    EXECUTE format('CREATE TRIGGER zzz_tributary_rekey AFTER UPDATE ON %s
+                    FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)',
+                   tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+    EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._on_truncate()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_on BEFORE DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_off AFTER DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
+    -- ALWAYS: changes applied with session_replication_role = replica are
+    -- changes too, and must never be skipped.
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_delete,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_rekey,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_truncate,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_on,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_off', tbl);
+END $$;
+
 CREATE FUNCTION sync_track(tbl regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
 AS $$
@@ -117,7 +163,6 @@ DECLARE
     reserved record;
     x bigint := tributary._xid();
     prev tributary.tracked;
-    pk_cond text;
     rel record;
 BEGIN
     IF tbl IS NULL THEN
@@ -170,41 +215,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ALTER COLUMN sync_xid DROP DEFAULT, ALTER COLUMN sync_created_xid DROP DEFAULT', tbl);
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (sync_xid)', 'sync_xid_' || tbl::oid, tbl);
 
-    -- Triggers: dropped and recreated so that a changed key is picked up.
-    -- The row trigger is named to fire after the application's own BEFORE
-    -- triggers (they fire in name order), so it sees their final values.
-    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
-    -- Tables with the last_writer_wins policy stamp a clock on local writes.
-    EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
-                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
-                   CASE WHEN EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins')
-                        THEN '''lww''' ELSE '' END);
-    EXECUTE format('CREATE TRIGGER zzz_tributary_delete AFTER DELETE ON %s
-                    FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
-                   tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
-    SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') INTO pk_cond FROM unnest(pk) c;
-    EXECUTE format('CREATE TRIGGER zzz_tributary_rekey AFTER UPDATE ON %s
-                    FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)',
-                   tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
-    EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._on_truncate()', tbl);
-    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_on BEFORE DELETE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
-    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_off AFTER DELETE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
-    -- ALWAYS: changes applied with session_replication_role = replica are
-    -- changes too, and must never be skipped.
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track,
-                                   ENABLE ALWAYS TRIGGER zzz_tributary_delete,
-                                   ENABLE ALWAYS TRIGGER zzz_tributary_rekey,
-                                   ENABLE ALWAYS TRIGGER zzz_tributary_truncate,
-                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_on,
-                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_off', tbl);
+    PERFORM tributary._install_triggers(tbl, pk);
 
     -- The publication the worker reads.
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'tributary') THEN
@@ -247,13 +258,15 @@ BEGIN
                WHERE p.pubname = 'tributary' AND pr.prrelid = tbl) THEN
         EXECUTE format('ALTER PUBLICATION tributary DROP TABLE %s', tbl);
     END IF;
+    -- Inactive first: the DDL event trigger guards the tracking columns of
+    -- active tables only.
+    UPDATE tributary.tracked SET active = false WHERE relid = tbl;
     IF drop_columns THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS sync_version, DROP COLUMN IF EXISTS sync_xid,
                         DROP COLUMN IF EXISTS sync_created_xid, DROP COLUMN IF EXISTS sync_origin,
                         DROP COLUMN IF EXISTS sync_colmeta', tbl);
     END IF;
     DELETE FROM tributary.tombstones WHERE relid = tbl;
-    UPDATE tributary.tracked SET active = false WHERE relid = tbl;
 END $$;
 COMMENT ON FUNCTION sync_untrack(regclass, boolean) IS
   'Stop change tracking. Readers of the table must resync in full if it is tracked again.';
@@ -288,6 +301,59 @@ BEGIN
     END LOOP;
 END $$;
 CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop EXECUTE FUNCTION tributary._on_sql_drop();
+
+-- After an ALTER TABLE of a tracked table: tracking follows what it can,
+-- and refuses what it cannot (the error aborts the ALTER TABLE, so nothing
+-- is left half-changed).
+--   the primary key changed, or a key column was renamed -> the key is found
+--       again by what it is (the primary key), recorded, and the triggers
+--       that name it are made again;
+--   no primary key any more, or a tracking column dropped, renamed or
+--       retyped -> TB007, with what to do instead.
+-- SECURITY DEFINER: the table's owner may alter it, but only the extension
+-- writes tributary.tracked. It calls no user code.
+CREATE FUNCTION tributary._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cmd record;
+    t tributary.tracked;
+    pk text[];
+    missing text;
+BEGIN
+    FOR cmd IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+                WHERE c.classid = 'pg_class'::regclass LOOP
+        SELECT * INTO t FROM tributary.tracked WHERE relid = cmd.objid AND active;
+        CONTINUE WHEN NOT FOUND;
+        SELECT w.name INTO missing
+          FROM unnest(ARRAY['sync_version', 'sync_xid', 'sync_created_xid', 'sync_origin', 'sync_colmeta'],
+                      ARRAY['bigint', 'bigint', 'bigint', 'text', 'bytea']) AS w(name, want)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                            WHERE a.attrelid = cmd.objid AND a.attname = w.name AND NOT a.attisdropped
+                              AND format_type(a.atttypid, a.atttypmod) = w.want)
+         LIMIT 1;
+        IF missing IS NOT NULL THEN
+            PERFORM tributary._raise('TB007',
+                format('column %I of tracked table %s is Tributary''s', missing, cmd.objid::regclass),
+                format('Tracking needs column %I (as it was) to follow %s; the change was refused.', missing, cmd.objid::regclass),
+                format('To change it, stop tracking first: SELECT sync_untrack(%L).', cmd.objid::regclass::text));
+        END IF;
+        pk := tributary._pk_columns(cmd.objid);
+        IF pk IS NULL THEN
+            PERFORM tributary._raise('TB007',
+                format('tracked table %s would have no primary key', cmd.objid::regclass),
+                format('Changes of %s are identified by its primary key (%s); the change was refused.',
+                       cmd.objid::regclass, array_to_string(t.pk_columns, ', ')),
+                'Change the key in one statement, e.g. ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (other); or stop tracking first with sync_untrack.');
+        END IF;
+        IF pk IS DISTINCT FROM t.pk_columns THEN
+            UPDATE tributary.tracked SET pk_columns = pk WHERE relid = cmd.objid;
+            PERFORM tributary._install_triggers(cmd.objid::regclass, pk);
+        END IF;
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER tributary_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION tributary._on_ddl_end();
 
 -- Retention: purge tombstones older than tributary.retention and raise each
 -- table's minimum valid version past the newest purged one, so no reader is

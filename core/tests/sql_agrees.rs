@@ -24,13 +24,13 @@ fn sql_files() -> Vec<(String, String)> {
     out
 }
 
-/// The quoted words of a list, from `(`…`)` or `{`…`}` starting at `at`.
+/// The quoted words of a list, from `(`…`)`, `{`…`}` or `[`…`]` starting at `at`.
 fn list_at(text: &str, at: usize) -> Vec<String> {
-    let open = text[at..].find(['(', '{']).unwrap() + at;
-    let close = if text.as_bytes()[open] == b'(' {
-        ')'
-    } else {
-        '}'
+    let open = text[at..].find(['(', '{', '[']).unwrap() + at;
+    let close = match text.as_bytes()[open] {
+        b'(' => ')',
+        b'{' => '}',
+        _ => ']',
     };
     let end = text[open..].find(close).unwrap() + open;
     text[open + 1..end]
@@ -51,6 +51,10 @@ fn every_list_of_tracking_columns_is_the_core_list() {
         }
         for (at, _) in text.match_indices("IN ('sync_version'") {
             assert_eq!(list_at(&text, at), want, "{file}: an IN list");
+            seen += 1;
+        }
+        for (at, _) in text.match_indices("ARRAY['sync_version'") {
+            assert_eq!(list_at(&text, at), want, "{file}: an ARRAY list");
             seen += 1;
         }
         // The reserved-column check names each column with its type.
