@@ -606,6 +606,28 @@ fn label_write(
     revive_by: Option<By>,
     prio: &Priorities,
 ) -> (Outcome, String) {
+    label_overlap(s, next, change, t, revive_by, prio)
+        .unwrap_or_else(|| label_by_revision(s, next, change, t))
+}
+
+fn kept(won: bool) -> &'static str {
+    if won {
+        "the incoming value is kept"
+    } else {
+        "the hub's value is kept"
+    }
+}
+
+/// An overlap at the same revision: decided by the tie-break (MANUAL), a
+/// policy, or priority. None when revisions decided everything.
+fn label_overlap(
+    s: &KeyState,
+    next: &KeyState,
+    change: &Change,
+    t: &Tally,
+    revive_by: Option<By>,
+    prio: &Priorities,
+) -> Option<(Outcome, String)> {
     let (manual, prioritized, ruled) = match revive_by {
         Some(by) => (
             by == By::TieBreak,
@@ -618,31 +640,24 @@ fn label_write(
             !t.by_rule.is_empty(),
         ),
     };
-    let kept = |won: bool| {
-        if won {
-            "the incoming value is kept"
-        } else {
-            "the hub's value is kept"
-        }
-    };
     if manual {
         let what = if t.ties.is_empty() {
             "the row's existence".to_string()
         } else {
             join(&t.ties)
         };
-        return (
+        return Some((
             Outcome::Manual,
             format!(
                 "equal revision {} and equal priority on {what}: {} for now (tie-break), logged as a conflict",
                 change.version,
                 kept(t.ties.iter().all(|x| x.1))
             ),
-        );
+        ));
     }
     if ruled {
         let won = t.by_rule.iter().any(|p| p.1) || (revive_by.is_some() && next.alive);
-        return (
+        return Some((
             policy_outcome(prio.policy),
             format!(
                 "{} at revision {}: {}",
@@ -650,29 +665,40 @@ fn label_write(
                 change.version,
                 kept(won)
             ),
-        );
+        ));
     }
-    if prioritized {
-        let won = t.by_prio.iter().any(|p| p.1) || (revive_by == Some(By::Priority) && next.alive);
-        let hub_origin = s
-            .cells
-            .get(t.by_prio.first().map(|p| p.0.as_str()).unwrap_or(""))
-            .map(|c| c.stamp.origin.clone())
-            .or_else(|| s.deleted.as_ref().map(|d| d.origin.clone()))
-            .unwrap_or_default();
-        return (
-            Outcome::PriorityWin,
-            format!(
-                "{} (priority {}) {} {} (priority {}) at revision {}",
-                name(&change.origin),
-                prio.of(&change.origin),
-                if won { "outranks" } else { "is outranked by" },
-                name(&hub_origin),
-                prio.of(&hub_origin),
-                change.version
-            ),
-        );
+    if !prioritized {
+        return None;
     }
+    let won = t.by_prio.iter().any(|p| p.1) || (revive_by == Some(By::Priority) && next.alive);
+    let hub_origin = s
+        .cells
+        .get(t.by_prio.first().map(|p| p.0.as_str()).unwrap_or(""))
+        .map(|c| c.stamp.origin.clone())
+        .or_else(|| s.deleted.as_ref().map(|d| d.origin.clone()))
+        .unwrap_or_default();
+    Some((
+        Outcome::PriorityWin,
+        format!(
+            "{} (priority {}) {} {} (priority {}) at revision {}",
+            name(&change.origin),
+            prio.of(&change.origin),
+            if won { "outranks" } else { "is outranked by" },
+            name(&hub_origin),
+            prio.of(&hub_origin),
+            change.version
+        ),
+    ))
+}
+
+/// Decided by revisions alone: a revived or still deleted key, a stale
+/// write, a fast-forward, or a merge.
+fn label_by_revision(
+    s: &KeyState,
+    next: &KeyState,
+    change: &Change,
+    t: &Tally,
+) -> (Outcome, String) {
     if !s.alive {
         return if next.alive {
             (
