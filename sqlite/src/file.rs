@@ -32,6 +32,15 @@ pub struct PeerFile {
     conn: Connection,
 }
 
+/// A stored position: where the file is in a hub's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub lsn: String,
+    /// The hub whose WAL the position is in (`system identifier/database
+    /// OID`); None for a position stored before hubs were recorded.
+    pub hub: Option<String>,
+}
+
 /// Opens `path` with the busy timeout every connection to a peer file sets.
 pub fn connect(path: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -61,13 +70,18 @@ impl PeerFile {
     }
 
     /// The position stored for `slot`, as stored.
-    pub fn position(&self, slot: &str) -> Result<Option<String>> {
+    pub fn position(&self, slot: &str) -> Result<Option<Position>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT lsn FROM _tributary_state WHERE slot = ?1",
+                "SELECT lsn, hub FROM _tributary_state WHERE slot = ?1",
                 [slot],
-                |r| r.get(0),
+                |r| {
+                    Ok(Position {
+                        lsn: r.get(0)?,
+                        hub: r.get(1)?,
+                    })
+                },
             )
             .optional()?)
     }
@@ -101,14 +115,14 @@ impl PeerFile {
             .execute_batch("BEGIN IMMEDIATE; UPDATE _tributary_ctl SET applying = 1;")?)
     }
 
-    /// Stores `position` for `slot` and commits: the writes and the
-    /// position become durable together.
-    pub fn commit(&self, slot: &str, position: &str) -> Result<()> {
+    /// Stores `position` (in the WAL of `hub`) for `slot` and commits: the
+    /// writes and the position become durable together.
+    pub fn commit(&self, slot: &str, position: &str, hub: &str) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO _tributary_state (slot, lsn) VALUES (?1, ?2)
-             ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn,
+            "INSERT INTO _tributary_state (slot, lsn, hub) VALUES (?1, ?2, ?3)
+             ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, hub = excluded.hub,
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-            params![slot, position],
+            params![slot, position, hub],
         )?;
         Ok(self
             .conn
@@ -328,8 +342,14 @@ mod tests {
         ];
         assert!(f.upsert(&m, &row, Some(3)).unwrap());
         assert!(!f.upsert(&m, &row, Some(3)).unwrap(), "nothing differs");
-        f.commit("slot", "0/16").unwrap();
-        assert_eq!(f.position("slot").unwrap().as_deref(), Some("0/16"));
+        f.commit("slot", "0/16", "7/5").unwrap();
+        assert_eq!(
+            f.position("slot").unwrap(),
+            Some(Position {
+                lsn: "0/16".into(),
+                hub: Some("7/5".into())
+            })
+        );
         let mut app = connect(&path, false).unwrap();
         let n: i64 = app
             .query_row("SELECT count(*) FROM _tributary_outbox", [], |r| r.get(0))
@@ -345,6 +365,6 @@ mod tests {
         assert!(crate::outbox::read(&app, 10).unwrap().is_empty());
         f.begin().unwrap();
         assert!(f.delete(&m, &row[..1]).unwrap());
-        f.commit("slot", "0/20").unwrap();
+        f.commit("slot", "0/20", "7/5").unwrap();
     }
 }

@@ -21,7 +21,7 @@ pub mod file;
 pub mod outbox;
 pub mod schema;
 
-pub use file::{Mapped, PeerFile};
+pub use file::{Mapped, PeerFile, Position};
 
 /// A hub column as the peer file needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]

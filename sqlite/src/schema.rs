@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  _tributary_schema    (version)                   the layout version of the file
-//!  _tributary_state     (slot, lsn)                 the stream position the file holds, per slot
+//!  _tributary_state     (slot, lsn, hub)            the stream position the file holds, per slot,
+//!                                                   and the hub (cluster and database) it belongs to
 //!  _tributary_versions  (tbl, pk, version)          the hub revision of each row the file holds
 //!  _tributary_ctl       (applying)                  1 while a sync writes: the triggers ignore it
 //!  _tributary_tables    (tbl, hub, epoch)           file table -> hub table, and its copy's epoch
@@ -20,7 +21,7 @@ use crate::{PeerError, Result};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The layout version this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Version 1: the layout of the first release.
 const V1: &str = "
@@ -68,10 +69,18 @@ CREATE TABLE IF NOT EXISTS _tributary_errors (
 );
 ";
 
+/// Version 2: a position names the hub it belongs to (`system identifier /
+/// database OID`), so that a file that meets another hub (a restored one,
+/// or a file moved between hubs) is copied anew instead of trusting a
+/// position in someone else's WAL. Positions stored before know no hub.
+const V2: &str = "
+ALTER TABLE _tributary_state ADD COLUMN hub TEXT;
+";
+
 /// Each version's DDL, in order: `MIGRATIONS[i]` brings a file from
 /// version `i` to `i + 1`. A released entry is never edited; a change of
 /// layout is a new entry.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The layout version the file holds: 0 for a file without Tributary's
 /// tables.
@@ -99,8 +108,23 @@ pub fn version(conn: &Connection) -> Result<i64> {
     Ok(if has("_tributary_state")? { 1 } else { 0 })
 }
 
-/// Brings the file's layout to [`VERSION`], in one transaction.
+/// Brings the file's layout to [`VERSION`], in one transaction (under the
+/// write lock, so two processes opening the file at once migrate it once).
 pub fn ensure(conn: &Connection) -> Result<()> {
+    if current(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = migrate(conn);
+    let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let done = conn.execute_batch(end);
+    r?;
+    Ok(done?)
+}
+
+/// Whether the file is at [`VERSION`] with its version recorded; a file of
+/// a newer layout is refused.
+fn current(conn: &Connection) -> Result<bool> {
     let found = version(conn)?;
     if found > VERSION {
         return Err(PeerError::NewerLayout {
@@ -108,32 +132,31 @@ pub fn ensure(conn: &Connection) -> Result<()> {
             known: VERSION,
         });
     }
-    let recorded = found == VERSION
-        && conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE name = '_tributary_schema'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-    if recorded {
+    let recorded = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE name = '_tributary_schema'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    Ok(found == VERSION && recorded)
+}
+
+/// Inside the write transaction: the steps from the version the file holds.
+fn migrate(conn: &Connection) -> Result<()> {
+    if current(conn)? {
         return Ok(());
     }
-    let mut ddl = String::from("BEGIN IMMEDIATE;\n");
+    let found = version(conn)?;
     for step in &MIGRATIONS[found as usize..] {
-        ddl.push_str(step);
+        conn.execute_batch(step)?;
     }
-    ddl.push_str(&format!(
+    conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS _tributary_schema (version INTEGER PRIMARY KEY,
             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
-         INSERT OR IGNORE INTO _tributary_schema (version) VALUES ({VERSION});
-         COMMIT;"
-    ));
-    if let Err(e) = conn.execute_batch(&ddl) {
-        let _ = conn.execute_batch("ROLLBACK");
-        return Err(e.into());
-    }
+         INSERT OR IGNORE INTO _tributary_schema (version) VALUES ({VERSION});"
+    ))?;
     Ok(())
 }
 
@@ -170,6 +193,29 @@ mod tests {
             .unwrap();
         assert_eq!(lsn, "0/10");
         assert_eq!(version(&c).unwrap(), VERSION);
+        let hub: Option<String> = c
+            .query_row("SELECT hub FROM _tributary_state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(hub, None, "a position stored before knows no hub");
+    }
+
+    #[test]
+    fn a_version_one_file_is_migrated_step_by_step() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(V1).unwrap();
+        c.execute_batch(
+            "CREATE TABLE _tributary_schema (version INTEGER PRIMARY KEY, applied_at TEXT);
+             INSERT INTO _tributary_schema (version) VALUES (1);",
+        )
+        .unwrap();
+        assert_eq!(version(&c).unwrap(), 1);
+        ensure(&c).unwrap();
+        assert_eq!(version(&c).unwrap(), VERSION);
+        c.execute(
+            "INSERT INTO _tributary_state (slot, lsn, hub) VALUES ('s', '0/1', 'h')",
+            [],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -1144,3 +1144,65 @@ fn a_200_byte_origin_goes_through_sync_apply_the_stream_and_a_sqlite_peer() {
         assert!(w.running());
     });
 }
+
+#[test]
+fn a_peer_file_holding_another_hubs_position_is_copied_anew_with_its_unsent_edits() {
+    // Hub A, then hub B (another cluster: a restored hub looks the same to
+    // the file). Their WAL positions have nothing to do with each other.
+    let (ca, cb) = (Cluster::start(), Cluster::start());
+    let (da, dbb) = (ca.db(), cb.db());
+    let (mut a, mut b) = (da.connect(), dbb.connect());
+    for (db, c) in [(&da, &mut a), (&dbb, &mut b)] {
+        setup(c);
+        setup_worker_role(db, &[]);
+    }
+    a.batch_execute("INSERT INTO items (id, v) VALUES (1, 'from A')")
+        .unwrap();
+    // A's WAL runs well ahead of B's: the file's position in A is beyond
+    // anything B has written yet.
+    a.batch_execute(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
+    b.batch_execute("INSERT INTO items (id, v) VALUES (2, 'from B'), (3, 'also B')")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let dest = sqlite_dest("edge1", &path).replace("tables =", "pull_interval_ms = 50\ntables =");
+    let mut w = WorkerProc::start(&config(&ca, &da, "w", &dest), &[]);
+    caught_up(&mut w, &mut a, &path);
+    assert_eq!(peer_items(&path), vec![(1, "from A".to_string())]);
+    w.sigterm(T);
+    // An edit made while no worker runs: unsent.
+    lite(&path)
+        .execute("INSERT INTO items (id, v) VALUES (9, 'offline edit')", [])
+        .unwrap();
+    assert_eq!(outbox_len(&path), 1);
+
+    let mut w = WorkerProc::start(&config(&cb, &dbb, "w", &dest), &[]);
+    w.until(T, "B's rows and the offline edit at B", || {
+        scalar(
+            &mut b,
+            "SELECT count(*) FROM items WHERE v = 'offline edit'",
+        ) == 1
+    });
+    caught_up(&mut w, &mut b, &path);
+    assert_eq!(
+        peer_items(&path),
+        hub_items(&mut b),
+        "the file now mirrors B"
+    );
+    assert_eq!(
+        peer_items(&path),
+        vec![
+            (2, "from B".to_string()),
+            (3, "also B".to_string()),
+            (9, "offline edit".to_string())
+        ]
+    );
+    assert_eq!(outbox_len(&path), 0);
+    assert!(w
+        .log_text()
+        .contains("the file's position is in another hub's WAL"));
+    assert!(w.running());
+}

@@ -47,3 +47,20 @@ pub async fn connect(o: &ConnectOptions, application_name: &str) -> Result<Clien
     });
     Ok(client)
 }
+
+/// The hub's identity, `system identifier/database OID`: what a stored WAL
+/// position belongs to. A restored hub (another cluster, or another
+/// database) has another one.
+pub async fn identity(o: &ConnectOptions, client: &Client) -> Result<String, Error> {
+    let mut repl = crate::source::Connection::connect(o).await?;
+    let system = repl.identify_system().await?;
+    let db: u32 = client
+        .query_one(
+            "SELECT oid FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .context("reading the database's identity")?
+        .get(0);
+    Ok(format!("{}/{db}", system.system_id))
+}

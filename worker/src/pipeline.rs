@@ -198,14 +198,14 @@ struct Destinations {
 }
 
 /// Waits until a detached peer file can be opened and written again.
-async fn probe(path: std::path::PathBuf, slot: String, name: String) {
+async fn probe(path: std::path::PathBuf) {
     let mut wait = Duration::from_millis(500);
     loop {
         tokio::time::sleep(wait).await;
-        let (p, s, n) = (path.clone(), slot.clone(), name.clone());
+        let p = path.clone();
         let ok = tokio::task::spawn_blocking(move || {
-            SqliteSink::open(&p, &s, &n, Default::default())
-                .and_then(|sink| sink.check_writable())
+            tributary_sqlite::PeerFile::open(&p)
+                .and_then(|f| f.check_writable())
                 .is_ok()
         })
         .await
@@ -224,6 +224,7 @@ impl Destinations {
         metrics: &Metrics,
         opts: &ConnectOptions,
         admin: &tokio_postgres::Client,
+        hub: &str,
     ) -> Result<Destinations, Error> {
         let mut d = Destinations {
             outlets: Vec::new(),
@@ -246,7 +247,7 @@ impl Destinations {
                         .spawn(async move { (i, sink::drive(sink, rx, m).await) });
                     true
                 }
-                Kind::Sqlite => d.open_sqlite(config, i, opts, admin, m, rx).await?,
+                Kind::Sqlite => d.open_sqlite(config, i, (opts, admin, hub), m, rx).await?,
             };
             d.outlets.push(Outlet {
                 tx: attached.then_some(tx),
@@ -266,8 +267,7 @@ impl Destinations {
         &mut self,
         config: &Config,
         i: usize,
-        opts: &ConnectOptions,
-        admin: &tokio_postgres::Client,
+        (opts, admin, hub): (&ConnectOptions, &tokio_postgres::Client, &str),
         m: Arc<crate::metrics::DestinationMetrics>,
         rx: mpsc::Receiver<ToSink>,
     ) -> Result<bool, Error> {
@@ -282,13 +282,18 @@ impl Destinations {
             self.stop_pull.clone(),
         );
         self.pulls.spawn(async move { (i, pull.await) });
-        let mut sink = match SqliteSink::open(&path, &config.source.slot, &dest.name, m.clone()) {
+        let mut sink = match SqliteSink::open(
+            &path,
+            &config.source.slot,
+            &dest.name,
+            hub,
+            m.clone(),
+        ) {
             Ok(sink) => sink,
             Err(e) if e.action() == Action::Detach => {
                 tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
                 m.errors.fetch_add(1, Relaxed);
-                self.probes
-                    .spawn(probe(path, config.source.slot.clone(), dest.name.clone()));
+                self.probes.spawn(probe(path));
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -328,11 +333,7 @@ impl Destinations {
                 tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
                 self.outlets[i].tx = None;
                 self.outlets[i].buffer.clear();
-                self.probes.spawn(probe(
-                    sink::sqlite::path_of(dest),
-                    config.source.slot.clone(),
-                    dest.name.clone(),
-                ));
+                self.probes.spawn(probe(sink::sqlite::path_of(dest)));
                 Ok(())
             }
             Err(e) => Err(e),
@@ -410,7 +411,8 @@ async fn session(
     let opts = ConnectOptions::from_url(&config.source.url, config.source.password.clone())?;
     let admin = crate::hub::connect(&opts, "tributary-worker").await?;
     let slot_confirmed = prepare_slot(config, &opts, &admin).await?;
-    let mut dests = Destinations::open(config, metrics, &opts, &admin).await?;
+    let hub = crate::hub::identity(&opts, &admin).await?;
+    let mut dests = Destinations::open(config, metrics, &opts, &admin, &hub).await?;
     let _watch = watch_slot(admin, config.source.slot.clone(), metrics.clone());
     let copied = copy_new_peers(config, metrics, &opts, &dests).await;
     let streamed = match copied {

@@ -47,6 +47,8 @@ struct State {
 pub struct SqliteSink {
     state: Option<State>,
     slot: String,
+    /// The hub whose WAL positions this session stores (see `hub::identity`).
+    hub: String,
     progress: Lsn,
     metrics: Arc<DestinationMetrics>,
 }
@@ -138,18 +140,28 @@ fn pick<'a>(
 
 impl SqliteSink {
     /// Opens (creating it if needed) the peer file and reads its progress.
-    /// A file that cannot be opened or is locked is unavailable.
+    /// A file that cannot be opened or is locked is unavailable. A position
+    /// in another hub's WAL (a restored hub, a file moved between hubs) is
+    /// forgotten: the file is copied anew, its unsent edits kept.
     pub fn open(
         path: &Path,
         slot: &str,
         name: &str,
+        hub: &str,
         metrics: Arc<DestinationMetrics>,
     ) -> Result<SqliteSink, Error> {
         let what = format!("destination {name}: {}", path.display());
         let file = PeerFile::open(path).map_err(|e| Error::peer(&what, e))?;
         let position = file.position(slot).map_err(|e| Error::peer(&what, e))?;
         let progress: Lsn = match position {
-            Some(s) => s.parse().map_err(|e| Error::Peer {
+            Some(p) if p.hub.as_deref().is_some_and(|h| h != hub) => {
+                tracing::warn!(destination = %name, file_hub = ?p.hub, hub = %hub,
+                    "the file's position is in another hub's WAL (a restored hub, or a file moved between hubs): copying it anew");
+                file.forget_position(slot)
+                    .map_err(|e| Error::peer(&what, e))?;
+                Lsn(0)
+            }
+            Some(p) => p.lsn.parse().map_err(|e| Error::Peer {
                 message: format!("destination {name}: _tributary_state holds {e}"),
                 cause: crate::error::Cause::PeerBroken,
             })?,
@@ -162,6 +174,7 @@ impl SqliteSink {
                 what,
             }),
             slot: slot.to_string(),
+            hub: hub.to_string(),
             progress,
             metrics,
         })
@@ -186,12 +199,6 @@ impl SqliteSink {
         s.file.forget_position(&self.slot).map_err(|e| s.err(e))?;
         self.progress = Lsn(0);
         Ok(())
-    }
-
-    /// Whether the file takes a write lock now (for a detached peer).
-    pub fn check_writable(&self) -> Result<(), Error> {
-        let s = self.state();
-        s.file.check_writable().map_err(|e| s.err(e))
     }
 
     /// Runs `f` on the file on a blocking thread.
@@ -247,8 +254,8 @@ impl Sink for SqliteSink {
     }
 
     async fn commit(&mut self, d: &Done) -> Result<(), Error> {
-        let (slot, end) = (self.slot.clone(), d.end.to_string());
-        self.blocking(move |s| s.file.commit(&slot, &end).map_err(|e| s.err(e)))
+        let (slot, end, hub) = (self.slot.clone(), d.end.to_string(), self.hub.clone());
+        self.blocking(move |s| s.file.commit(&slot, &end, &hub).map_err(|e| s.err(e)))
             .await?;
         crate::failpoint::hit("sqlite.after_commit");
         self.progress = d.end;
