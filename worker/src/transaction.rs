@@ -410,6 +410,68 @@ impl Assembler {
     }
 }
 
+/// The changes of a write-back message: the hub's rows (and vanished keys)
+/// for the one peer whose pull emitted it, each with the next ordinal.
+fn writeback_changes(
+    tables: &HashMap<u32, Arc<Table>>,
+    st: &mut TxnState,
+    content: &[u8],
+    out: &mut Vec<Item>,
+) -> Result<(), AssembleError> {
+    let w: Writeback =
+        serde_json::from_slice(content).map_err(|e| AssembleError::BadWriteback(e.to_string()))?;
+    let columns: Vec<Column> = w
+        .columns
+        .iter()
+        .map(|(name, type_oid, key)| Column {
+            key: *key,
+            name: name.clone(),
+            type_oid: *type_oid,
+            type_modifier: -1,
+        })
+        .collect();
+    // The stream's own description of the table when it matches.
+    let t = match tables.get(&w.oid) {
+        Some(t)
+            if t.relation.columns.len() == columns.len()
+                && t.relation.columns.iter().zip(&columns).all(|(a, b)| {
+                    a.name == b.name && a.type_oid == b.type_oid && a.key == b.key
+                }) =>
+        {
+            t.clone()
+        }
+        _ => Arc::new(Table::new(Relation {
+            id: w.oid,
+            namespace: w.schema.clone(),
+            name: w.table.clone(),
+            replica_identity: b'd',
+            columns,
+        })),
+    };
+    let peer: Arc<str> = Arc::from(w.peer.as_str());
+    let tuple = |vals: Vec<Option<String>>| {
+        Tuple(
+            vals.into_iter()
+                .map(|v| v.map_or(Value::Null, |s| Value::Text(s.into_bytes())))
+                .collect(),
+        )
+    };
+    for row in w.upserts {
+        let mut c = row_change(&t, Op::Update, st, tuple(row));
+        c.origin = None;
+        c.only_for = Some(peer.clone());
+        st.ord += 1;
+        out.push(Item::Change(c));
+    }
+    for key in w.deletes {
+        let mut c = bare_change(&t, Op::Delete, st, Some(tuple(key)), None);
+        c.only_for = Some(peer.clone());
+        st.ord += 1;
+        out.push(Item::Change(c));
+    }
+    Ok(())
+}
+
 /// Turns one message of a transaction into its changes (Relation messages
 /// update the cache and produce none).
 fn convert(
@@ -447,57 +509,7 @@ fn convert(
             prefix,
             content,
             ..
-        } if prefix == WRITEBACK_MESSAGE => {
-            let w: Writeback = serde_json::from_slice(&content)
-                .map_err(|e| AssembleError::BadWriteback(e.to_string()))?;
-            let columns: Vec<Column> = w
-                .columns
-                .iter()
-                .map(|(name, type_oid, key)| Column {
-                    key: *key,
-                    name: name.clone(),
-                    type_oid: *type_oid,
-                    type_modifier: -1,
-                })
-                .collect();
-            // The stream's own description of the table when it matches.
-            let t = match tables.get(&w.oid) {
-                Some(t)
-                    if t.relation.columns.len() == columns.len()
-                        && t.relation.columns.iter().zip(&columns).all(|(a, b)| {
-                            a.name == b.name && a.type_oid == b.type_oid && a.key == b.key
-                        }) =>
-                {
-                    t.clone()
-                }
-                _ => Arc::new(Table::new(Relation {
-                    id: w.oid,
-                    namespace: w.schema.clone(),
-                    name: w.table.clone(),
-                    replica_identity: b'd',
-                    columns,
-                })),
-            };
-            let peer: Arc<str> = Arc::from(w.peer.as_str());
-            let tuple = |vals: Vec<Option<String>>| {
-                Tuple(
-                    vals.into_iter()
-                        .map(|v| v.map_or(Value::Null, |s| Value::Text(s.into_bytes())))
-                        .collect(),
-                )
-            };
-            for row in w.upserts {
-                let mut c = row_change(&t, Op::Update, st, tuple(row));
-                c.origin = None;
-                c.only_for = Some(peer.clone());
-                push(st, c);
-            }
-            for key in w.deletes {
-                let mut c = bare_change(&t, Op::Delete, st, Some(tuple(key)), None);
-                c.only_for = Some(peer.clone());
-                push(st, c);
-            }
-        }
+        } if prefix == WRITEBACK_MESSAGE => writeback_changes(tables, st, &content, out)?,
         Message::Insert { relation, new } => {
             let t = table(tables, relation)?;
             let c = row_change(&t, Op::Insert, st, new);
