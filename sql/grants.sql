@@ -26,6 +26,7 @@ REVOKE ALL ON FUNCTION @extschema@.sync_queue_stats(text) FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
 GRANT SELECT ON tributary.tracked, tributary.tombstones, tributary.conflicts, tributary.peers, tributary.policies TO PUBLIC;
+GRANT SELECT ON tributary.schema_changes TO PUBLIC;  -- row-level security applies
 GRANT SELECT ON @extschema@.sync_policies TO PUBLIC;
 GRANT SELECT ON @extschema@.sync_conflicts, @extschema@.sync_pending TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tributary.pending TO PUBLIC;  -- row-level security applies
@@ -40,6 +41,7 @@ GRANT EXECUTE ON FUNCTION
     tributary.colmeta_entries(bytea),
     tributary.row_json(anyelement),
     tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
-    tributary._retry_pending(regclass)           -- likewise
+    tributary._retry_pending(regclass),          -- likewise
+    tributary._follow_ddl(oid)                   -- the DDL guard, run as whoever altered a table
   TO PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_worker_grant(regrole) FROM PUBLIC;

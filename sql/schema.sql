@@ -14,7 +14,8 @@ CREATE TABLE tributary.tracked (
     tracked_xid  bigint NOT NULL,           -- stamp given to the rows present when tracking began
     min_valid    bigint NOT NULL DEFAULT 1, -- oldest version a diff can be served from
     min_valid_reason text,                  -- why min_valid was raised: retrack | truncate | retention
-    tracked_at   timestamptz NOT NULL DEFAULT now()
+    tracked_at   timestamptz NOT NULL DEFAULT now(),
+    shape        jsonb                      -- what peers hold: name, columns, key (see tributary._shape)
 );
 
 -- The latest delete of each key. A re-insert of the key leaves the
@@ -108,6 +109,32 @@ ALTER TABLE tributary.pending ENABLE ROW LEVEL SECURITY;
 CREATE POLICY pending_readable ON tributary.pending FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
 CREATE POLICY pending_writable ON tributary.pending FOR ALL USING (has_table_privilege(relid, 'INSERT, UPDATE'))
     WITH CHECK (has_table_privilege(relid, 'INSERT, UPDATE'));
+
+-- The changes of shape of tracked tables, as the DDL guard saw them (see
+-- tributary._follow_ddl). The worker reads it to tell an outbox edit made
+-- before a change its peer has not followed yet (it waits) from one that
+-- names what never existed (refused). Names, not regclass: the row outlives
+-- a later rename or drop.
+CREATE TABLE tributary.schema_changes (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid       oid NOT NULL,
+    xid         bigint NOT NULL,
+    from_schema text NOT NULL,
+    from_table  text NOT NULL,
+    to_schema   text NOT NULL,
+    to_table    text NOT NULL,
+    renamed     jsonb NOT NULL,      -- [[old, new], ...]
+    dropped     text[] NOT NULL,
+    added       text[] NOT NULL,
+    retyped     text[] NOT NULL,
+    rekeyed     boolean NOT NULL,    -- the primary key is other columns now
+    refill      boolean NOT NULL,    -- every row was sent again after it
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX schema_changes_from ON tributary.schema_changes (from_schema, from_table);
+ALTER TABLE tributary.schema_changes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY schema_changes_readable ON tributary.schema_changes
+    FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
 
 -- Per-table resolver policy for overlaps at the same revision.
 CREATE TABLE tributary.policies (

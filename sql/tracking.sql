@@ -239,6 +239,8 @@ BEGIN
                min_valid = greatest(min_valid, x + 1), min_valid_reason = 'retrack'
          WHERE relid = tbl;
     END IF;
+    -- The shape peers know the table by: the DDL guard compares against it.
+    UPDATE tributary.tracked SET shape = tributary._shape(tbl) WHERE relid = tbl;
 END $$;
 COMMENT ON FUNCTION sync_track(regclass) IS
   'Start change tracking on a table with a primary key. Idempotent.';
@@ -298,9 +300,33 @@ BEGIN
         DELETE FROM tributary.tracked WHERE relid = o.objid;
         DELETE FROM tributary.policies WHERE relid = o.objid;
         DELETE FROM tributary.pending WHERE relid = o.objid;
+        DELETE FROM tributary.schema_changes WHERE relid = o.objid;
     END LOOP;
 END $$;
 CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop EXECUTE FUNCTION tributary._on_sql_drop();
+
+-- The shape of a tracked table as peers hold it: its name, its data columns
+-- by attribute number (a rename keeps the number, a drop and re-add does
+-- not) with their types, and the attribute numbers of its primary key.
+CREATE FUNCTION tributary._shape(rel oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'schema', n.nspname::text,
+        'table', c.relname::text,
+        'columns', coalesce((SELECT jsonb_agg(jsonb_build_array(a.attnum, a.attname::text,
+                                                                 format_type(a.atttypid, a.atttypmod))
+                                              ORDER BY a.attnum)
+                               FROM pg_attribute a
+                              WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                                AND a.attname <> ALL ('{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[])),
+                            '[]'::jsonb),
+        'key', coalesce((SELECT jsonb_agg(k.attnum ORDER BY k.ord)
+                           FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                          WHERE i.indrelid = rel AND i.indisprimary), '[]'::jsonb))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = rel
+$$;
 
 -- After an ALTER TABLE of a tracked table: tracking follows what it can,
 -- and refuses what it cannot (the error aborts the ALTER TABLE, so nothing
@@ -309,46 +335,130 @@ CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop EXECUTE FUNCTION tributary._
 --       again by what it is (the primary key), recorded, and the triggers
 --       that name it are made again;
 --   no primary key any more, or a tracking column dropped, renamed or
---       retyped -> TB007, with what to do instead.
--- SECURITY DEFINER: the table's owner may alter it, but only the extension
--- writes tributary.tracked. It calls no user code.
-CREATE FUNCTION tributary._on_ddl_end() RETURNS event_trigger
+--       retyped -> TB007, with what to do instead;
+--   the shape peers hold changed (a column renamed, dropped, added or
+--       retyped, the table renamed or moved, the key changed) -> a row in
+--       tributary.schema_changes and, in the same transaction, a
+--       'tributary.ddl' logical message: the worker makes its peers follow
+--       at that point of the stream.
+-- Returns the statement that re-sends every row (NULL: none needed), for
+-- the caller to run as the user who altered the table: after a change of
+-- type or key, or a column added with values, every row's values changed
+-- without a row change, so each row gets a new revision and reaches every
+-- reader and peer again.
+-- SECURITY DEFINER: only the extension writes tributary.tracked. It calls
+-- no user code, and only records what the catalog says, so any role may run
+-- it (the event trigger runs it as whoever altered the table).
+CREATE FUNCTION tributary._follow_ddl(rel oid) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cmd record;
     t tributary.tracked;
     pk text[];
     missing text;
+    was jsonb;
+    now_ jsonb;
+    renamed jsonb;
+    dropped text[];
+    added text[];
+    retyped text[];
+    rekeyed boolean;
+    moved boolean;
+    refill boolean;
+    change_id bigint;
+BEGIN
+    SELECT * INTO t FROM tributary.tracked WHERE relid = rel AND active;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT w.name INTO missing
+      FROM unnest(ARRAY['sync_version', 'sync_xid', 'sync_created_xid', 'sync_origin', 'sync_colmeta'],
+                  ARRAY['bigint', 'bigint', 'bigint', 'text', 'bytea']) AS w(name, want)
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = rel AND a.attname = w.name AND NOT a.attisdropped
+                          AND format_type(a.atttypid, a.atttypmod) = w.want)
+     LIMIT 1;
+    IF missing IS NOT NULL THEN
+        PERFORM tributary._raise('TB007',
+            format('column %I of tracked table %s is Tributary''s', missing, rel::regclass),
+            format('Tracking needs column %I (as it was) to follow %s; the change was refused.', missing, rel::regclass),
+            format('To change it, stop tracking first: SELECT sync_untrack(%L).', rel::regclass::text));
+    END IF;
+    pk := tributary._pk_columns(rel);
+    IF pk IS NULL THEN
+        PERFORM tributary._raise('TB007',
+            format('tracked table %s would have no primary key', rel::regclass),
+            format('Changes of %s are identified by its primary key (%s); the change was refused.',
+                   rel::regclass, array_to_string(t.pk_columns, ', ')),
+            'Change the key in one statement, e.g. ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (other); or stop tracking first with sync_untrack.');
+    END IF;
+    now_ := tributary._shape(rel);
+    was := coalesce(t.shape, now_);
+    -- Recorded before the triggers are made again: that runs an ALTER TABLE
+    -- of its own, which comes back here and must find nothing left to do.
+    UPDATE tributary.tracked SET pk_columns = pk, shape = now_ WHERE relid = rel;
+    IF pk IS DISTINCT FROM t.pk_columns THEN
+        PERFORM tributary._install_triggers(rel::regclass, pk);
+    END IF;
+    IF was = now_ THEN
+        RETURN NULL;
+    END IF;
+    WITH o AS (SELECT (e ->> 0)::int AS n, e ->> 1 AS name, e ->> 2 AS type FROM jsonb_array_elements(was -> 'columns') e),
+         w AS (SELECT (e ->> 0)::int AS n, e ->> 1 AS name, e ->> 2 AS type FROM jsonb_array_elements(now_ -> 'columns') e)
+    SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(o.name, w.name) ORDER BY o.n), '[]'::jsonb)
+              FROM o JOIN w USING (n) WHERE o.name <> w.name),
+           (SELECT coalesce(array_agg(o.name ORDER BY o.n), '{}') FROM o WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.n = o.n)),
+           (SELECT coalesce(array_agg(w.name ORDER BY w.n), '{}') FROM w WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.n = w.n)),
+           (SELECT coalesce(array_agg(w.name ORDER BY w.n), '{}') FROM o JOIN w USING (n) WHERE o.type <> w.type)
+      INTO renamed, dropped, added, retyped;
+    rekeyed := was -> 'key' IS DISTINCT FROM now_ -> 'key';
+    moved := (was ->> 'schema', was ->> 'table') IS DISTINCT FROM (now_ ->> 'schema', now_ ->> 'table');
+    refill := rekeyed OR cardinality(retyped) > 0;
+    IF NOT refill AND cardinality(added) > 0 THEN
+        -- A column added with a default (or a generated one) gave every row
+        -- a value without a row change.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s WHERE %s)', rel::regclass,
+                       (SELECT string_agg(format('%I IS NOT NULL', c), ' OR ') FROM unnest(added) c))
+           INTO refill;
+    END IF;
+
+    INSERT INTO tributary.schema_changes
+           (relid, xid, from_schema, from_table, to_schema, to_table, renamed, dropped, added, retyped, rekeyed, refill)
+    VALUES (rel, pg_current_xact_id()::text::bigint, was ->> 'schema', was ->> 'table', now_ ->> 'schema',
+            now_ ->> 'table', renamed, dropped, added, retyped, rekeyed, refill)
+    RETURNING id INTO change_id;
+    PERFORM pg_logical_emit_message(true, 'tributary.ddl', jsonb_build_object(
+        'id', change_id, 'oid', rel::bigint,
+        'from', jsonb_build_array(was ->> 'schema', was ->> 'table'),
+        'to', jsonb_build_array(now_ ->> 'schema', now_ ->> 'table'),
+        'columns', (SELECT jsonb_agg(jsonb_build_array(a.attname::text, a.atttypid::bigint,
+                                                       a.attnum = ANY (i.indkey)) ORDER BY a.attnum)
+                      FROM pg_attribute a JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+                     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attname <> ALL ('{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[])),
+        'renamed', renamed, 'dropped', to_jsonb(dropped), 'added', to_jsonb(added),
+        'retyped', to_jsonb(retyped), 'rekeyed', rekeyed, 'refill', refill)::text);
+    IF refill THEN
+        RETURN format('UPDATE ONLY %s SET %I = %I', rel::regclass, pk[1], pk[1]);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- The event trigger runs as the user who altered the table: the re-send
+-- (an UPDATE of every row) fires that table's own triggers, so it must not
+-- run with the extension's rights.
+CREATE FUNCTION tributary._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cmd record;
+    refill text;
 BEGIN
     FOR cmd IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
                 WHERE c.classid = 'pg_class'::regclass LOOP
-        SELECT * INTO t FROM tributary.tracked WHERE relid = cmd.objid AND active;
-        CONTINUE WHEN NOT FOUND;
-        SELECT w.name INTO missing
-          FROM unnest(ARRAY['sync_version', 'sync_xid', 'sync_created_xid', 'sync_origin', 'sync_colmeta'],
-                      ARRAY['bigint', 'bigint', 'bigint', 'text', 'bytea']) AS w(name, want)
-         WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
-                            WHERE a.attrelid = cmd.objid AND a.attname = w.name AND NOT a.attisdropped
-                              AND format_type(a.atttypid, a.atttypmod) = w.want)
-         LIMIT 1;
-        IF missing IS NOT NULL THEN
-            PERFORM tributary._raise('TB007',
-                format('column %I of tracked table %s is Tributary''s', missing, cmd.objid::regclass),
-                format('Tracking needs column %I (as it was) to follow %s; the change was refused.', missing, cmd.objid::regclass),
-                format('To change it, stop tracking first: SELECT sync_untrack(%L).', cmd.objid::regclass::text));
-        END IF;
-        pk := tributary._pk_columns(cmd.objid);
-        IF pk IS NULL THEN
-            PERFORM tributary._raise('TB007',
-                format('tracked table %s would have no primary key', cmd.objid::regclass),
-                format('Changes of %s are identified by its primary key (%s); the change was refused.',
-                       cmd.objid::regclass, array_to_string(t.pk_columns, ', ')),
-                'Change the key in one statement, e.g. ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (other); or stop tracking first with sync_untrack.');
-        END IF;
-        IF pk IS DISTINCT FROM t.pk_columns THEN
-            UPDATE tributary.tracked SET pk_columns = pk WHERE relid = cmd.objid;
-            PERFORM tributary._install_triggers(cmd.objid::regclass, pk);
+        refill := tributary._follow_ddl(cmd.objid);
+        IF refill IS NOT NULL THEN
+            EXECUTE refill;
         END IF;
     END LOOP;
 END $$;

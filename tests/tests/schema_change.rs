@@ -81,6 +81,12 @@ fn a_new_primary_key_in_one_statement_is_followed() {
     )
     .unwrap();
     assert_eq!(pk_columns(&mut c, "items"), vec!["code".to_string()]);
+    // Rows are known by another key now: each is sent again, at a new
+    // revision, so that readers and peers hold them under it.
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM items WHERE sync_version = 2"),
+        2
+    );
     c.batch_execute("DELETE FROM items WHERE code = 'A'")
         .unwrap();
     assert_eq!(
@@ -89,7 +95,7 @@ fn a_new_primary_key_in_one_statement_is_followed() {
     );
     let outcome: String = c
         .query_one(
-            r#"SELECT outcome FROM sync_apply('items', '[{"op":"U","pk":{"code":"B"},"data":{"v":"peer"},"version":2}]', 'crm')"#,
+            r#"SELECT outcome FROM sync_apply('items', '[{"op":"U","pk":{"code":"B"},"data":{"v":"peer"},"version":3}]', 'crm')"#,
             &[],
         )
         .unwrap()
@@ -176,4 +182,96 @@ fn the_tracking_columns_cannot_be_dropped_renamed_or_retyped() {
     c.batch_execute("SELECT sync_untrack('items'); SELECT sync_track('items');")
         .unwrap();
     assert_eq!(pk_columns(&mut c, "items"), vec!["id".to_string()]);
+}
+
+/// The rows of `tributary.schema_changes`, oldest first, as
+/// `from -> to | renamed | dropped | added | retyped | rekeyed | refill`.
+fn changes(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT format('%s.%s -> %s.%s | %s | %s | %s | %s | %s | %s', from_schema, from_table, to_schema,
+                       to_table, renamed, dropped, added, retyped, rekeyed, refill)
+           FROM tributary.schema_changes ORDER BY id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn each_change_of_shape_is_recorded_and_rows_are_sent_again_only_when_their_values_changed() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE SCHEMA "s]";
+           CREATE TABLE items (id int PRIMARY KEY, v text, n int);
+           SELECT sync_track('items');
+           INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2);"#,
+    )
+    .unwrap();
+    // The table's revisions, found by oid: the steps rename and move it.
+    let oid: u32 = c
+        .query_one("SELECT 'items'::regclass::oid", &[])
+        .unwrap()
+        .get(0);
+    let revisions = |c: &mut Client| {
+        let name: String = c
+            .query_one("SELECT $1::oid::regclass::text", &[&oid])
+            .unwrap()
+            .get(0);
+        scalar(c, &format!("SELECT sum(sync_version)::int8 FROM {name}"))
+    };
+    assert_eq!(revisions(&mut c), 2);
+    let steps: [(&str, &str, i64); 8] = [
+        (
+            r#"ALTER TABLE items RENAME COLUMN v TO "tab'le""#,
+            r#"public.items -> public.items | [["v", "tab'le"]] | {} | {} | {} | f | f"#,
+            2,
+        ),
+        (
+            "ALTER TABLE items ADD COLUMN note text",
+            "public.items -> public.items | [] | {} | {note} | {} | f | f",
+            2,
+        ),
+        (
+            "ALTER TABLE items ADD COLUMN flag boolean NOT NULL DEFAULT true",
+            "public.items -> public.items | [] | {} | {flag} | {} | f | t",
+            4,
+        ),
+        (
+            "ALTER TABLE items DROP COLUMN note",
+            "public.items -> public.items | [] | {note} | {} | {} | f | f",
+            4,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN n TYPE bigint",
+            "public.items -> public.items | [] | {} | {} | {n} | f | t",
+            6,
+        ),
+        (
+            r#"ALTER TABLE items RENAME TO "it""ems""#,
+            r#"public.items -> public.it"ems | [] | {} | {} | {} | f | f"#,
+            6,
+        ),
+        (
+            r#"ALTER TABLE "it""ems" SET SCHEMA "s]""#,
+            r#"public.it"ems -> s].it"ems | [] | {} | {} | {} | f | f"#,
+            6,
+        ),
+        (r#"ALTER TABLE "s]"."it""ems" SET (fillfactor = 90)"#, "", 6),
+    ];
+    for (ddl, want, revs) in steps {
+        let before = changes(&mut c).len();
+        c.batch_execute(ddl).unwrap();
+        let now = changes(&mut c);
+        if want.is_empty() {
+            assert_eq!(now.len(), before, "{ddl}: no change of shape");
+        } else {
+            assert_eq!(now.len(), before + 1, "{ddl}");
+            assert_eq!(now.last().unwrap(), want, "{ddl}");
+        }
+        assert_eq!(revisions(&mut c), revs, "{ddl}: revisions after it");
+    }
 }
