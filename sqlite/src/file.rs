@@ -29,7 +29,7 @@ pub struct Mapped {
 }
 
 pub struct PeerFile {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 /// A stored position: where the file is in a hub's stream.
@@ -140,23 +140,14 @@ impl PeerFile {
         let plain = def.file_name();
         let name = ident(&plain);
         let cols: Vec<&ColumnDef> = def.columns.iter().collect();
-        let keys: Vec<String> = cols
+        let declared: Vec<Declared> = cols.iter().map(|c| Declared::hub(c)).collect();
+        let keys: Vec<&str> = cols
             .iter()
             .filter(|c| c.key)
-            .map(|c| ident(&c.name))
+            .map(|c| c.name.as_str())
             .collect();
-        let mut ddl = format!("CREATE TABLE IF NOT EXISTS {name} (");
-        for (i, c) in cols.iter().enumerate() {
-            if i > 0 {
-                ddl.push_str(", ");
-            }
-            ddl.push_str(&format!("{} {}", ident(&c.name), sqlite_type(c.type_oid)));
-        }
-        if !keys.is_empty() {
-            ddl.push_str(&format!(", PRIMARY KEY ({})", keys.join(", ")));
-        }
-        ddl.push(')');
-        self.conn.execute_batch(&ddl)?;
+        self.conn
+            .execute_batch(&create_table_sql(&plain, &declared, &keys))?;
         let have: Vec<String> = {
             let mut st = self.conn.prepare(&format!(
                 "SELECT name FROM pragma_table_info({})",
@@ -261,6 +252,47 @@ impl PeerFile {
             .execute("DELETE FROM _tributary_versions WHERE tbl = ?1", [&m.plain])?;
         Ok(())
     }
+}
+
+/// A column as a file table's DDL declares it.
+pub(crate) struct Declared {
+    pub name: String,
+    /// What follows the name: the declared type, and for a column the
+    /// file keeps of its own, its constraints.
+    pub decl: String,
+}
+
+impl Declared {
+    /// A hub column: its name and the SQLite type of its hub type.
+    pub fn hub(c: &ColumnDef) -> Declared {
+        Declared {
+            name: c.name.clone(),
+            decl: sqlite_type(c.type_oid).to_string(),
+        }
+    }
+}
+
+/// The DDL of the file table `plain` (created if it does not exist): its
+/// columns, then the PRIMARY KEY of `keys`. Both [`PeerFile::ensure_table`]
+/// and a rebuild after a change of shape at the hub write it.
+pub(crate) fn create_table_sql(plain: &str, cols: &[Declared], keys: &[&str]) -> String {
+    let mut ddl = format!("CREATE TABLE IF NOT EXISTS {} (", ident(plain));
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            ddl.push_str(", ");
+        }
+        ddl.push_str(&ident(&c.name));
+        if !c.decl.is_empty() {
+            ddl.push(' ');
+            ddl.push_str(&c.decl);
+        }
+    }
+    if !keys.is_empty() {
+        let keys: Vec<String> = keys.iter().map(|k| ident(k)).collect();
+        ddl.push_str(&format!(", PRIMARY KEY ({})", keys.join(", ")));
+    }
+    ddl.push(')');
+    ddl
 }
 
 /// `INSERT … ON CONFLICT (keys) DO UPDATE SET … WHERE a column differs`.

@@ -12,15 +12,19 @@
 //!            reading it, and clearing what was sent (+ outcomes -> _tributary_errors)
 //!  file      PeerFile: open (busy timeout, WAL), tables created from hub columns,
 //!            upsert / delete / truncate under `applying`, progress in the same transaction
+//!  alter     PeerFile::alter: a hub table's change of shape (renames, drops, rebuild),
+//!            followed by the file table, its outbox and its revisions, in the sync's transaction
 //! ```
 //!
 //! Every connection this crate opens sets a busy timeout: apps hold locks.
 
+pub mod alter;
 pub mod encoding;
 pub mod file;
 pub mod outbox;
 pub mod schema;
 
+pub use alter::SchemaChange;
 pub use file::{Mapped, PeerFile, Position};
 
 /// A hub column as the peer file needs it.

@@ -17,6 +17,21 @@ use crate::{ColumnDef, Result};
 use rusqlite::{params, Connection};
 use tributary_core::quote::{ident, literal};
 
+/// The name of one capture trigger of the file table `plain`: `kind` is
+/// `i` (insert), `u` (update), `k` (update of the key) or `d` (delete).
+fn trigger_name(kind: &str, plain: &str) -> String {
+    ident(&format!("_tributary_{kind}_{plain}"))
+}
+
+/// The DDL that drops the capture triggers of the file table `plain`
+/// (idempotent).
+pub fn drop_triggers(plain: &str) -> String {
+    ["i", "u", "k", "d"]
+        .iter()
+        .map(|k| format!("DROP TRIGGER IF EXISTS {};\n", trigger_name(k, plain)))
+        .collect()
+}
+
 /// The capture triggers of the file table `plain` (DDL, idempotent).
 /// Empty for a table without a key.
 pub fn triggers(plain: &str, cols: &[&ColumnDef]) -> String {
@@ -26,7 +41,7 @@ pub fn triggers(plain: &str, cols: &[&ColumnDef]) -> String {
     }
     let t = literal(plain);
     let tq = ident(plain);
-    let name = |k: &str| ident(&format!("_tributary_{k}_{plain}"));
+    let name = |k: &str| trigger_name(k, plain);
     let pk = |r: &str| json_object_expr(r, &keys);
     let data = |r: &str| json_object_expr(r, cols);
     let base = |r: &str| {
@@ -59,7 +74,7 @@ pub fn triggers(plain: &str, cols: &[&ColumnDef]) -> String {
         )
     };
     format!(
-        "DROP TRIGGER IF EXISTS {i}; DROP TRIGGER IF EXISTS {u}; DROP TRIGGER IF EXISTS {k}; DROP TRIGGER IF EXISTS {d};
+        "{drop}
 CREATE TRIGGER {i} AFTER INSERT ON {tq} WHEN {when} BEGIN {ins} END;
 CREATE TRIGGER {u} AFTER UPDATE ON {tq} WHEN {when} AND {same_key} BEGIN
   INSERT INTO _tributary_outbox (tbl, pk, op, data, changed, base) VALUES ({t}, {pk_new}, 'U', {data_new}, {changed}, {base_new})
@@ -74,6 +89,7 @@ CREATE TRIGGER {u} AFTER UPDATE ON {tq} WHEN {when} AND {same_key} BEGIN
 END;
 CREATE TRIGGER {k} AFTER UPDATE ON {tq} WHEN {when} AND NOT ({same_key}) BEGIN {del_old} {ins} END;
 CREATE TRIGGER {d} AFTER DELETE ON {tq} WHEN {when} BEGIN {del_old} END;",
+        drop = drop_triggers(plain),
         i = name("i"),
         u = name("u"),
         k = name("k"),

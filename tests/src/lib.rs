@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use postgres::{Client, NoTls};
 
+pub mod peer;
 pub mod worker;
 
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";

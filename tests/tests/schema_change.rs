@@ -275,3 +275,47 @@ fn each_change_of_shape_is_recorded_and_rows_are_sent_again_only_when_their_valu
         assert_eq!(revisions(&mut c), revs, "{ddl}: revisions after it");
     }
 }
+
+#[test]
+fn rows_are_sent_again_as_the_user_who_altered_the_table_not_as_the_extension() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE ROLE app_owner LOGIN;
+         GRANT CREATE ON SCHEMA public TO app_owner;
+         SET ROLE app_owner;
+         CREATE TABLE items (id int PRIMARY KEY, who text);
+         -- The app's own trigger: user code, which must never run with the
+         -- extension's rights.
+         CREATE FUNCTION items_who() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN NEW.who := current_user; RETURN NEW; END $$;
+         CREATE TRIGGER items_who BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION items_who();
+         INSERT INTO items VALUES (1, 'inserted');
+         RESET ROLE;
+         SELECT sync_track('items');
+         SET ROLE app_owner;
+         ALTER TABLE items ADD COLUMN flag int NOT NULL DEFAULT 7;
+         RESET ROLE;",
+    )
+    .unwrap();
+    let who: String = c
+        .query_one("SELECT who FROM items WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "app_owner");
+    assert_eq!(scalar(&mut c, "SELECT sync_version FROM items"), 2);
+    // The DDL guard's bookkeeping is the extension's: the owner cannot
+    // write it directly.
+    c.batch_execute("SET ROLE app_owner").unwrap();
+    let e = db_error(
+        c.batch_execute(
+        "INSERT INTO tributary.schema_changes (relid, xid, from_schema, from_table, to_schema, to_table,
+                                                renamed, dropped, added, retyped, rekeyed, refill)
+         VALUES ('items'::regclass, 1, 'public', 'items', 'public', 'x', '[]', '{}', '{}', '{}', false, false)",
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, "42501");
+    assert!(e.message.contains("permission denied"), "{e:?}");
+}

@@ -4,65 +4,11 @@
 use rusqlite::types::Value as V;
 use std::path::Path;
 use std::time::Duration;
+use tributary_e2e::peer::*;
 use tributary_e2e::worker::*;
 use tributary_e2e::*;
 
 const T: Duration = Duration::from_secs(60);
-
-fn sqlite_dest(name: &str, path: &Path) -> String {
-    format!(
-        "[[destination]]\nname = \"{name}\"\nkind = \"sqlite\"\npath = \"{}\"\ntables = [\"public.*\", \"sales.*\"]\n",
-        path.display()
-    )
-}
-
-fn lite(path: &Path) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
-fn rows(path: &Path, sql: &str) -> Vec<Vec<V>> {
-    let c = lite(path);
-    let mut st = c.prepare(sql).unwrap();
-    let n = st.column_count();
-    st.query_map([], |r| (0..n).map(|i| r.get::<_, V>(i)).collect())
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-/// The peer's stored position for slot `w`, or None before its first commit.
-fn peer_lsn(path: &Path) -> Option<String> {
-    if !path.exists() {
-        return None;
-    }
-    let c = lite(path);
-    c.query_row(
-        "SELECT lsn FROM _tributary_state WHERE slot = 'w'",
-        [],
-        |r| r.get(0),
-    )
-    .ok()
-}
-
-/// Waits until the peer has applied everything the hub committed so far.
-fn caught_up(w: &mut WorkerProc, c: &mut Client, path: &Path) {
-    let target: String = c
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .unwrap()
-        .get(0);
-    let target: tributary_worker::lsn::Lsn = target.parse().unwrap();
-    // The last commit's end is at or below the current WAL position; a
-    // marker transaction after it makes sure the peer passes it.
-    c.batch_execute("INSERT INTO marker VALUES (DEFAULT)")
-        .unwrap();
-    w.until(T, "the peer to catch up", || {
-        peer_lsn(path)
-            .and_then(|l| l.parse::<tributary_worker::lsn::Lsn>().ok())
-            .is_some_and(|l| l > target)
-    });
-}
 
 fn setup(c: &mut Client) {
     c.batch_execute(
@@ -422,12 +368,6 @@ fn peer_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
-}
-
-fn outbox_len(path: &Path) -> i64 {
-    lite(path)
-        .query_row("SELECT count(*) FROM _tributary_outbox", [], |r| r.get(0))
-        .unwrap()
 }
 
 /// Two SQLite peers (pulling every 50 ms) and a queue.

@@ -180,7 +180,7 @@ impl Error {
             Error::Config(_) => Cause::Config,
             // A stream we cannot read: retrying would read the same bytes.
             Error::Decode(_) => Cause::StreamUnreadable,
-            Error::Assemble(AssembleError::Decode(_) | AssembleError::BadWriteback(_)) => {
+            Error::Assemble(AssembleError::Decode(_) | AssembleError::BadMessage(..)) => {
                 Cause::StreamUnreadable
             }
             Error::Assemble(_) | Error::Io(_) => Cause::Connection,

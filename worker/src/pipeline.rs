@@ -302,7 +302,7 @@ impl Destinations {
             // A table it takes that it has no copy of (tracked after its
             // copy), or whose copy is of an older tracking epoch (untracked
             // and tracked again): the stream alone cannot bring it up to date.
-            let held = sink.copied_tables()?;
+            let held = crate::snapshot::follow_renames(admin, sink.copied_tables()?).await?;
             let wanted =
                 crate::snapshot::wanted_tables(admin, &config.source.publication, dest).await?;
             if let Some((t, _)) = wanted.iter().find(|(t, e)| held.get(t) != Some(e)) {

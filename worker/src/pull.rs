@@ -124,6 +124,36 @@ fn change_json(e: &Entry) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
+/// How an edit's shape differs from the hub table's: the columns it names
+/// that the hub does not have, and whether its key is other columns than
+/// the hub's key.
+fn shape_of(e: &Entry, cols: &[(String, u32, bool)]) -> (Vec<String>, bool) {
+    let names = |text: Option<&str>| -> Vec<String> {
+        match text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+            Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![],
+        }
+    };
+    let known = |n: &String| cols.iter().any(|(c, _, _)| c == n);
+    let mut unknown: Vec<String> = names(e.data.as_deref())
+        .into_iter()
+        .chain(names(e.changed.as_deref()))
+        .chain(names(Some(&e.pk)))
+        .filter(|n| !known(n))
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    let mut key = names(Some(&e.pk));
+    key.sort();
+    let mut hub_key: Vec<String> = cols.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
+    hub_key.sort();
+    (unknown, key != hub_key)
+}
+
 /// A key's row as the hub holds it after `sync_apply`.
 struct HubRow {
     /// Its columns as text; None when the hub holds no such row.
@@ -393,6 +423,103 @@ impl Puller {
             .collect())
     }
 
+    /// Sorts a table's outbox edits by what the hub's shape makes of them:
+    /// those to send, and those refused now. An edit made in a shape the
+    /// hub has since changed (a column renamed or dropped, the key or the
+    /// table's name changed; see `tributary.schema_changes`) waits, in the
+    /// outbox, until the push has made the file follow: that rewrites it
+    /// in the new shape. Edits of a table the hub no longer has are
+    /// refused.
+    async fn settle_shape(
+        &mut self,
+        hub: &str,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<Entry>, Vec<(Entry, Outcome)>), Error> {
+        let oid: Option<u32> = self
+            .client
+            .query_one("SELECT to_regclass($1)::oid", &[&hub])
+            .await
+            .context(format!("pull: finding {hub}"))?
+            .get(0);
+        let Some(oid) = oid else {
+            let renamed: bool = self
+                .client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM tributary.schema_changes
+                                     WHERE format('\"%s\".\"%s\"', replace(from_schema, '\"', '\"\"'),
+                                                  replace(from_table, '\"', '\"\"')) = $1)",
+                    &[&hub],
+                )
+                .await
+                .context(format!("pull: looking up {hub}"))?
+                .get(0);
+            if renamed {
+                tracing::info!(destination = %self.name, table = %hub, waiting = entries.len(),
+                    "edits of a table the hub renamed wait until the file follows the rename");
+                return Ok((vec![], vec![]));
+            }
+            tracing::warn!(destination = %self.name, table = %hub, refused = entries.len(),
+                "edits of a table the hub does not have are refused");
+            let detail = format!(
+                "the hub has no table {hub} (SQLSTATE 42P01): it was dropped, or the file names a table the hub never had. HINT: the edit stays here; re-enter it in a table the hub has."
+            );
+            let refused = entries
+                .into_iter()
+                .map(|e| {
+                    let o = Outcome {
+                        outcome: Label::Rejected.as_str().into(),
+                        conflict_id: None,
+                        detail: Some(detail.clone()),
+                        hub_row: None,
+                    };
+                    (e, o)
+                })
+                .collect();
+            return Ok((vec![], refused));
+        };
+        let cols = self.columns(hub).await?;
+        let off: Vec<(usize, Vec<String>, bool)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let (unknown, key_differs) = shape_of(e, &cols);
+                (!unknown.is_empty() || key_differs).then_some((i, unknown, key_differs))
+            })
+            .collect();
+        if off.is_empty() {
+            return Ok((entries, vec![]));
+        }
+        let row = self
+            .client
+            .query_one(
+                "SELECT coalesce(array_agg(DISTINCT n), '{}'), coalesce(bool_or(k), false)
+                   FROM (SELECT unnest(dropped) AS n, rekeyed AS k FROM tributary.schema_changes WHERE relid = $1
+                         UNION ALL
+                         SELECT r ->> 0, rekeyed FROM tributary.schema_changes, jsonb_array_elements(renamed) r
+                          WHERE relid = $1) s",
+                &[&oid],
+            )
+            .await
+            .context(format!("pull: the changes of shape of {hub}"))?;
+        let (gone, rekeyed): (Vec<String>, bool) = (row.get(0), row.get(1));
+        let mut wait = vec![false; entries.len()];
+        for (i, unknown, key_differs) in off {
+            wait[i] = (key_differs && rekeyed)
+                || (!unknown.is_empty() && unknown.iter().all(|n| gone.contains(n)));
+        }
+        let waiting = wait.iter().filter(|w| **w).count();
+        if waiting > 0 {
+            tracing::info!(destination = %self.name, table = %hub, waiting,
+                "edits made before a change of the table's shape wait until the file follows it");
+        }
+        let ready = entries
+            .into_iter()
+            .zip(wait)
+            .filter_map(|(e, w)| (!w).then_some(e))
+            .collect();
+        Ok((ready, vec![]))
+    }
+
     /// One round: read, apply per table, clean up. Returns how many outbox
     /// rows were handled.
     async fn round(&mut self) -> Result<usize, Error> {
@@ -412,9 +539,17 @@ impl Puller {
             }
             groups.entry(e.hub.clone()).or_default().push(e.clone());
         }
+        // A table's columns may have changed since the last round.
+        self.columns.clear();
         let mut sent: Vec<(Entry, Outcome)> = vec![];
         for hub in order {
-            let entries = &groups[&hub];
+            let all = groups.remove(&hub).unwrap_or_default();
+            let (ready, refused) = self.settle_shape(&hub, all).await?;
+            sent.extend(refused);
+            if ready.is_empty() {
+                continue;
+            }
+            let entries = &ready;
             match self.apply(&hub, entries).await? {
                 Ok(outcomes) => sent.extend(entries.iter().cloned().zip(outcomes)),
                 Err(_) => {

@@ -4,6 +4,7 @@
 //!  Change(table, origin) ──> for each destination d:
 //!       d.tables matches "schema.table"   (globs, `*` = any run of characters)
 //!   and origin != d.name                  (never echo a change to its writer)
+//!  Change(Schema)   ──> d takes the table by its new or its old name
 //! ```
 //!
 //! Transactions stay whole and in commit order: the router only filters
@@ -65,6 +66,12 @@ impl Router {
         });
         if let Some(only) = &change.only_for {
             return **only == *self.routes[i].name;
+        }
+        if let Some(s) = &change.schema {
+            // A destination that held the table by its old name follows
+            // the change too.
+            let from = s.from_plain_name();
+            return tables[i] || self.routes[i].tables.iter().any(|g| glob_match(g, &from));
         }
         tables[i] && change.origin.as_deref() != Some(self.routes[i].name.as_str())
     }

@@ -26,6 +26,7 @@ use crate::router::glob_match;
 use crate::sink::ToSink;
 use crate::source::{ConnectOptions, Connection};
 use crate::transaction::{Change, Op, Table};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -223,7 +224,36 @@ fn row_change(table: &Arc<Table>, r: &tokio_postgres::Row, ord: u32) -> Change {
         version,
         origin: None,
         only_for: None,
+        schema: None,
     }
+}
+
+/// The tables a peer holds (`"schema"."name"` -> the tracking epoch of its
+/// copy), under the names the hub gave them since: a rename the peer's
+/// position has not reached yet reaches it through the stream, so the
+/// table needs no new copy.
+pub async fn follow_renames(
+    client: &tokio_postgres::Client,
+    mut held: HashMap<String, Option<i64>>,
+) -> Result<HashMap<String, Option<i64>>, Error> {
+    let rows = client
+        .query(
+            "SELECT format('\"%s\".\"%s\"', replace(from_schema, '\"', '\"\"'), replace(from_table, '\"', '\"\"')),
+                    format('\"%s\".\"%s\"', replace(to_schema, '\"', '\"\"'), replace(to_table, '\"', '\"\"'))
+               FROM tributary.schema_changes
+              WHERE (from_schema, from_table) IS DISTINCT FROM (to_schema, to_table)
+              ORDER BY id",
+            &[],
+        )
+        .await
+        .context("reading the renames of tracked tables")?;
+    for r in rows {
+        let (from, to): (String, String) = (r.get(0), r.get(1));
+        if let Some(epoch) = held.get(&from).copied() {
+            held.entry(to).or_insert(epoch);
+        }
+    }
+    Ok(held)
 }
 
 /// The published tables `dest` takes, as `"schema"."name"`, with their

@@ -38,6 +38,61 @@ pub const ORIGIN_MESSAGE: &str = "tributary.origin";
 /// `inbound`): they become changes for that peer only.
 pub const WRITEBACK_MESSAGE: &str = "tributary.writeback";
 
+/// The prefix of the transactional logical messages that describe a change
+/// of shape of a tracked table (see `tributary._follow_ddl`): they come in
+/// commit order, before the first change in the new shape.
+pub const DDL_MESSAGE: &str = "tributary.ddl";
+
+/// The content of a DDL message: how a tracked table's shape changed.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SchemaChange {
+    /// Its row in `tributary.schema_changes`.
+    pub id: i64,
+    pub oid: u32,
+    /// (schema, table) before and after.
+    pub from: (String, String),
+    pub to: (String, String),
+    /// The columns now: (name, type oid, part of the primary key); no
+    /// tracking columns.
+    pub columns: Vec<(String, u32, bool)>,
+    /// (old name, new name).
+    pub renamed: Vec<(String, String)>,
+    pub dropped: Vec<String>,
+    pub added: Vec<String>,
+    pub retyped: Vec<String>,
+    /// The primary key is other columns now.
+    pub rekeyed: bool,
+    /// Every row follows, sent again in the new shape.
+    pub refill: bool,
+}
+
+impl SchemaChange {
+    /// The table as it is now, as a Relation message would describe it.
+    fn relation(&self) -> Relation {
+        Relation {
+            id: self.oid,
+            namespace: self.to.0.clone(),
+            name: self.to.1.clone(),
+            replica_identity: b'd',
+            columns: self
+                .columns
+                .iter()
+                .map(|(name, type_oid, key)| Column {
+                    key: *key,
+                    name: name.clone(),
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    /// `schema.table` before the change, unquoted, for glob matching.
+    pub fn from_plain_name(&self) -> String {
+        format!("{}.{}", self.from.0, self.from.1)
+    }
+}
+
 /// The content of a write-back message.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 pub struct Writeback {
@@ -120,6 +175,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// A change of the table's shape ([`Change::schema`]); no row.
+    Schema,
 }
 
 impl Op {
@@ -129,6 +186,7 @@ impl Op {
             Op::Update => "U",
             Op::Delete => "D",
             Op::Truncate => "T",
+            Op::Schema => "S",
         }
     }
 }
@@ -151,6 +209,8 @@ pub struct Change {
     pub origin: Option<String>,
     /// For one destination only (a write-back of resolved rows).
     pub only_for: Option<Arc<str>>,
+    /// What changed, for [`Op::Schema`].
+    pub schema: Option<Arc<SchemaChange>>,
 }
 
 impl Change {
@@ -237,8 +297,8 @@ pub enum AssembleError {
     UnknownRelation(u32),
     #[error("protocol: {0}")]
     Protocol(String),
-    #[error("a {WRITEBACK_MESSAGE} message that cannot be read: {0}")]
-    BadWriteback(String),
+    #[error("a {0} message that cannot be read: {1}")]
+    BadMessage(&'static str, String),
 }
 
 /// The per-transaction state that turns messages into changes.
@@ -418,8 +478,8 @@ fn writeback_changes(
     content: &[u8],
     out: &mut Vec<Item>,
 ) -> Result<(), AssembleError> {
-    let w: Writeback =
-        serde_json::from_slice(content).map_err(|e| AssembleError::BadWriteback(e.to_string()))?;
+    let w: Writeback = serde_json::from_slice(content)
+        .map_err(|e| AssembleError::BadMessage(WRITEBACK_MESSAGE, e.to_string()))?;
     let columns: Vec<Column> = w
         .columns
         .iter()
@@ -510,6 +570,28 @@ fn convert(
             content,
             ..
         } if prefix == WRITEBACK_MESSAGE => writeback_changes(tables, st, &content, out)?,
+        Message::Message {
+            transactional: true,
+            prefix,
+            content,
+            ..
+        } if prefix == DDL_MESSAGE => {
+            let schema: SchemaChange = serde_json::from_slice(&content)
+                .map_err(|e| AssembleError::BadMessage(DDL_MESSAGE, e.to_string()))?;
+            // The table as it is now, for routing; the Relation message
+            // that describes it to the changes comes on its own.
+            let c = Change {
+                table: Arc::new(Table::new(schema.relation())),
+                op: Op::Schema,
+                ord: st.ord,
+                tuple: None,
+                version: None,
+                origin: None,
+                only_for: None,
+                schema: Some(Arc::new(schema)),
+            };
+            push(st, c);
+        }
         Message::Insert { relation, new } => {
             let t = table(tables, relation)?;
             let c = row_change(&t, Op::Insert, st, new);
@@ -591,6 +673,7 @@ fn bare_change(
         version: None,
         origin,
         only_for: None,
+        schema: None,
     }
 }
 
@@ -617,6 +700,7 @@ fn row_change(t: &Arc<Table>, op: Op, st: &TxnState, row: Tuple) -> Change {
         origin: origin_of(t, st, Some(&row)),
         tuple: Some(row),
         only_for: None,
+        schema: None,
     }
 }
 

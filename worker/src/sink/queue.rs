@@ -26,7 +26,7 @@ use crate::error::{Cause, Context, Error};
 use crate::hub::connect;
 use crate::lsn::Lsn;
 use crate::metrics::DestinationMetrics;
-use crate::transaction::Change;
+use crate::transaction::{Change, Op};
 use bytes::{BufMut, BytesMut};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -272,9 +272,12 @@ impl Sink for QueueSink {
 
     async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
         let (lsn, time) = commit;
+        // A change of shape is no row: queue rows carry the new shape
+        // from the first change made in it.
         self.rows.extend(
             changes
                 .into_iter()
+                .filter(|c| c.op != Op::Schema)
                 .map(|change| Pending { change, lsn, time }),
         );
         if self.rows.len() >= ROWS_PER_CHUNK {

@@ -11,7 +11,9 @@
 //! The file's layout, type mapping and outbox live in `tributary-sqlite`;
 //! this module turns stream changes into its writes. Tables are created
 //! from the hub's columns on first sight (and gain the columns the hub
-//! added later). Every call runs on a blocking thread; the file is
+//! added later). A change of shape (`Op::Schema`, from the hub's DDL
+//! guard) is followed where it happened in the stream: renames keep the
+//! values, drops drop, a new type or key rebuilds the table. Every call runs on a blocking thread; the file is
 //! moved there and back, so it is never shared.
 //!
 //! A locked file waits the busy timeout, then fails as unavailable: the
@@ -104,6 +106,9 @@ impl State {
     /// Applies one change inside the open transaction. Returns whether it
     /// changed the file.
     fn apply(&mut self, c: &Change) -> Result<bool, Error> {
+        if c.op == Op::Schema {
+            return self.follow(c);
+        }
         let k = self.known(&c.table)?;
         let (def, m) = (k.def.clone(), k.mapped.clone());
         // The stream's columns come in the relation's order, as the
@@ -118,8 +123,41 @@ impl State {
                 self.file.delete(&m, &keys)
             }
             Op::Truncate => self.file.truncate(&m).map(|_| true),
+            Op::Schema => return Ok(false),
         };
         r.map_err(|e| self.err(e))
+    }
+
+    /// Makes the file follow a change of a hub table's shape, at its place
+    /// in the stream: a rename keeps the values, a dropped column goes, and
+    /// a change of type or key rebuilds the table (the hub sends every row
+    /// again right after). Outbox edits made in the old shape are rewritten
+    /// to the new one, or reported in `_tributary_errors` when they cannot
+    /// be.
+    fn follow(&mut self, c: &Change) -> Result<bool, Error> {
+        let Some(s) = &c.schema else {
+            return Ok(false);
+        };
+        let change = tributary_sqlite::alter::SchemaChange {
+            from_schema: s.from.0.clone(),
+            from_name: s.from.1.clone(),
+            def: table_def(&c.table),
+            renamed: s.renamed.clone(),
+            dropped: s.dropped.clone(),
+            rebuild: s.rekeyed || !s.retyped.is_empty(),
+        };
+        let followed = self.file.alter(&change).map_err(|e| self.err(e))?;
+        // The next change of the table brings its new Relation: map it anew.
+        self.tables.remove(&s.oid);
+        match followed {
+            Some((_, notes)) => {
+                for note in notes {
+                    tracing::warn!(peer = %self.what, table = %c.table.display, "{note}");
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
