@@ -6,6 +6,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tributary FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_track(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_untrack(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_cleanup() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_restored() FROM PUBLIC;
 -- Applying a peer's changes lets the caller claim revisions and win
 -- conflicts: only for the peers' roles (GRANT EXECUTE ON FUNCTION
 -- sync_apply(regclass, jsonb, text), ...). The caller also needs INSERT,
@@ -27,6 +28,7 @@ REVOKE ALL ON FUNCTION @extschema@.sync_queue_stats(text) FROM PUBLIC;
 GRANT USAGE ON SCHEMA tributary TO PUBLIC;
 GRANT SELECT ON tributary.tracked, tributary.tombstones, tributary.conflicts, tributary.peers, tributary.policies TO PUBLIC;
 GRANT SELECT ON tributary.schema_changes TO PUBLIC;  -- row-level security applies
+GRANT SELECT ON tributary.restores TO PUBLIC;        -- the version offset readers' versions carry
 GRANT SELECT ON @extschema@.sync_policies TO PUBLIC;
 GRANT SELECT ON @extschema@.sync_conflicts, @extschema@.sync_pending TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tributary.pending TO PUBLIC;  -- row-level security applies
@@ -42,6 +44,9 @@ GRANT EXECUTE ON FUNCTION
     tributary.row_json(anyelement),
     tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
     tributary._retry_pending(regclass),          -- likewise
-    tributary._follow_ddl(oid)                   -- the DDL guard, run as whoever altered a table
+    tributary._follow_ddl(oid),                  -- the DDL guard, run as whoever altered a table
+    tributary._queue_position(text),             -- for sync_queue_create's callers; needs the queue's owner
+    tributary._version_offset(),
+    tributary._hub_identity()
   TO PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_worker_grant(regrole) FROM PUBLIC;

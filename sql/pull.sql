@@ -6,14 +6,17 @@
 -- transaction in the window has finished when it is read: a late commit is
 -- read in the window of its xid, which no reader has passed yet.
 
--- Checks a window and the tables it covers; returns the tables, oldest oid
--- first. Errors carry a SQLSTATE, a DETAIL and a HINT.
+-- Checks a window (in versions, as readers hold them) and the tables it
+-- covers; returns the tables, oldest oid first. Errors carry a SQLSTATE, a
+-- DETAIL and a HINT.
 CREATE FUNCTION tributary._window_tables(since bigint, until bigint, tables regclass[])
 RETURNS SETOF oid
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     cur bigint := @extschema@.sync_current_version();
+    off bigint := tributary._version_offset();
+    live text := tributary._hub_identity();
     t regclass;
     tr tributary.tracked;
 BEGIN
@@ -47,10 +50,15 @@ BEGIN
     FOR tr IN SELECT * FROM tributary.tracked
               WHERE active AND (tables IS NULL OR relid = ANY (tables::oid[]))
               ORDER BY relid LOOP
-        IF since > 0 AND since < tr.min_valid THEN
+        IF tr.hub IS DISTINCT FROM live THEN
+            PERFORM tributary._raise('TB008', format('table %s was restored from another cluster', tr.relid::regclass),
+                format('Its versions were given out by hub %s; this is hub %s.', coalesce(tr.hub, 'unknown'), live),
+                'A superuser runs SELECT sync_restored() once after the restore; readers then resync in full.');
+        END IF;
+        IF since > 0 AND since - off < tr.min_valid THEN
             PERFORM tributary._raise('TB002', format('version %s is too old for table %s', since, tr.relid::regclass),
                 format('The oldest version a diff of %s can be served from is %s (reason: %s).',
-                       tr.relid::regclass, tr.min_valid, coalesce(tr.min_valid_reason, 'tracking started')),
+                       tr.relid::regclass, tr.min_valid + off, coalesce(tr.min_valid_reason, 'tracking started')),
                 format('Resync the table in full: sync_changes_since(0, tables => ARRAY[%L::regclass]) or sync_payload(%L, 0).',
                        tr.relid::regclass::text, tr.relid::regclass::text));
         END IF;
@@ -59,7 +67,8 @@ BEGIN
 END $$;
 
 -- The SQL that reads the net changes of one table in a window.
--- $1 since, $2 until, $3 skip_origin, $4 after_pk, $5 limit.
+-- $1 since, $2 until (as xids: a version less the offset), $3 skip_origin,
+-- $4 after_pk, $5 limit.
 CREATE FUNCTION tributary._changes_query(rel oid, since bigint, paged boolean) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
@@ -127,6 +136,7 @@ LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     upto bigint := coalesce(until, @extschema@.sync_current_version());
+    off bigint := tributary._version_offset();
     rel oid;
     left_rows bigint := page_size;
     got bigint;
@@ -148,10 +158,10 @@ BEGIN
         CONTINUE WHEN after_tbl IS NOT NULL AND rel < after_tbl::oid;
         IF page_size IS NULL THEN
             RETURN QUERY EXECUTE tributary._changes_query(rel, since, false)
-                USING since, upto, skip_origin, NULL::jsonb, NULL::bigint;
+                USING greatest(since - off, 0), upto - off, skip_origin, NULL::jsonb, NULL::bigint;
         ELSE
             RETURN QUERY EXECUTE tributary._changes_query(rel, since, true)
-                USING since, upto, skip_origin,
+                USING greatest(since - off, 0), upto - off, skip_origin,
                       CASE WHEN rel = after_tbl::oid THEN after_pk END, left_rows;
             GET DIAGNOSTICS got = ROW_COUNT;
             left_rows := left_rows - got;
@@ -179,9 +189,10 @@ BEGIN
     END IF;
     IF from_version = 0 THEN
         kind := 'Full'; reason := 1;
-    ELSIF from_version > 0 AND from_version <= v AND from_version < t.min_valid THEN
+    ELSIF from_version > 0 AND from_version <= v AND from_version - tributary._version_offset() < t.min_valid THEN
         kind := 'Full';
-        reason := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4 ELSE 2 END;
+        reason := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4
+                                          WHEN 'restore' THEN 5 ELSE 2 END;
         since := 0;
     END IF;
     SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data::jsonb END
@@ -193,4 +204,4 @@ BEGIN
         'Data', rows);
 END $$;
 COMMENT ON FUNCTION sync_payload(regclass, bigint) IS
-  'Offline-client payload. ReasonCode: 0 diff, 1 first sync, 2 older than retention, 3 truncated, 4 re-tracked.';
+  'Offline-client payload. ReasonCode: 0 diff, 1 first sync, 2 older than retention, 3 truncated, 4 re-tracked, 5 restored.';

@@ -2,7 +2,7 @@
 -- with SQL. One durable table per queue in schema tributary (never
 -- published, never tracked).
 --
---   worker:   INSERT ... ON CONFLICT (lsn, ord) DO NOTHING      -- idempotent by source position
+--   worker:   INSERT ... ON CONFLICT (hub, lsn, ord) DO NOTHING -- idempotent by source position
 --   consumer: sync_queue_read(queue, n)  -> leased rows (SKIP LOCKED), in order
 --             sync_queue_ack(queue, ids) -> done;  sync_queue_nack(queue, ids, error) -> again now
 --   a row read tributary.queue_max_attempts times without an ack becomes a dead letter
@@ -30,6 +30,33 @@ BEGIN
             'Create it with SELECT sync_queue_create(''name''), or list them in tributary.queues.');
     END IF;
     RETURN q;
+END $$;
+
+-- A change's source position in queue table tributary.<tbl> is (hub, lsn,
+-- ord): the cluster whose WAL the LSN is in, as the worker names it. After
+-- a restore into another cluster, new LSNs may repeat those of restored
+-- rows; the hub keeps them apart. Brings a queue made before to this shape;
+-- run again, it changes nothing.
+CREATE FUNCTION tributary._queue_position(tbl text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE old_key name;
+BEGIN
+    -- Each step only when needed: a queue already in shape is left alone
+    -- (ALTER TABLE would need its owner).
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = format('tributary.%I', tbl)::regclass
+                      AND a.attname = 'hub' AND NOT a.attisdropped) THEN
+        EXECUTE format('ALTER TABLE tributary.%I ADD COLUMN hub text NOT NULL DEFAULT %L', tbl, '');
+    END IF;
+    FOR old_key IN SELECT c.conname FROM pg_constraint c
+                    WHERE c.conrelid = format('tributary.%I', tbl)::regclass
+                      AND pg_get_constraintdef(c.oid) = 'UNIQUE (lsn, ord)' LOOP
+        EXECUTE format('ALTER TABLE tributary.%I DROP CONSTRAINT %I', tbl, old_key);
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = format('tributary.%I', tbl)::regclass
+                      AND c.conname = tbl || '_pos') THEN
+        EXECUTE format('ALTER TABLE tributary.%I ADD CONSTRAINT %I UNIQUE (hub, lsn, ord)', tbl, tbl || '_pos');
+    END IF;
 END $$;
 
 CREATE FUNCTION sync_queue_create(queue text, max_attempts integer DEFAULT 10) RETURNS void
@@ -61,9 +88,9 @@ BEGIN
             attempts     integer NOT NULL DEFAULT 0,
             visible_at   timestamptz NOT NULL DEFAULT now(),
             acked_at     timestamptz,
-            last_error   text,
-            UNIQUE (lsn, ord)
+            last_error   text
         )$t$, tbl);
+    PERFORM tributary._queue_position(tbl);
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON tributary.%I (id) WHERE status = ''ready''', tbl || '_ready', tbl);
     INSERT INTO tributary.queues AS q (name, relid, max_attempts)
     VALUES (queue, format('tributary.%I', tbl)::regclass, max_attempts)

@@ -13,9 +13,10 @@ CREATE TABLE tributary.tracked (
     active       boolean NOT NULL DEFAULT true,
     tracked_xid  bigint NOT NULL,           -- stamp given to the rows present when tracking began
     min_valid    bigint NOT NULL DEFAULT 1, -- oldest version a diff can be served from
-    min_valid_reason text,                  -- why min_valid was raised: retrack | truncate | retention
+    min_valid_reason text,                  -- why min_valid was raised: retrack | truncate | retention | restore
     tracked_at   timestamptz NOT NULL DEFAULT now(),
-    shape        jsonb                      -- what peers hold: name, columns, key (see tributary._shape)
+    shape        jsonb,                     -- what peers hold: name, columns, key (see tributary._shape)
+    hub          text                       -- the cluster its stamps are of: 'system identifier/database OID'
 );
 
 -- The latest delete of each key. A re-insert of the key leaves the
@@ -144,6 +145,18 @@ CREATE TABLE tributary.policies (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Restores adopted by sync_restored(): versions handed to readers are the
+-- xid horizon plus the latest version_offset, chosen so that every version
+-- of this cluster is above every version the cluster it was restored from
+-- handed out (see docs/architecture.md).
+CREATE TABLE tributary.restores (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    hub            text NOT NULL,       -- the cluster that adopted the restore
+    restored_xid   bigint NOT NULL,     -- its xid then: the restored rows' stamp
+    version_offset bigint NOT NULL,
+    adopted_at     timestamptz NOT NULL DEFAULT now()
+);
+
 -- pg_dump saves the rows of these tables (and the sequences behind their
 -- ids) with the dump of the database: tracking, tombstones, peers,
 -- conflicts, parked changes and policies survive a dump and restore.
@@ -156,3 +169,5 @@ SELECT pg_catalog.pg_extension_config_dump('tributary.conflicts_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('tributary.pending', '');
 SELECT pg_catalog.pg_extension_config_dump('tributary.pending_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('tributary.policies', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.restores', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.restores_id_seq', '');

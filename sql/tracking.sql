@@ -2,12 +2,26 @@
 -- The hot INSERT/UPDATE trigger is tributary.row_trigger (Rust); deletes,
 -- key changes and truncates are rarer and handled here.
 
+-- What is added to this cluster's xids to make the versions readers see:
+-- 0, until a restore from another cluster is adopted (sync_restored).
+CREATE FUNCTION tributary._version_offset() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT coalesce((SELECT version_offset FROM tributary.restores ORDER BY id DESC LIMIT 1), 0) $$;
+
+-- This cluster and database, as 'system identifier/database OID' (the
+-- worker names a hub the same way).
+CREATE FUNCTION tributary._hub_identity() RETURNS text
+LANGUAGE sql STABLE
+AS $$ SELECT (SELECT system_identifier FROM pg_control_system())::text || '/'
+             || (SELECT oid FROM pg_database WHERE datname = current_database())::text $$;
+
 -- The version a reader may safely ask up to: every transaction with a lower
 -- top-level xid has finished (committed or aborted). It is the xmin of the
--- caller's snapshot, so a later read in any isolation level sees all of it.
+-- caller's snapshot, so a later read in any isolation level sees all of it
+-- (plus the offset of an adopted restore).
 CREATE FUNCTION sync_current_version() RETURNS bigint
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint $$;
+AS $$ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint + tributary._version_offset() $$;
 COMMENT ON FUNCTION sync_current_version() IS
   'Every change stamped below this version is final. Store it and pass it as since next time.';
 
@@ -240,7 +254,9 @@ BEGIN
          WHERE relid = tbl;
     END IF;
     -- The shape peers know the table by: the DDL guard compares against it.
-    UPDATE tributary.tracked SET shape = tributary._shape(tbl) WHERE relid = tbl;
+    -- The cluster its stamps are of: a restore elsewhere is told by it.
+    UPDATE tributary.tracked SET shape = tributary._shape(tbl), hub = tributary._hub_identity()
+     WHERE relid = tbl;
 END $$;
 COMMENT ON FUNCTION sync_track(regclass) IS
   'Start change tracking on a table with a primary key. Idempotent.';
@@ -278,13 +294,13 @@ RETURNS TABLE (tbl regclass, pk_columns text[], tracked_since bigint, min_valid_
                min_valid_reason text, tracked_at timestamptz)
 LANGUAGE sql STABLE
 AS $$
-    SELECT t.relid::regclass, t.pk_columns, t.tracked_xid, t.min_valid, t.min_valid_reason, t.tracked_at
-    FROM tributary.tracked t WHERE t.active ORDER BY t.relid
+    SELECT t.relid::regclass, t.pk_columns, t.tracked_xid + o.v, t.min_valid + o.v, t.min_valid_reason, t.tracked_at
+    FROM tributary.tracked t, (SELECT tributary._version_offset() AS v) o WHERE t.active ORDER BY t.relid
 $$;
 
 CREATE FUNCTION sync_min_valid_version(tbl regclass) RETURNS bigint
 LANGUAGE sql STABLE
-AS $$ SELECT (tributary._tracked(tbl)).min_valid $$;
+AS $$ SELECT (tributary._tracked(tbl)).min_valid + tributary._version_offset() $$;
 COMMENT ON FUNCTION sync_min_valid_version(regclass) IS
   'The oldest version from which a diff of this table can still be served; below it, resync in full.';
 
@@ -512,7 +528,7 @@ RETURNS TABLE (current_version bigint, next_xid bigint, held_back_by bigint, kin
                xact_age interval, query text)
 LANGUAGE sql STABLE
 AS $$
-    WITH v AS (SELECT @extschema@.sync_current_version() AS cur,
+    WITH v AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS cur,
                       pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nxt),
     holders AS (
         SELECT 'backend'::text AS kind, a.pid, a.usename, a.application_name, a.state, a.xact_start,
@@ -522,7 +538,7 @@ AS $$
         SELECT 'prepared', NULL, p.owner, p.gid, 'prepared', p.prepared, NULL, p.transaction
         FROM pg_prepared_xacts p
     )
-    SELECT v.cur, v.nxt,
+    SELECT v.cur + tributary._version_offset(), v.nxt,
            -- widen the 32-bit xid with the epoch of the current version: a
            -- running xid is never below it, so a smaller value has wrapped
            ((v.cur >> 32) << 32) + h.x::text::bigint
@@ -534,3 +550,63 @@ AS $$
 $$;
 COMMENT ON FUNCTION sync_version_lag() IS
   'Transactions holding sync_current_version() back, oldest first. Only they delay delivery.';
+
+-- After pg_restore into another cluster (or database): xids, and so the
+-- versions readers hold, belong to the cluster the dump came from. Readers
+-- get TB008 until a superuser runs this once. It
+--   * stamps the restored rows and tombstones with the current xid where
+--     theirs is above it (they would come back in later windows otherwise),
+--     with the tracking trigger off and session_replication_role = replica
+--     (no user trigger fires, no revision moves);
+--   * raises every restored table's min_valid past that xid (reason
+--     'restore'), so a reader's next diff is a full resync;
+--   * records an offset that puts every version of this cluster above every
+--     version the old one handed out: the highest restored stamp + 2^40
+--     (the old cluster would have to run 2^40 more transactions before its
+--     readers' versions reached ours).
+-- Returns how many tables it adopted; 0 when there was nothing to do.
+CREATE FUNCTION sync_restored() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE
+    live text := tributary._hub_identity();
+    now_xid bigint := tributary._xid();
+    highest bigint := 0;
+    stamp bigint;
+    t tributary.tracked;
+    n bigint := 0;
+    role_before text := current_setting('session_replication_role');
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        PERFORM tributary._raise('42501', 'sync_restored() must be run by a superuser',
+            format('Role %I is not a superuser.', current_user),
+            'It rewrites every tracked table''s stamps with triggers off; run it as the role that ran pg_restore.');
+    END IF;
+    PERFORM set_config('session_replication_role', 'replica', true);
+    FOR t IN SELECT * FROM tributary.tracked WHERE hub IS DISTINCT FROM live ORDER BY relid LOOP
+        highest := greatest(highest, t.min_valid, t.tracked_xid);
+        IF t.active THEN
+            EXECUTE format('SELECT max(greatest(sync_xid, sync_created_xid)) FROM ONLY %s', t.relid) INTO stamp;
+            highest := greatest(highest, coalesce(stamp, 0));
+            EXECUTE format('ALTER TABLE %s DISABLE TRIGGER zzz_tributary_track', t.relid);
+            EXECUTE format('UPDATE ONLY %s SET sync_xid = least(sync_xid, $1), sync_created_xid = least(sync_created_xid, $1)
+                             WHERE sync_xid > $1 OR sync_created_xid > $1', t.relid) USING now_xid;
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track', t.relid);
+        END IF;
+        SELECT max(xid) INTO stamp FROM tributary.tombstones WHERE relid = t.relid;
+        highest := greatest(highest, coalesce(stamp, 0));
+        UPDATE tributary.tombstones SET xid = now_xid WHERE relid = t.relid AND xid > now_xid;
+        UPDATE tributary.tracked
+           SET hub = live, min_valid = now_xid + 1, min_valid_reason = 'restore'
+         WHERE relid = t.relid;
+        n := n + 1;
+    END LOOP;
+    PERFORM set_config('session_replication_role', role_before, true);
+    IF n > 0 THEN
+        INSERT INTO tributary.restores (hub, restored_xid, version_offset)
+        VALUES (live, now_xid, tributary._version_offset() + highest + (1::bigint << 40) - now_xid);
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION sync_restored() IS
+  'Adopt a restore from another cluster: restamp, raise min_valid (readers resync), offset versions. Idempotent.';

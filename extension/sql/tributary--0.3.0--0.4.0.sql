@@ -4,8 +4,10 @@
 
 -- 1. Each tracked table remembers the shape its peers hold (name, columns
 --    by attribute number, key), so that a later ALTER TABLE can tell a
---    rename from a drop and an add.
+--    rename from a drop and an add; and the cluster its stamps are of, so
+--    that a restore into another cluster is told.
 ALTER TABLE tributary.tracked ADD COLUMN IF NOT EXISTS shape jsonb;
+ALTER TABLE tributary.tracked ADD COLUMN IF NOT EXISTS hub text;
 CREATE OR REPLACE FUNCTION tributary._shape(rel oid) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -25,8 +27,16 @@ AS $$
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = rel
 $$;
+
+CREATE OR REPLACE FUNCTION tributary._hub_identity() RETURNS text
+LANGUAGE sql STABLE
+AS $$ SELECT (SELECT system_identifier FROM pg_control_system())::text || '/'
+             || (SELECT oid FROM pg_database WHERE datname = current_database())::text $$;
 REVOKE ALL ON FUNCTION tributary._shape(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tributary._hub_identity() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tributary._hub_identity() TO PUBLIC;
 UPDATE tributary.tracked SET shape = tributary._shape(relid) WHERE active AND shape IS NULL;
+UPDATE tributary.tracked SET hub = tributary._hub_identity() WHERE hub IS NULL;
 
 -- 2. The log of those changes of shape: the worker reads it to tell an
 --    outbox edit its peer made before a change it has not followed yet from
@@ -47,6 +57,7 @@ CREATE TABLE IF NOT EXISTS tributary.schema_changes (
     refill      boolean NOT NULL,    -- every row was sent again after it
     at          timestamptz NOT NULL DEFAULT now()
 );
+
 CREATE INDEX IF NOT EXISTS schema_changes_from ON tributary.schema_changes (from_schema, from_table);
 ALTER TABLE tributary.schema_changes ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS schema_changes_readable ON tributary.schema_changes;
@@ -174,7 +185,7 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION tributary._on_ddl_end() FROM PUBLIC;
 
--- 4. sync_track records the shape when tracking starts.
+-- 4. sync_track records the shape and the cluster when tracking starts.
 CREATE OR REPLACE FUNCTION @extschema@.sync_track(tbl regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
 AS $$
@@ -260,8 +271,12 @@ BEGIN
          WHERE relid = tbl;
     END IF;
     -- The shape peers know the table by: the DDL guard compares against it.
-    UPDATE tributary.tracked SET shape = tributary._shape(tbl) WHERE relid = tbl;
+    -- The cluster its stamps are of: a restore elsewhere is told by it.
+    UPDATE tributary.tracked SET shape = tributary._shape(tbl), hub = tributary._hub_identity()
+     WHERE relid = tbl;
 END $$;
+COMMENT ON FUNCTION @extschema@.sync_track(regclass) IS
+  'Start change tracking on a table with a primary key. Idempotent.';
 
 -- 5. A dropped table takes its log of changes of shape with it.
 CREATE OR REPLACE FUNCTION tributary._on_sql_drop() RETURNS event_trigger
@@ -278,3 +293,326 @@ BEGIN
         DELETE FROM tributary.schema_changes WHERE relid = o.objid;
     END LOOP;
 END $$;
+
+-- 6. Restores: sync_restored() adopts a restore from another cluster, and
+--    versions carry the offset it records; until then readers get TB008.
+
+CREATE TABLE IF NOT EXISTS tributary.restores (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    hub            text NOT NULL,       -- the cluster that adopted the restore
+    restored_xid   bigint NOT NULL,     -- its xid then: the restored rows' stamp
+    version_offset bigint NOT NULL,
+    adopted_at     timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('tributary.restores', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.restores_id_seq', '');
+GRANT SELECT ON tributary.restores TO PUBLIC;        -- the version offset readers' versions carry
+CREATE OR REPLACE FUNCTION tributary._version_offset() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT coalesce((SELECT version_offset FROM tributary.restores ORDER BY id DESC LIMIT 1), 0) $$;
+REVOKE ALL ON FUNCTION tributary._version_offset() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tributary._version_offset() TO PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@.sync_current_version() RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint + tributary._version_offset() $$;
+COMMENT ON FUNCTION @extschema@.sync_current_version() IS
+  'Every change stamped below this version is final. Store it and pass it as since next time.';
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_tracked_tables()
+RETURNS TABLE (tbl regclass, pk_columns text[], tracked_since bigint, min_valid_version bigint,
+               min_valid_reason text, tracked_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT t.relid::regclass, t.pk_columns, t.tracked_xid + o.v, t.min_valid + o.v, t.min_valid_reason, t.tracked_at
+    FROM tributary.tracked t, (SELECT tributary._version_offset() AS v) o WHERE t.active ORDER BY t.relid
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_min_valid_version(tbl regclass) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$ SELECT (tributary._tracked(tbl)).min_valid + tributary._version_offset() $$;
+COMMENT ON FUNCTION @extschema@.sync_min_valid_version(regclass) IS
+  'The oldest version from which a diff of this table can still be served; below it, resync in full.';
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_version_lag()
+RETURNS TABLE (current_version bigint, next_xid bigint, held_back_by bigint, kind text, pid integer,
+               usename name, application_name text, state text, xact_start timestamptz,
+               xact_age interval, query text)
+LANGUAGE sql STABLE
+AS $$
+    WITH v AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS cur,
+                      pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nxt),
+    holders AS (
+        SELECT 'backend'::text AS kind, a.pid, a.usename, a.application_name, a.state, a.xact_start,
+               a.query, a.backend_xid AS x
+        FROM pg_stat_activity a WHERE a.backend_xid IS NOT NULL
+        UNION ALL
+        SELECT 'prepared', NULL, p.owner, p.gid, 'prepared', p.prepared, NULL, p.transaction
+        FROM pg_prepared_xacts p
+    )
+    SELECT v.cur + tributary._version_offset(), v.nxt,
+           -- widen the 32-bit xid with the epoch of the current version: a
+           -- running xid is never below it, so a smaller value has wrapped
+           ((v.cur >> 32) << 32) + h.x::text::bigint
+             + CASE WHEN h.x::text::bigint < (v.cur & 4294967295) THEN 4294967296 ELSE 0 END,
+           h.kind, h.pid, h.usename, h.application_name, h.state, h.xact_start,
+           now() - h.xact_start, h.query
+    FROM v LEFT JOIN holders h ON true
+    ORDER BY 3 NULLS LAST
+$$;
+COMMENT ON FUNCTION @extschema@.sync_version_lag() IS
+  'Transactions holding sync_current_version() back, oldest first. Only they delay delivery.';
+
+CREATE OR REPLACE FUNCTION tributary._window_tables(since bigint, until bigint, tables regclass[])
+RETURNS SETOF oid
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    cur bigint := @extschema@.sync_current_version();
+    off bigint := tributary._version_offset();
+    live text := tributary._hub_identity();
+    t regclass;
+    tr tributary.tracked;
+BEGIN
+    IF since IS NULL THEN
+        PERFORM tributary._raise('22004', 'since must not be NULL',
+            'The version passed as since is NULL.',
+            'Pass 0 for a first, full sync, or the version returned by your previous sync.');
+    END IF;
+    IF since < 0 OR until < 0 THEN
+        PERFORM tributary._raise('22023', 'a version must not be negative',
+            CASE WHEN since < 0 THEN format('since = %s.', since) ELSE format('until = %s.', until) END,
+            'Versions come from sync_current_version(); 0 means a full sync.');
+    END IF;
+    IF since > cur OR until > cur THEN
+        PERFORM tributary._raise('TB001', 'version is from the future',
+            format('Asked for [%s, %s) but the current version is %s.', since, coalesce(until::text, 'current'), cur),
+            'Only pass versions returned by sync_current_version() or sync_payload(); after a restore, resync in full.');
+    END IF;
+    IF until < since THEN
+        PERFORM tributary._raise('TB005', 'until is before since',
+            format('since = %s, until = %s.', since, until),
+            'Pass until >= since, or NULL for the current version.');
+    END IF;
+
+    IF tables IS NOT NULL THEN
+        FOREACH t IN ARRAY tables LOOP
+            PERFORM tributary._tracked(t);
+        END LOOP;
+    END IF;
+
+    FOR tr IN SELECT * FROM tributary.tracked
+              WHERE active AND (tables IS NULL OR relid = ANY (tables::oid[]))
+              ORDER BY relid LOOP
+        IF tr.hub IS DISTINCT FROM live THEN
+            PERFORM tributary._raise('TB008', format('table %s was restored from another cluster', tr.relid::regclass),
+                format('Its versions were given out by hub %s; this is hub %s.', coalesce(tr.hub, 'unknown'), live),
+                'A superuser runs SELECT sync_restored() once after the restore; readers then resync in full.');
+        END IF;
+        IF since > 0 AND since - off < tr.min_valid THEN
+            PERFORM tributary._raise('TB002', format('version %s is too old for table %s', since, tr.relid::regclass),
+                format('The oldest version a diff of %s can be served from is %s (reason: %s).',
+                       tr.relid::regclass, tr.min_valid + off, coalesce(tr.min_valid_reason, 'tracking started')),
+                format('Resync the table in full: sync_changes_since(0, tables => ARRAY[%L::regclass]) or sync_payload(%L, 0).',
+                       tr.relid::regclass::text, tr.relid::regclass::text));
+        END IF;
+        RETURN NEXT tr.relid;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_changes_since(
+    since bigint,
+    until bigint DEFAULT NULL,
+    tables regclass[] DEFAULT NULL,
+    skip_origin text DEFAULT NULL,
+    page_size integer DEFAULT NULL,
+    after_tbl regclass DEFAULT NULL,
+    after_pk jsonb DEFAULT NULL)
+RETURNS TABLE (tbl regclass, op text, pk jsonb, data json, row_version bigint, origin text,
+               changed_columns text[])
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    upto bigint := coalesce(until, @extschema@.sync_current_version());
+    off bigint := tributary._version_offset();
+    rel oid;
+    left_rows bigint := page_size;
+    got bigint;
+BEGIN
+    IF page_size IS NOT NULL AND page_size < 1 THEN
+        PERFORM tributary._raise('22023', 'page_size must be at least 1',
+            format('page_size = %s.', page_size), 'Pass NULL for no paging, or a positive row count.');
+    END IF;
+    IF (after_tbl IS NULL) <> (after_pk IS NULL) THEN
+        PERFORM tributary._raise('22023', 'after_tbl and after_pk go together',
+            format('after_tbl = %s, after_pk = %s.', coalesce(after_tbl::text, 'NULL'), coalesce(after_pk::text, 'NULL')),
+            'Pass both, taken from the tbl and pk of the last row of the previous page.');
+    END IF;
+    IF after_tbl IS NOT NULL AND page_size IS NULL THEN
+        PERFORM tributary._raise('22023', 'a continuation needs page_size',
+            'after_tbl/after_pk were given without page_size.', 'Pass the same page_size as the first page.');
+    END IF;
+    FOR rel IN SELECT * FROM tributary._window_tables(since, upto, tables) LOOP
+        CONTINUE WHEN after_tbl IS NOT NULL AND rel < after_tbl::oid;
+        IF page_size IS NULL THEN
+            RETURN QUERY EXECUTE tributary._changes_query(rel, since, false)
+                USING greatest(since - off, 0), upto - off, skip_origin, NULL::jsonb, NULL::bigint;
+        ELSE
+            RETURN QUERY EXECUTE tributary._changes_query(rel, since, true)
+                USING greatest(since - off, 0), upto - off, skip_origin,
+                      CASE WHEN rel = after_tbl::oid THEN after_pk END, left_rows;
+            GET DIAGNOSTICS got = ROW_COUNT;
+            left_rows := left_rows - got;
+            EXIT WHEN left_rows <= 0;
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION @extschema@.sync_changes_since(bigint, bigint, regclass[], text, integer, regclass, jsonb) IS
+  'Net changes stamped in [since, until). Protocol: v := sync_current_version(); read sync_changes_since(last, v); last := v.';
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_payload(tbl regclass, from_version bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v bigint := @extschema@.sync_current_version();
+    t tributary.tracked := tributary._tracked(tbl);
+    kind text := 'Diff';
+    reason int := 0;
+    since bigint := from_version;
+    rows jsonb;
+BEGIN
+    IF from_version IS NULL THEN
+        PERFORM tributary._raise('22004', 'from_version must not be NULL',
+            'The version passed as from_version is NULL.', 'Pass 0 for a first sync, or the Version of your last payload.');
+    END IF;
+    IF from_version = 0 THEN
+        kind := 'Full'; reason := 1;
+    ELSIF from_version > 0 AND from_version <= v AND from_version - tributary._version_offset() < t.min_valid THEN
+        kind := 'Full';
+        reason := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4
+                                          WHEN 'restore' THEN 5 ELSE 2 END;
+        since := 0;
+    END IF;
+    SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data::jsonb END
+                              || jsonb_build_object('$operation', c.op) ORDER BY c.pk), '[]'::jsonb)
+      INTO rows
+      FROM @extschema@.sync_changes_since(since, v, ARRAY[tbl]) AS c;
+    RETURN jsonb_build_object(
+        'Metadata', jsonb_build_object('Sync', jsonb_build_object('Version', v, 'Type', kind, 'ReasonCode', reason)),
+        'Data', rows);
+END $$;
+COMMENT ON FUNCTION @extschema@.sync_payload(regclass, bigint) IS
+  'Offline-client payload. ReasonCode: 0 diff, 1 first sync, 2 older than retention, 3 truncated, 4 re-tracked, 5 restored.';
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_restored() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE
+    live text := tributary._hub_identity();
+    now_xid bigint := tributary._xid();
+    highest bigint := 0;
+    stamp bigint;
+    t tributary.tracked;
+    n bigint := 0;
+    role_before text := current_setting('session_replication_role');
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        PERFORM tributary._raise('42501', 'sync_restored() must be run by a superuser',
+            format('Role %I is not a superuser.', current_user),
+            'It rewrites every tracked table''s stamps with triggers off; run it as the role that ran pg_restore.');
+    END IF;
+    PERFORM set_config('session_replication_role', 'replica', true);
+    FOR t IN SELECT * FROM tributary.tracked WHERE hub IS DISTINCT FROM live ORDER BY relid LOOP
+        highest := greatest(highest, t.min_valid, t.tracked_xid);
+        IF t.active THEN
+            EXECUTE format('SELECT max(greatest(sync_xid, sync_created_xid)) FROM ONLY %s', t.relid) INTO stamp;
+            highest := greatest(highest, coalesce(stamp, 0));
+            EXECUTE format('ALTER TABLE %s DISABLE TRIGGER zzz_tributary_track', t.relid);
+            EXECUTE format('UPDATE ONLY %s SET sync_xid = least(sync_xid, $1), sync_created_xid = least(sync_created_xid, $1)
+                             WHERE sync_xid > $1 OR sync_created_xid > $1', t.relid) USING now_xid;
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track', t.relid);
+        END IF;
+        SELECT max(xid) INTO stamp FROM tributary.tombstones WHERE relid = t.relid;
+        highest := greatest(highest, coalesce(stamp, 0));
+        UPDATE tributary.tombstones SET xid = now_xid WHERE relid = t.relid AND xid > now_xid;
+        UPDATE tributary.tracked
+           SET hub = live, min_valid = now_xid + 1, min_valid_reason = 'restore'
+         WHERE relid = t.relid;
+        n := n + 1;
+    END LOOP;
+    PERFORM set_config('session_replication_role', role_before, true);
+    IF n > 0 THEN
+        INSERT INTO tributary.restores (hub, restored_xid, version_offset)
+        VALUES (live, now_xid, tributary._version_offset() + highest + (1::bigint << 40) - now_xid);
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION @extschema@.sync_restored() IS
+  'Adopt a restore from another cluster: restamp, raise min_valid (readers resync), offset versions. Idempotent.';
+REVOKE ALL ON FUNCTION @extschema@.sync_restored() FROM PUBLIC;
+
+-- 7. A queue row's source position is (hub, lsn, ord): rows restored from
+--    another cluster's dump never collide with new ones.
+--    tributary._queue_position brings each existing queue to that shape.
+CREATE OR REPLACE FUNCTION tributary._queue_position(tbl text) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE old_key name;
+BEGIN
+    -- Each step only when needed: a queue already in shape is left alone
+    -- (ALTER TABLE would need its owner).
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = format('tributary.%I', tbl)::regclass
+                      AND a.attname = 'hub' AND NOT a.attisdropped) THEN
+        EXECUTE format('ALTER TABLE tributary.%I ADD COLUMN hub text NOT NULL DEFAULT %L', tbl, '');
+    END IF;
+    FOR old_key IN SELECT c.conname FROM pg_constraint c
+                    WHERE c.conrelid = format('tributary.%I', tbl)::regclass
+                      AND pg_get_constraintdef(c.oid) = 'UNIQUE (lsn, ord)' LOOP
+        EXECUTE format('ALTER TABLE tributary.%I DROP CONSTRAINT %I', tbl, old_key);
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = format('tributary.%I', tbl)::regclass
+                      AND c.conname = tbl || '_pos') THEN
+        EXECUTE format('ALTER TABLE tributary.%I ADD CONSTRAINT %I UNIQUE (hub, lsn, ord)', tbl, tbl || '_pos');
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION @extschema@.sync_queue_create(queue text, max_attempts integer DEFAULT 10) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE tbl text := 'queue_' || queue;
+BEGIN
+    IF queue IS NULL OR queue !~ '^[a-z0-9_]{1,48}$' THEN
+        PERFORM tributary._raise('22023', 'invalid queue name',
+            format('Got %s.', coalesce(quote_literal(queue), 'NULL')),
+            'Use 1 to 48 characters of a-z, 0-9 and _.');
+    END IF;
+    IF max_attempts IS NULL OR max_attempts < 1 THEN
+        PERFORM tributary._raise('22023', 'max_attempts must be at least 1',
+            format('max_attempts = %s.', coalesce(max_attempts::text, 'NULL')), 'Pass e.g. 10.');
+    END IF;
+    EXECUTE format($t$
+        CREATE TABLE IF NOT EXISTS tributary.%I (
+            id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            lsn          pg_lsn NOT NULL,        -- commit LSN of the source transaction
+            ord          integer NOT NULL,       -- position of the change in it
+            tbl          text NOT NULL,
+            op           text NOT NULL CHECK (op IN ('I', 'U', 'D', 'T')),
+            pk           jsonb,
+            data         jsonb,
+            origin       text,
+            committed_at timestamptz,
+            status       text NOT NULL DEFAULT 'ready' CHECK (status IN ('ready', 'acked', 'dead')),
+            attempts     integer NOT NULL DEFAULT 0,
+            visible_at   timestamptz NOT NULL DEFAULT now(),
+            acked_at     timestamptz,
+            last_error   text
+        )$t$, tbl);
+    PERFORM tributary._queue_position(tbl);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON tributary.%I (id) WHERE status = ''ready''', tbl || '_ready', tbl);
+    INSERT INTO tributary.queues AS q (name, relid, max_attempts)
+    VALUES (queue, format('tributary.%I', tbl)::regclass, max_attempts)
+    ON CONFLICT (name) DO UPDATE SET max_attempts = excluded.max_attempts;
+END $$;
+COMMENT ON FUNCTION @extschema@.sync_queue_create(text, integer) IS 'Create (or update) an outbound queue. Idempotent.';
+REVOKE ALL ON FUNCTION tributary._queue_position(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tributary._queue_position(text) TO PUBLIC;
+SELECT tributary._queue_position('queue_' || q.name) FROM tributary.queues q;

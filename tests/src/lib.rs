@@ -170,17 +170,22 @@ impl Cluster {
     }
 
     pub fn psql(&self, db: &str) -> Command {
-        let mut c = Command::new(format!("{PGBIN}/psql"));
+        let mut c = self.client_tool("psql");
+        c.args(["-X", "-d", db]);
+        c
+    }
+
+    /// A client program (`pg_dump`, `pg_restore`, ...) connected to this
+    /// cluster as the superuser.
+    pub fn client_tool(&self, bin: &str) -> Command {
+        let mut c = Command::new(format!("{PGBIN}/{bin}"));
         c.args([
-            "-X",
             "-h",
             "127.0.0.1",
             "-p",
             &self.port.to_string(),
             "-U",
             "postgres",
-            "-d",
-            db,
         ]);
         c
     }

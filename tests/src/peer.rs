@@ -25,6 +25,15 @@ pub fn sqlite_dest(name: &str, path: &Path) -> String {
     )
 }
 
+/// A SQLite peer `edge1` at `path` pulling every 50 ms, and a queue `audit`
+/// taking `queue_tables` (a TOML list's inside, e.g. `"public.items"`).
+pub fn peer_and_queue(path: &Path, queue_tables: &str) -> String {
+    format!(
+        "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [{queue_tables}]\n",
+        sqlite_dest("edge1", path).replace("tables =", "pull_interval_ms = 50\ntables =")
+    )
+}
+
 pub fn lite(path: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();

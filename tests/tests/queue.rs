@@ -7,7 +7,7 @@ fn put(c: &mut Client, lsn: &str, ord: i32, id: i32) -> u64 {
     c.execute(
         "INSERT INTO tributary.queue_audit (lsn, ord, tbl, op, pk, data, committed_at)
          VALUES ($1::text::pg_lsn, $2, 'public.items', 'I', jsonb_build_object('id', $3::int), '{}', now())
-         ON CONFLICT (lsn, ord) DO NOTHING",
+         ON CONFLICT (hub, lsn, ord) DO NOTHING",
         &[&lsn, &ord, &id],
     )
     .unwrap()

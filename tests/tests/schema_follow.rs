@@ -155,10 +155,7 @@ fn with_worker(schema: &str, f: impl FnOnce(String, &mut Client, &mut WorkerProc
     setup_worker_role(&db, &["audit"]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge1.db");
-    let dests = format!(
-        "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.*\"]\n",
-        sqlite_dest("edge1", &path).replace("tables =", "pull_interval_ms = 50\ntables =")
-    );
+    let dests = peer_and_queue(&path, r#""public.*""#);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
     caught_up(&mut w, &mut c, &path);
     f(cluster.url(&db.name), &mut c, &mut w, &path);

@@ -917,10 +917,7 @@ fn with_peer_and_queue(f: impl FnOnce(&mut Client, &mut WorkerProc, &Path)) {
     setup_worker_role(&db, &["audit"]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge1.db");
-    let dests = format!(
-        "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.items\"]\n",
-        sqlite_dest("edge1", &path).replace("tables =", "pull_interval_ms = 50\ntables =")
-    );
+    let dests = peer_and_queue(&path, r#""public.items""#);
     let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
     caught_up(&mut w, &mut c, &path);
     f(&mut c, &mut w, &path);

@@ -205,3 +205,32 @@ fn an_upgrade_keeps_tracking_versions_peers_policies_conflicts_pending_and_queue
         1
     );
 }
+
+#[test]
+fn a_worker_newer_than_the_hubs_extension_stops_and_says_how_to_update() {
+    use tributary_e2e::worker::*;
+    let cluster = Cluster::start();
+    let db = cluster.empty_db();
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE EXTENSION tributary VERSION '0.3.0';
+         CREATE TABLE items (id int PRIMARY KEY); SELECT sync_track('items');",
+    )
+    .unwrap();
+    setup_worker_role(&db, &[]);
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", ""), &[]);
+    let status = w
+        .wait(std::time::Duration::from_secs(60))
+        .expect("the worker stops");
+    assert_eq!(status.code(), Some(2), "{}", w.log_text());
+    let log = w.log_text();
+    assert!(
+        log.contains("extension is 0.3.0") && log.contains("ALTER EXTENSION tributary UPDATE"),
+        "{log}"
+    );
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM pg_replication_slots"),
+        0,
+        "nothing was set up on the hub"
+    );
+}

@@ -64,3 +64,60 @@ pub async fn identity(o: &ConnectOptions, client: &Client) -> Result<String, Err
         .get(0);
     Ok(format!("{}/{db}", system.system_id))
 }
+
+/// The oldest extension version this worker works with: it reads
+/// `tributary.schema_changes` and the `tributary.ddl` messages, and writes
+/// queue rows keyed by `(hub, lsn, ord)` (all of 0.4.0).
+pub const EXTENSION_AT_LEAST: (u32, u32, u32) = (0, 4, 0);
+
+/// Stops with what to do when the hub's extension is older than this
+/// worker needs.
+pub async fn check_extension(client: &Client) -> Result<(), Error> {
+    let v: Option<String> = client
+        .query_opt(
+            "SELECT extversion FROM pg_extension WHERE extname = 'tributary'",
+            &[],
+        )
+        .await
+        .context("reading the extension's version")?
+        .map(|r| r.get(0));
+    let parse = |v: &str| -> Option<(u32, u32, u32)> {
+        let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    let (a, b, c) = EXTENSION_AT_LEAST;
+    match v.as_deref() {
+        Some(v) if parse(v).is_some_and(|found| found >= EXTENSION_AT_LEAST) => Ok(()),
+        found => Err(Error::Definite {
+            message: match found {
+                Some(v) => format!("the hub's tributary extension is {v}; this worker needs {a}.{b}.{c} or later"),
+                None => "the extension tributary is not installed in the configured database".into(),
+            },
+            hint: match found {
+                Some(_) => "install the new build on the hub's server, then in the database: ALTER EXTENSION tributary UPDATE;".into(),
+                None => "CREATE EXTENSION tributary; in the database the [source] url names".into(),
+            },
+            cause: crate::error::Cause::MissingObject,
+        }),
+    }
+}
+
+/// Warns when the hub holds tables restored from another cluster's dump
+/// that `sync_restored()` has not adopted: the worker serves them (WAL
+/// positions do not depend on it), but their readers get TB008 until it
+/// runs.
+pub async fn warn_unadopted_restore(client: &Client) -> Result<(), Error> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM tributary.tracked WHERE active AND hub IS DISTINCT FROM tributary._hub_identity()",
+            &[],
+        )
+        .await
+        .context("checking for a restore not adopted")?
+        .get(0);
+    if n > 0 {
+        tracing::warn!(tables = n,
+            "tracked tables were restored from another cluster and not adopted: readers get TB008 until a superuser runs SELECT sync_restored()");
+    }
+    Ok(())
+}

@@ -241,7 +241,8 @@ impl Destinations {
             let attached = match dest.kind {
                 Kind::Queue => {
                     let sink =
-                        QueueSink::open(opts, &config.source.slot, &dest.name, m.clone()).await?;
+                        QueueSink::open(opts, &config.source.slot, &dest.name, hub, m.clone())
+                            .await?;
                     tracing::info!(destination = %dest.name, progress = %sink.progress(), "queue destination ready");
                     d.sinks
                         .spawn(async move { (i, sink::drive(sink, rx, m).await) });
@@ -410,8 +411,10 @@ async fn session(
     // Open.
     let opts = ConnectOptions::from_url(&config.source.url, config.source.password.clone())?;
     let admin = crate::hub::connect(&opts, "tributary-worker").await?;
+    crate::hub::check_extension(&admin).await?;
     let slot_confirmed = prepare_slot(config, &opts, &admin).await?;
     let hub = crate::hub::identity(&opts, &admin).await?;
+    crate::hub::warn_unadopted_restore(&admin).await?;
     let mut dests = Destinations::open(config, metrics, &opts, &admin, &hub).await?;
     let _watch = watch_slot(admin, config.source.slot.clone(), metrics.clone());
     let copied = copy_new_peers(config, metrics, &opts, &dests).await;

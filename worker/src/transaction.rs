@@ -74,16 +74,7 @@ impl SchemaChange {
             namespace: self.to.0.clone(),
             name: self.to.1.clone(),
             replica_identity: b'd',
-            columns: self
-                .columns
-                .iter()
-                .map(|(name, type_oid, key)| Column {
-                    key: *key,
-                    name: name.clone(),
-                    type_oid: *type_oid,
-                    type_modifier: -1,
-                })
-                .collect(),
+            columns: columns_of(&self.columns),
         }
     }
 
@@ -91,6 +82,20 @@ impl SchemaChange {
     pub fn from_plain_name(&self) -> String {
         format!("{}.{}", self.from.0, self.from.1)
     }
+}
+
+/// Columns as the hub's logical messages list them: (name, type oid, part
+/// of the key).
+fn columns_of(columns: &[(String, u32, bool)]) -> Vec<Column> {
+    columns
+        .iter()
+        .map(|(name, type_oid, key)| Column {
+            key: *key,
+            name: name.clone(),
+            type_oid: *type_oid,
+            type_modifier: -1,
+        })
+        .collect()
 }
 
 /// The content of a write-back message.
@@ -480,16 +485,7 @@ fn writeback_changes(
 ) -> Result<(), AssembleError> {
     let w: Writeback = serde_json::from_slice(content)
         .map_err(|e| AssembleError::BadMessage(WRITEBACK_MESSAGE, e.to_string()))?;
-    let columns: Vec<Column> = w
-        .columns
-        .iter()
-        .map(|(name, type_oid, key)| Column {
-            key: *key,
-            name: name.clone(),
-            type_oid: *type_oid,
-            type_modifier: -1,
-        })
-        .collect();
+    let columns = columns_of(&w.columns);
     // The stream's own description of the table when it matches.
     let t = match tables.get(&w.oid) {
         Some(t)

@@ -14,12 +14,14 @@
 //! not at all); a source transaction is never split across two.
 //!
 //! Exactly once rests on the progress row: a transaction at or below it is
-//! skipped before anything is written. The queue's `UNIQUE (lsn, ord)` is
-//! the second line: should a change ever arrive twice anyway (two workers
-//! misconfigured onto one queue), COPY fails on it, the session restarts,
-//! and from then on this destination writes with `INSERT … ON CONFLICT
-//! (lsn, ord) DO NOTHING` (slower: speculative insertion), so the duplicate
-//! is dropped and the stream goes on.
+//! skipped before anything is written. The queue's `UNIQUE (hub, lsn,
+//! ord)` is the second line: should a change ever arrive twice anyway (two
+//! workers misconfigured onto one queue), COPY fails on it, the session
+//! restarts, and from then on this destination writes with `INSERT … ON
+//! CONFLICT (hub, lsn, ord) DO NOTHING` (slower: speculative insertion), so
+//! the duplicate is dropped and the stream goes on. `hub` names the cluster
+//! whose WAL the LSN is in: rows restored from another cluster's dump never
+//! collide with new ones.
 
 use super::{Done, Sink};
 use crate::error::{Cause, Context, Error};
@@ -98,6 +100,8 @@ pub struct QueueSink {
     table: String,
     insert: Statement,
     progress: Lsn,
+    /// The hub whose WAL positions the rows carry (see `hub::identity`).
+    hub: String,
     metrics: Arc<DestinationMetrics>,
     /// Rows written but not yet sent to the server.
     rows: Vec<Pending>,
@@ -110,6 +114,7 @@ impl QueueSink {
         o: &crate::source::ConnectOptions,
         slot: &str,
         name: &str,
+        hub: &str,
         metrics: Arc<DestinationMetrics>,
     ) -> Result<QueueSink, Error> {
         let client = connect(o, &format!("tributary-worker queue {name}")).await?;
@@ -137,12 +142,12 @@ impl QueueSink {
         let table = quote::qualified("tributary", &format!("queue_{name}"));
         let insert = client
             .prepare(&format!(
-                "INSERT INTO {table} (lsn, ord, tbl, op, pk, data, origin, committed_at)
-                 SELECT u.l::pg_lsn, u.o, u.t, u.op, u.p::jsonb, u.d::jsonb, u.og,
+                "INSERT INTO {table} (hub, lsn, ord, tbl, op, pk, data, origin, committed_at)
+                 SELECT $9, u.l::pg_lsn, u.o, u.t, u.op, u.p::jsonb, u.d::jsonb, u.og,
                         timestamptz '2000-01-01 00:00:00+00' + u.ct * interval '1 microsecond'
                    FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
                                $6::text[], $7::text[], $8::int8[]) AS u(l, o, t, op, p, d, og, ct)
-                 ON CONFLICT (lsn, ord) DO NOTHING"
+                 ON CONFLICT (hub, lsn, ord) DO NOTHING"
             ))
             .await
             .context(format!("destination {name}: preparing the queue insert"))?;
@@ -154,6 +159,7 @@ impl QueueSink {
             table,
             insert,
             progress,
+            hub: hub.to_string(),
             metrics,
             rows: Vec::new(),
         })
@@ -189,19 +195,23 @@ impl QueueSink {
                 ct.push(p.time);
             }
             self.client
-                .execute(&self.insert, &[&l, &o, &t, &op, &pk, &d, &og, &ct])
+                .execute(
+                    &self.insert,
+                    &[&l, &o, &t, &op, &pk, &d, &og, &ct, &self.hub],
+                )
                 .await
                 .context(ctx())?;
         } else {
             let sink = self
                 .client
                 .copy_in(&format!(
-                    "COPY {} (lsn, ord, tbl, op, pk, data, origin, committed_at) FROM STDIN (FORMAT binary)",
+                    "COPY {} (hub, lsn, ord, tbl, op, pk, data, origin, committed_at) FROM STDIN (FORMAT binary)",
                     self.table
                 ))
                 .await
                 .context(ctx())?;
             let types = [
+                Type::TEXT,
                 Type::PG_LSN,
                 Type::INT4,
                 Type::TEXT,
@@ -223,6 +233,7 @@ impl QueueSink {
                 let r = w
                     .as_mut()
                     .write(&[
+                        &self.hub,
                         &lsn,
                         &ord,
                         &c.table.display,
@@ -242,7 +253,7 @@ impl QueueSink {
         Ok(())
     }
 
-    /// A unique violation on (lsn, ord) means a change arrived twice: write
+    /// A unique violation on (hub, lsn, ord) means a change arrived twice: write
     /// with ON CONFLICT DO NOTHING from the next session on.
     fn check_duplicate<T>(
         &self,
