@@ -1143,3 +1143,158 @@ fn a_peer_file_holding_another_hubs_position_is_copied_anew_with_its_unsent_edit
         .contains("the file's position is in another hub's WAL"));
     assert!(w.running());
 }
+
+#[test]
+fn a_peer_file_restored_from_a_backup_behind_the_slot_is_copied_anew_with_its_unsent_edits() {
+    with_peer_and_queue(|c, w, path| {
+        let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
+        c.batch_execute(
+            r#"INSERT INTO items (id, v) VALUES (1, 'one'); INSERT INTO "tab'le" VALUES (1, 'a')"#,
+        )
+        .unwrap();
+        caught_up(w, c, path);
+        // The app backs its file up (a consistent copy, position included).
+        let backup = path.with_file_name("backup.db");
+        lite(path)
+            .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+            .unwrap();
+        // Life goes on: the peer moves past the backup's position, and so
+        // does the slot, confirmed up to it.
+        c.batch_execute(
+            r#"INSERT INTO items (id, v) VALUES (2, 'two'); UPDATE items SET v = 'uno' WHERE id = 1;
+               DELETE FROM "tab'le" WHERE "]" = 1;"#,
+        )
+        .unwrap();
+        caught_up(w, c, path);
+        // A clean stop confirms the slot up to every destination's progress.
+        assert!(w.sigterm(T).success());
+        let backup_lsn: String = lite(&backup)
+            .query_row(
+                "SELECT lsn FROM _tributary_state WHERE slot = 'w'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            scalar(
+                c,
+                &format!(
+                    "SELECT count(*) FROM pg_replication_slots
+                      WHERE slot_name = 'w' AND confirmed_flush_lsn > '{backup_lsn}'"
+                )
+            ),
+            1,
+            "the slot can no longer replay from the backup's position"
+        );
+        // The file is replaced by the backup, which gains an unsent edit.
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+        std::fs::copy(&backup, path).unwrap();
+        lite(path)
+            .execute(
+                "INSERT INTO items (id, v) VALUES (7, 'edit in the backup')",
+                [],
+            )
+            .unwrap();
+        c.batch_execute("INSERT INTO items (id, v) VALUES (3, 'three')")
+            .unwrap();
+        let before = queued(c);
+        w.spawn(&[]);
+        w.until(T, "the backup's unsent edit at the hub", || {
+            scalar(
+                c,
+                "SELECT count(*) FROM items WHERE v = 'edit in the backup'",
+            ) == 1
+        });
+        caught_up(w, c, path);
+        assert!(
+            w.log_text().contains("behind what the slot can replay"),
+            "{}",
+            w.log_text()
+        );
+        // Nothing between the backup and now was skipped.
+        assert_eq!(peer_items(path), hub_items(c));
+        assert_eq!(
+            rows(path, r#"SELECT count(*) FROM "tab'le""#),
+            vec![vec![V::Integer(0)]],
+            "the delete made after the backup reached the file"
+        );
+        assert_eq!(outbox_len(path), 0);
+        assert!(queued(c) > before, "the queue kept receiving");
+        assert!(w.running());
+    });
+}
+
+#[test]
+fn a_peer_file_naming_a_table_outside_its_destination_gets_nothing_written_or_read() {
+    with_peer_and_queue(|c, w, path| {
+        // A table the worker may write (another destination takes it), but
+        // that edge1's destination ("public.*", "sales.*") does not.
+        c.batch_execute(
+            r#"CREATE SCHEMA "h'r"; CREATE TABLE "h'r"."pay]roll" (id int PRIMARY KEY, salary int);
+               SELECT sync_track('"h''r"."pay]roll"');
+               INSERT INTO "h'r"."pay]roll" VALUES (1, 100);
+               SELECT sync_worker_grant('worker');"#,
+        )
+        .unwrap();
+        // The app writes the file's bookkeeping by hand: a mapping to that
+        // table, and one whose name is SQL, each with an edit.
+        lite(path)
+            .execute_batch(
+                r#"CREATE TABLE sneaky (id INTEGER PRIMARY KEY, salary INTEGER);
+                   INSERT INTO _tributary_tables (tbl, hub) VALUES ('sneaky', '"h''r"."pay]roll"');
+                   INSERT INTO _tributary_tables (tbl, hub) VALUES ('evil', '"public"."marker"; DROP TABLE marker; --');
+                   INSERT INTO _tributary_outbox (tbl, pk, op, data, base)
+                        VALUES ('sneaky', '{"id":1}', 'U', '{"id":1,"salary":999999}', 1),
+                               ('evil', '{"id":1}', 'I', '{"id":1}', NULL);
+                   INSERT INTO items (id, v) VALUES (5, 'a fair edit');"#,
+            )
+            .unwrap();
+        w.until(T, "the outbox handled", || outbox_len(path) == 0);
+        assert_eq!(
+            scalar(c, r#"SELECT salary::int8 FROM "h'r"."pay]roll" WHERE id = 1"#),
+            100,
+            "nothing written outside the destination"
+        );
+        assert!(
+            scalar(c, "SELECT count(*) FROM marker") >= 1,
+            "the name was never run as SQL"
+        );
+        assert_eq!(
+            scalar(c, "SELECT count(*) FROM items WHERE v = 'a fair edit'"),
+            1,
+            "the fair edit in the same round went through"
+        );
+        let errors: Vec<(String, String, Option<String>)> = {
+            let app = lite(path);
+            let mut st = app
+                .prepare("SELECT tbl, outcome || ': ' || detail, hub_row FROM _tributary_errors ORDER BY tbl")
+                .unwrap();
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0].0, "evil");
+        assert!(
+            errors[0].1.starts_with("REJECTED") && errors[0].1.contains("42602"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[1].0, "sneaky");
+        assert!(
+            errors[1].1.contains("42501") && errors[1].1.contains("edge1"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[1].2, None, "no hub row is handed back");
+        assert!(
+            rows(path, "SELECT count(*) FROM sneaky") == vec![vec![V::Integer(0)]],
+            "no write-back of the payroll row"
+        );
+        caught_up(w, c, path);
+        assert!(w.running());
+    });
+}

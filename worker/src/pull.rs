@@ -24,6 +24,11 @@
 //! A crash between the hub's commit and the outbox cleanup sends the same
 //! changes again: the resolver finds the same stamps and changes nothing
 //! (tested with `kill -9`).
+//!
+//! The file is the peer's, so what it says is untrusted: a table's name
+//! (`_tributary_tables.hub`) must be exactly `"schema"."table"` and one of
+//! the destination's `tables`, or its edits are refused into
+//! `_tributary_errors`; values go to `sync_apply` as bound JSON.
 
 use crate::error::{Action, Cause, Context, Error};
 use crate::source::ConnectOptions;
@@ -124,6 +129,22 @@ fn change_json(e: &Entry) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
+/// Every edit of `entries` refused, with the same reason.
+fn refuse_all(entries: Vec<Entry>, detail: &str) -> Vec<(Entry, Outcome)> {
+    entries
+        .into_iter()
+        .map(|e| {
+            let o = Outcome {
+                outcome: Label::Rejected.as_str().into(),
+                conflict_id: None,
+                detail: Some(detail.to_string()),
+                hub_row: None,
+            };
+            (e, o)
+        })
+        .collect()
+}
+
 /// How an edit's shape differs from the hub table's: the columns it names
 /// that the hub does not have, and whether its key is other columns than
 /// the hub's key.
@@ -170,6 +191,8 @@ struct Puller {
     client: Client,
     name: String,
     path: PathBuf,
+    /// The destination's `tables` globs: the only tables its pull writes.
+    tables: Vec<String>,
     columns: HashMap<String, Columns>,
     metrics: Arc<crate::metrics::DestinationMetrics>,
 }
@@ -423,6 +446,27 @@ impl Puller {
             .collect())
     }
 
+    /// Why edits of the file's table `hub` may not reach the hub, if they
+    /// may not: the name is read from the peer's own file, so it must be
+    /// exactly a table name as Tributary writes it (`"schema"."table"`),
+    /// and one of the tables this destination takes.
+    fn out_of_scope(&self, hub: &str) -> Option<String> {
+        let Some((schema, table)) = tributary_core::quote::parse_qualified(hub) else {
+            return Some(format!(
+                "the file maps an outbox edit to {hub:?}, which is not a table name as Tributary writes one (SQLSTATE 42602). HINT: _tributary_tables.hub is written by the worker; restore it, or copy the file anew."
+            ));
+        };
+        let plain = format!("{schema}.{table}");
+        let taken = self
+            .tables
+            .iter()
+            .any(|g| crate::router::glob_match(g, &plain));
+        (!taken).then(|| format!(
+            "table {hub} is not among the tables destination {} takes (SQLSTATE 42501): its edits are not sent. HINT: add it to the destination's tables in the worker's configuration if this peer may write it.",
+            self.name
+        ))
+    }
+
     /// Sorts a table's outbox edits by what the hub's shape makes of them:
     /// those to send, and those refused now. An edit made in a shape the
     /// hub has since changed (a column renamed or dropped, the key or the
@@ -463,19 +507,7 @@ impl Puller {
             let detail = format!(
                 "the hub has no table {hub} (SQLSTATE 42P01): it was dropped, or the file names a table the hub never had. HINT: the edit stays here; re-enter it in a table the hub has."
             );
-            let refused = entries
-                .into_iter()
-                .map(|e| {
-                    let o = Outcome {
-                        outcome: Label::Rejected.as_str().into(),
-                        conflict_id: None,
-                        detail: Some(detail.clone()),
-                        hub_row: None,
-                    };
-                    (e, o)
-                })
-                .collect();
-            return Ok((vec![], refused));
+            return Ok((vec![], refuse_all(entries, &detail)));
         };
         let cols = self.columns(hub).await?;
         let off: Vec<(usize, Vec<String>, bool)> = entries
@@ -544,6 +576,11 @@ impl Puller {
         let mut sent: Vec<(Entry, Outcome)> = vec![];
         for hub in order {
             let all = groups.remove(&hub).unwrap_or_default();
+            if let Some(detail) = self.out_of_scope(&hub) {
+                tracing::warn!(destination = %self.name, table = %hub, refused = all.len(), "{detail}");
+                sent.extend(refuse_all(all, &detail));
+                continue;
+            }
             let (ready, refused) = self.settle_shape(&hub, all).await?;
             sent.extend(refused);
             if ready.is_empty() {
@@ -607,6 +644,7 @@ pub async fn supervise(
     opts: ConnectOptions,
     name: String,
     path: PathBuf,
+    tables: Vec<String>,
     interval: Duration,
     metrics: Arc<crate::metrics::DestinationMetrics>,
     stop: CancellationToken,
@@ -614,7 +652,7 @@ pub async fn supervise(
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        let r = run(&opts, &name, &path, interval, &metrics, &stop).await;
+        let r = run(&opts, (&name, &path, &tables), interval, &metrics, &stop).await;
         let e = match r {
             Ok(()) => return Ok(()),
             Err(e) if e.action() == Action::Stop => return Err(e),
@@ -638,8 +676,7 @@ pub async fn supervise(
 /// Pulls the peer's outbox until `stop` fires or an error.
 async fn run(
     opts: &ConnectOptions,
-    name: &str,
-    path: &Path,
+    (name, path, tables): (&str, &Path, &[String]),
     interval: Duration,
     metrics: &Arc<crate::metrics::DestinationMetrics>,
     stop: &CancellationToken,
@@ -653,6 +690,7 @@ async fn run(
         client,
         name: name.to_string(),
         path: path.to_path_buf(),
+        tables: tables.to_vec(),
         columns: HashMap::new(),
         metrics: metrics.clone(),
     };
