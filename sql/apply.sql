@@ -62,12 +62,15 @@ END $$;
 COMMENT ON FUNCTION sync_set_policy(regclass, text, regprocedure) IS
   'Set how sync_apply decides overlapping changes at the same revision for a table.';
 
-CREATE VIEW sync_policies AS
+-- The views run as whoever reads them (security_invoker): the tables' own
+-- privileges and row-level security apply, so a role sees the conflicts and
+-- parked changes of the tables it may read, and no others.
+CREATE VIEW sync_policies WITH (security_invoker = true) AS
     SELECT t.relid::regclass AS tbl, coalesce(p.policy, 'ladder') AS policy, p.resolver, p.updated_at
     FROM tributary.tracked t LEFT JOIN tributary.policies p ON p.relid = t.relid
     WHERE t.active;
 
-CREATE VIEW sync_conflicts AS
+CREATE VIEW sync_conflicts WITH (security_invoker = true) AS
     SELECT c.id, c.relid::regclass AS tbl, c.pk, c.columns, c.local, c.remote, c.base,
            c.local_version, c.remote_version, c.remote_origin, c.remote_op, c.interim, c.detail,
            c.status, c.resolution, c.created_at, c.resolved_at
@@ -162,7 +165,7 @@ END $$;
 COMMENT ON FUNCTION sync_resolve_conflict(bigint, jsonb) IS
   'Close a conflict with "keep_local", "take_remote" or a merged row, applied as a new hub revision.';
 
-CREATE VIEW sync_pending AS
+CREATE VIEW sync_pending WITH (security_invoker = true) AS
     SELECT p.id, p.relid::regclass AS tbl, p.pk, p.origin, p.change, p.parent_relid::regclass AS waiting_for,
            p.attempts, p.last_error, p.status, p.created_at, p.last_try_at
     FROM tributary.pending p;

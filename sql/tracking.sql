@@ -67,7 +67,11 @@ END $$;
 
 -- Tombstone for a deleted row, or for the old key of a row whose key changed.
 -- TG_ARGV holds the primary key column names. SECURITY DEFINER because the
--- writer of the user table may not write tributary.tombstones.
+-- writer of the user table may not write tributary.tombstones. A BEFORE row
+-- trigger, fired inside the statement that deletes: one that a trigger runs
+-- (an ON DELETE CASCADE) fires it at depth 2, so its tombstone is the hub's
+-- own, not the origin's. (An AFTER row trigger of a cascade fires later, at
+-- the outer statement's depth, and could not tell.)
 CREATE FUNCTION tributary._on_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -80,21 +84,29 @@ BEGIN
            (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid)
     VALUES (TG_RELID, key, pg_current_xact_id()::text::bigint,
             coalesce((img ->> 'sync_version')::bigint, 0) + 1,
-            nullif(current_setting('tributary.origin', true), ''), now(),
+            -- a cascade (a statement run by a trigger) is not the origin's own
+            CASE WHEN pg_trigger_depth() > 1 THEN NULL ELSE nullif(current_setting('tributary.origin', true), '') END,
+            now(),
             img - '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[],
             OLD.sync_colmeta, OLD.sync_origin, OLD.sync_created_xid)
     ON CONFLICT (relid, pk) DO UPDATE
         SET xid = excluded.xid, version = excluded.version, origin = excluded.origin,
             deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
             row_origin = excluded.row_origin, created_xid = excluded.created_xid;
-    RETURN NULL;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
 END $$;
 
 -- A DELETE row message of pgoutput carries only the key, not sync_origin. So
 -- that the worker never echoes a peer's delete back to that peer, a DELETE
 -- statement run under tributary.origin brackets its rows with transactional
 -- logical messages: 'tributary.origin' = <origin> before, '' after. The
--- worker tags the deletes in between (and their cascades) with that origin.
+-- worker tags the deletes in between with that origin. A DELETE run by a
+-- trigger inside it (an ON DELETE CASCADE, depth > 1) is the hub's own doing,
+-- which the peer must receive: it is bracketed the other way round, '' before
+-- and <origin> again after.
 -- SECURITY DEFINER: pg_logical_emit_message is not granted to PUBLIC; this
 -- only emits the caller's own tributary.origin, which any session may set.
 CREATE FUNCTION tributary._delete_origin() RETURNS trigger
@@ -103,7 +115,8 @@ AS $$
 DECLARE o text := coalesce(current_setting('tributary.origin', true), '');
 BEGIN
     IF o <> '' THEN
-        PERFORM pg_logical_emit_message(true, 'tributary.origin', CASE WHEN TG_WHEN = 'BEFORE' THEN o ELSE '' END);
+        PERFORM pg_logical_emit_message(true, 'tributary.origin',
+            CASE WHEN (TG_WHEN = 'BEFORE') = (pg_trigger_depth() = 1) THEN o ELSE '' END);
     END IF;
     RETURN NULL;
 END $$;
@@ -146,11 +159,11 @@ BEGIN
                     FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
                    CASE WHEN EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins')
                         THEN '''lww''' ELSE '' END);
-    EXECUTE format('CREATE TRIGGER zzz_tributary_delete AFTER DELETE ON %s
+    EXECUTE format('CREATE TRIGGER zzz_tributary_delete BEFORE DELETE ON %s
                     FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
                    tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
     SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') INTO pk_cond FROM unnest(pk) c;
-    EXECUTE format('CREATE TRIGGER zzz_tributary_rekey AFTER UPDATE ON %s
+    EXECUTE format('CREATE TRIGGER zzz_tributary_rekey BEFORE UPDATE ON %s
                     FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)',
                    tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
     EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s

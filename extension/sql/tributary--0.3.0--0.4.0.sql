@@ -616,3 +616,99 @@ COMMENT ON FUNCTION @extschema@.sync_queue_create(text, integer) IS 'Create (or 
 REVOKE ALL ON FUNCTION tributary._queue_position(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tributary._queue_position(text) TO PUBLIC;
 SELECT tributary._queue_position('queue_' || q.name) FROM tributary.queues q;
+
+-- 8. What a trigger does inside a peer's statement (an ON DELETE CASCADE, a
+--    user trigger's write) is the hub's own doing: its deletes are tagged
+--    and its tombstones written without the peer's origin, so they reach
+--    that peer too. (The row trigger, in the library, does the same.)
+CREATE OR REPLACE FUNCTION tributary._on_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    img jsonb := to_jsonb(OLD);
+    key jsonb;
+BEGIN
+    SELECT jsonb_object_agg(c, img -> c) INTO key FROM unnest(TG_ARGV) AS c;
+    INSERT INTO tributary.tombstones AS t
+           (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid)
+    VALUES (TG_RELID, key, pg_current_xact_id()::text::bigint,
+            coalesce((img ->> 'sync_version')::bigint, 0) + 1,
+            -- a cascade (a statement run by a trigger) is not the origin's own
+            CASE WHEN pg_trigger_depth() > 1 THEN NULL ELSE nullif(current_setting('tributary.origin', true), '') END,
+            now(),
+            img - '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[],
+            OLD.sync_colmeta, OLD.sync_origin, OLD.sync_created_xid)
+    ON CONFLICT (relid, pk) DO UPDATE
+        SET xid = excluded.xid, version = excluded.version, origin = excluded.origin,
+            deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
+            row_origin = excluded.row_origin, created_xid = excluded.created_xid;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION tributary._delete_origin() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE o text := coalesce(current_setting('tributary.origin', true), '');
+BEGIN
+    IF o <> '' THEN
+        PERFORM pg_logical_emit_message(true, 'tributary.origin',
+            CASE WHEN (TG_WHEN = 'BEFORE') = (pg_trigger_depth() = 1) THEN o ELSE '' END);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION tributary._install_triggers(tbl regclass, pk text[]) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pk_cond text;
+BEGIN
+    -- Triggers: dropped and recreated so that a changed key is picked up.
+    -- The row trigger is named to fire after the application's own BEFORE
+    -- triggers (they fire in name order), so it sees their final values.
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_track ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_delete ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_rekey ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
+    -- Tables with the last_writer_wins policy stamp a clock on local writes.
+    EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
+                   CASE WHEN EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins')
+                        THEN '''lww''' ELSE '' END);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_delete BEFORE DELETE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
+                   tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+    SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') INTO pk_cond FROM unnest(pk) c;
+    EXECUTE format('CREATE TRIGGER zzz_tributary_rekey BEFORE UPDATE ON %s
+                    FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)',
+                   tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+    EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._on_truncate()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_on BEFORE DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
+    EXECUTE format('CREATE TRIGGER zzz_tributary_origin_off AFTER DELETE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION tributary._delete_origin()', tbl);
+    -- ALWAYS: changes applied with session_replication_role = replica are
+    -- changes too, and must never be skipped.
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_track,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_delete,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_rekey,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_truncate,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_on,
+                                   ENABLE ALWAYS TRIGGER zzz_tributary_origin_off', tbl);
+END $$;
+-- The tombstone triggers are BEFORE row triggers now: made again on every
+-- tracked table.
+SELECT tributary._install_triggers(t.relid, t.pk_columns) FROM tributary.tracked t WHERE t.active;
+
+-- 9. The views over Tributary's state run as whoever reads them: the
+--    tables' privileges and row-level security apply (before, a role with
+--    no privileges read every conflict's and parked change's rows).
+ALTER VIEW @extschema@.sync_policies SET (security_invoker = true);
+ALTER VIEW @extschema@.sync_conflicts SET (security_invoker = true);
+ALTER VIEW @extschema@.sync_pending SET (security_invoker = true);

@@ -3,7 +3,7 @@
 //! ```text
 //!  INSERT/UPDATE ──> zzz_tributary_track (Rust, BEFORE ROW) ── stamps sync_version, sync_xid,
 //!                                                             per-column versions, origin
-//!  DELETE / key change ──> tributary._on_delete (AFTER ROW) ──> tributary.tombstones
+//!  DELETE / key change ──> tributary._on_delete (BEFORE ROW) ──> tributary.tombstones
 //!  TRUNCATE ──> tributary._on_truncate ──> raises tributary.tracked.min_valid
 //!
 //!  reader: v := sync_current_version()            -- xmin horizon of its snapshot

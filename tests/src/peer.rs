@@ -5,6 +5,7 @@
 //!  sqlite_dest(name, path)     a [[destination]] block for the worker
 //!  lite / rows / outbox_len    reading the file
 //!  caught_up(w, c, path)       waits until the file holds all the hub committed
+//!  all_caught_up(w, c, paths)  the same for several files, with one marker
 //! ```
 //!
 //! `caught_up` writes a row into the hub table `marker`, which the test's
@@ -66,6 +67,13 @@ pub fn peer_lsn(path: &Path) -> Option<String> {
 
 /// Waits until the peer has applied everything the hub committed so far.
 pub fn caught_up(w: &mut WorkerProc, c: &mut Client, path: &Path) {
+    all_caught_up(w, c, &[path]);
+}
+
+/// Waits until every peer of `paths` has applied everything the hub
+/// committed so far, with one marker transaction for all of them (so none
+/// is left applying another's marker afterwards).
+pub fn all_caught_up(w: &mut WorkerProc, c: &mut Client, paths: &[&Path]) {
     let target: String = c
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .unwrap()
@@ -75,10 +83,12 @@ pub fn caught_up(w: &mut WorkerProc, c: &mut Client, path: &Path) {
     // marker transaction after it makes sure the peer passes it.
     c.batch_execute("INSERT INTO marker VALUES (DEFAULT)")
         .unwrap();
-    w.until(T, "the peer to catch up", || {
-        peer_lsn(path)
-            .and_then(|l| l.parse::<tributary_worker::lsn::Lsn>().ok())
-            .is_some_and(|l| l > target)
+    w.until(T, "the peers to catch up", || {
+        paths.iter().all(|path| {
+            peer_lsn(path)
+                .and_then(|l| l.parse::<tributary_worker::lsn::Lsn>().ok())
+                .is_some_and(|l| l > target)
+        })
     });
 }
 

@@ -82,14 +82,18 @@ fn acceptance_table_of_the_multi_source_ladder() {
         (Some("Crm Name"), Some("CRM"))
     );
 
-    // CUST-002: CRM's v2 is applied, then Portal sends v1.
+    // CUST-002: CRM's v2 is applied (its insert, then its update), then
+    // Portal sends v1.
     assert_eq!(
         outcomes(
             &mut c,
-            &format!("[{}]", ins("CUST-002", "Crm Two", "two@x", 2)),
+            &format!(
+                r#"[{}, {{"op":"U","pk":{{"external_id":"CUST-002"}},"data":{{"full_name":"Crm Two","email":"two@x"}},"version":2}}]"#,
+                ins("CUST-002", "Crm One", "one@x", 1)
+            ),
             "CRM"
         ),
-        ["NEW_RECORD"]
+        ["NEW_RECORD", "VERSION_WIN"]
     );
     assert_eq!(
         outcomes(
@@ -119,9 +123,9 @@ fn acceptance_table_of_the_multi_source_ladder() {
         (Some("New Name"), Some("new@x"), Some("ERP"))
     );
 
-    // CUST-004: CRM sends v5 email=a, then v5 email=b: a conflict with both images.
-    let a = r#"{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"a"},"version":5}"#;
-    let b = r#"{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"b"},"version":5}"#;
+    // CUST-004: CRM sends v1 email=a, then v1 email=b: a conflict with both images.
+    let a = r#"{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"a"},"version":1}"#;
+    let b = r#"{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"b"},"version":1}"#;
     let got = apply(&mut c, "customers", &format!("[{a},{b}]"), "CRM");
     assert_eq!(got[1].0, "MANUAL");
     let id = got[1].2.expect("a MANUAL outcome names its conflict");
@@ -251,12 +255,15 @@ fn deletes_update_against_delete_and_tombstones_stop_resurrection() {
         &format!("[{}]", ins("D2", "two", "2@x", 1)),
         "CRM",
     );
+    apply(&mut c, "customers", &upd("D2", "new", 2), "CRM");
     apply(&mut c, "customers", &upd("D2", "newer", 3), "CRM");
     assert_eq!(outcomes(&mut c, &del("D2", 2), "ERP"), ["STALE_SKIP"]);
     assert_eq!(row(&mut c, "D2").0.as_deref(), Some("newer"));
 
-    // Delete of a missing row is no error, and an older insert of the key stays deleted.
-    assert_eq!(outcomes(&mut c, &del("D3", 2), "ERP"), ["VERSION_WIN"]);
+    // Delete of a missing row is no error, and an older insert of the key
+    // stays deleted (ERP deleted it twice: its tombstone is at revision 2).
+    assert_eq!(outcomes(&mut c, &del("D3", 1), "ERP"), ["VERSION_WIN"]);
+    apply(&mut c, "customers", &del("D3", 2), "ERP");
     assert_eq!(
         outcomes(&mut c, &format!("[{}]", ins("D3", "old", "o@x", 1)), "CRM"),
         ["STALE_SKIP"]
@@ -287,9 +294,16 @@ fn expect_version_is_a_compare_and_set() {
     apply(
         &mut c,
         "customers",
-        &format!("[{}]", ins("E1", "one", "1@x", 4)),
+        &format!("[{}]", ins("E1", "one", "1@x", 1)),
         "CRM",
     );
+    // Three local edits: the hub's row is at revision 4.
+    c.batch_execute(
+        "UPDATE customers SET full_name = 'two' WHERE external_id = 'E1';
+         UPDATE customers SET full_name = 'three' WHERE external_id = 'E1';
+         UPDATE customers SET full_name = 'four' WHERE external_id = 'E1';",
+    )
+    .unwrap();
     let cas = |ev: i64| {
         format!(
             r#"[{{"op":"U","pk":{{"external_id":"E1"}},"data":{{"full_name":"cas"}},"version":1,"expect_version":{ev}}}]"#
@@ -406,7 +420,7 @@ fn hostile_identifiers_go_through_sync_apply() {
     let got = apply(
         &mut c,
         t,
-        r#"[{"op":"D","pk":{"]":1},"version":5}]"#,
+        r#"[{"op":"D","pk":{"]":1},"version":2}]"#,
         "other",
     );
     assert_eq!(got[0].0, "VERSION_WIN");
@@ -498,6 +512,15 @@ fn any_arrival_order_gives_the_same_rows() {
         let db = cluster.db();
         let mut c = db.connect();
         setup(&mut c);
+        // Every key starts at revision 3 at the hub, so that each change
+        // (claims 1 to 4) is within what a peer may claim in any order.
+        c.batch_execute(
+            "INSERT INTO customers (external_id, full_name, email)
+                 SELECT 'K' || g, 'seed', 'seed@x' FROM generate_series(0, 5) g;
+             UPDATE customers SET full_name = 'seed2';
+             UPDATE customers SET full_name = 'seed';",
+        )
+        .unwrap();
         let mut order = changes.clone();
         if round > 0 {
             order.shuffle(&mut rng);
@@ -1099,4 +1122,201 @@ fn a_write_error_caught_by_the_caller_leaves_nothing_applied() {
         rows, "9:after the error",
         "the batch left nothing; the caller went on"
     );
+}
+
+#[test]
+fn a_revision_claimed_beyond_the_hubs_next_is_refused_whole_with_22003() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE TABLE "tab'le" ("]" int PRIMARY KEY, v text);
+           SELECT sync_track('"tab''le"');
+           INSERT INTO "tab'le" VALUES (1, 'hub'), (2, 'doomed');
+           DELETE FROM "tab'le" WHERE "]" = 2;"#,
+    )
+    .unwrap();
+    let claim = |c: &mut Client, changes: &str| {
+        db_error(
+            c.query(
+                "SELECT * FROM sync_apply('\"tab''le\"', $1::text::jsonb, 'edge1')",
+                &[&changes],
+            )
+            .unwrap_err(),
+        )
+    };
+    // A live row at revision 1: at most 2. A good change first in the same
+    // batch is not applied either.
+    let e = claim(
+        &mut c,
+        r#"[{"op":"I","pk":{"]":3},"data":{"v":"new"},"version":1},
+            {"op":"U","pk":{"]":1},"data":{"v":"forged"},"version":1000000}]"#,
+    );
+    assert_eq!(e.code, "22003", "{e:?}");
+    assert!(
+        e.message.contains("change #2") && e.message.contains("1000000"),
+        "{e:?}"
+    );
+    assert!(
+        e.detail.as_deref().unwrap_or("").contains("at most 2"),
+        "{e:?}"
+    );
+    assert!(e.hint.is_some());
+    // A tombstone at revision 2: at most 3. A key never seen: at most 1.
+    let e = claim(
+        &mut c,
+        r#"[{"op":"I","pk":{"]":2},"data":{"v":"back"},"version":4}]"#,
+    );
+    assert_eq!(e.code, "22003");
+    let e = claim(
+        &mut c,
+        r#"[{"op":"I","pk":{"]":9},"data":{"v":"x"},"version":2}]"#,
+    );
+    assert_eq!(e.code, "22003");
+    assert_eq!(
+        scalar(&mut c, r#"SELECT count(*) FROM "tab'le""#),
+        1,
+        "nothing of the refused batches was applied"
+    );
+    // Within bounds, in one batch: a key's later change may build on its
+    // earlier one.
+    let out: Vec<String> = c
+        .query(
+            r#"SELECT outcome FROM sync_apply('"tab''le"', '[{"op":"U","pk":{"]":1},"data":{"v":"a"},"version":2},
+                                                      {"op":"U","pk":{"]":1},"data":{"v":"b"},"version":3},
+                                                      {"op":"I","pk":{"]":2},"data":{"v":"back"},"version":3}]', 'edge1')"#,
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(out, ["VERSION_WIN", "VERSION_WIN", "VERSION_WIN"]);
+}
+
+#[test]
+fn a_clock_claimed_in_the_future_is_clamped_to_max_clock_skew() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE TABLE "c]" (id int PRIMARY KEY, v text);
+           SELECT sync_track('"c]"'); SELECT sync_set_policy('"c]"', 'last_writer_wins');
+           INSERT INTO "c]" VALUES (1, 'hub');
+           CREATE ROLE peer_role LOGIN;"#,
+    )
+    .unwrap();
+    // Only a superuser sets the bound: a peer's session cannot widen it.
+    c.batch_execute("SET ROLE peer_role").unwrap();
+    assert_eq!(
+        db_error(
+            c.batch_execute("SET tributary.max_clock_skew = '10000 d'")
+                .unwrap_err()
+        )
+        .code,
+        "42501"
+    );
+    c.batch_execute("RESET ROLE; SET tributary.max_clock_skew = 0")
+        .unwrap();
+    let apply = |c: &mut Client, v: &str, ts: &str, origin: &str| -> String {
+        let changes = format!(
+            r#"[{{"op":"U","pk":{{"id":1}},"data":{{"v":"{v}"}},"version":2,"ts":"{ts}"}}]"#
+        );
+        c.query_one(
+            "SELECT outcome FROM sync_apply('\"c]\"', $1::text::jsonb, $2)",
+            &[&changes, &origin],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // edge1 claims the year 9999; edge2 writes a moment later with an honest
+    // clock, on the same revision. Unclamped, edge1 would win forever.
+    apply(&mut c, "from 9999", "9999-01-01T00:00:00Z", "edge1");
+    let stored = scalar(
+        &mut c,
+        r#"SELECT max(e.ts) FROM "c]", tributary.colmeta_entries(sync_colmeta) e"#,
+    );
+    let now = scalar(
+        &mut c,
+        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+    );
+    assert!(
+        stored <= now && stored > now - 60_000_000,
+        "{stored} vs {now}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let honest: String = c
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let out = apply(&mut c, "honest", &honest, "edge2");
+    assert_eq!(out, "LAST_WRITER_WINS");
+    assert_eq!(
+        scalar(&mut c, r#"SELECT count(*) FROM "c]" WHERE v = 'honest'"#),
+        1,
+        "the later honest clock wins"
+    );
+}
+
+#[test]
+fn conflicts_and_parked_changes_show_only_to_roles_that_may_read_their_table() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE TABLE "p'a" (id int PRIMARY KEY);
+           CREATE TABLE "c]h" (id int PRIMARY KEY, p int REFERENCES "p'a", v text);
+           SELECT sync_track('"p''a"'); SELECT sync_track('"c]h"');
+           INSERT INTO "p'a" VALUES (1); INSERT INTO "c]h" VALUES (1, 1, 'hub');
+           CREATE ROLE nobody LOGIN;"#,
+    )
+    .unwrap();
+    let apply = |c: &mut Client, changes: &str, origin: &str| -> String {
+        c.query_one(
+            "SELECT outcome FROM sync_apply('\"c]h\"', $1::text::jsonb, $2)",
+            &[&changes, &origin],
+        )
+        .unwrap()
+        .get(0)
+    };
+    apply(
+        &mut c,
+        r#"[{"op":"U","pk":{"id":1},"data":{"v":"a"},"version":2}]"#,
+        "A",
+    );
+    assert_eq!(
+        apply(
+            &mut c,
+            r#"[{"op":"U","pk":{"id":1},"data":{"v":"b"},"version":2}]"#,
+            "B"
+        ),
+        "MANUAL"
+    );
+    assert_eq!(
+        apply(
+            &mut c,
+            r#"[{"op":"I","pk":{"id":2},"data":{"p":99,"v":"orphan"},"version":1}]"#,
+            "A"
+        ),
+        "DEFERRED"
+    );
+    let seen = |c: &mut Client| {
+        (
+            scalar(c, "SELECT count(*) FROM sync_conflicts"),
+            scalar(c, "SELECT count(*) FROM sync_pending"),
+        )
+    };
+    assert_eq!(seen(&mut c), (1, 1));
+    c.batch_execute("SET ROLE nobody").unwrap();
+    assert_eq!(
+        seen(&mut c),
+        (0, 0),
+        "a role with no privileges sees nothing"
+    );
+    c.batch_execute(r#"RESET ROLE; GRANT SELECT ON "c]h" TO nobody; SET ROLE nobody"#)
+        .unwrap();
+    assert_eq!(seen(&mut c), (1, 1), "a reader of the table sees its rows");
 }

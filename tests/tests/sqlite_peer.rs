@@ -581,8 +581,7 @@ fn no_echo_each_write_is_applied_once_at_every_other_peer() {
     let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
     let addr = listen_addr(&cfg);
     let mut w = WorkerProc::start(&cfg, &[]);
-    caught_up(&mut w, &mut c, &e1);
-    caught_up(&mut w, &mut c, &e2);
+    all_caught_up(&mut w, &mut c, &[&e1, &e2]);
     let applied = |p: &str| {
         metric(
             &addr,
@@ -620,8 +619,7 @@ fn no_echo_each_write_is_applied_once_at_every_other_peer() {
             outbox_len(&e1) == 0 && outbox_len(&e2) == 0
         });
     }
-    caught_up(&mut w, &mut c, &e1);
-    caught_up(&mut w, &mut c, &e2);
+    all_caught_up(&mut w, &mut c, &[&e1, &e2]);
     // Every write reached every other place once: edge1 got the hub's and
     // edge2's, edge2 the hub's and edge1's; nobody got their own back. (The
     // markers caught_up writes at the hub count as hub writes.)
@@ -1145,88 +1143,6 @@ fn a_peer_file_holding_another_hubs_position_is_copied_anew_with_its_unsent_edit
 }
 
 #[test]
-fn a_peer_file_restored_from_a_backup_behind_the_slot_is_copied_anew_with_its_unsent_edits() {
-    with_peer_and_queue(|c, w, path| {
-        let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
-        c.batch_execute(
-            r#"INSERT INTO items (id, v) VALUES (1, 'one'); INSERT INTO "tab'le" VALUES (1, 'a')"#,
-        )
-        .unwrap();
-        caught_up(w, c, path);
-        // The app backs its file up (a consistent copy, position included).
-        let backup = path.with_file_name("backup.db");
-        lite(path)
-            .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
-            .unwrap();
-        // Life goes on: the peer moves past the backup's position, and so
-        // does the slot, confirmed up to it.
-        c.batch_execute(
-            r#"INSERT INTO items (id, v) VALUES (2, 'two'); UPDATE items SET v = 'uno' WHERE id = 1;
-               DELETE FROM "tab'le" WHERE "]" = 1;"#,
-        )
-        .unwrap();
-        caught_up(w, c, path);
-        // A clean stop confirms the slot up to every destination's progress.
-        assert!(w.sigterm(T).success());
-        let backup_lsn: String = lite(&backup)
-            .query_row(
-                "SELECT lsn FROM _tributary_state WHERE slot = 'w'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(
-            scalar(
-                c,
-                &format!(
-                    "SELECT count(*) FROM pg_replication_slots
-                      WHERE slot_name = 'w' AND confirmed_flush_lsn > '{backup_lsn}'"
-                )
-            ),
-            1,
-            "the slot can no longer replay from the backup's position"
-        );
-        // The file is replaced by the backup, which gains an unsent edit.
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-        }
-        std::fs::copy(&backup, path).unwrap();
-        lite(path)
-            .execute(
-                "INSERT INTO items (id, v) VALUES (7, 'edit in the backup')",
-                [],
-            )
-            .unwrap();
-        c.batch_execute("INSERT INTO items (id, v) VALUES (3, 'three')")
-            .unwrap();
-        let before = queued(c);
-        w.spawn(&[]);
-        w.until(T, "the backup's unsent edit at the hub", || {
-            scalar(
-                c,
-                "SELECT count(*) FROM items WHERE v = 'edit in the backup'",
-            ) == 1
-        });
-        caught_up(w, c, path);
-        assert!(
-            w.log_text().contains("behind what the slot can replay"),
-            "{}",
-            w.log_text()
-        );
-        // Nothing between the backup and now was skipped.
-        assert_eq!(peer_items(path), hub_items(c));
-        assert_eq!(
-            rows(path, r#"SELECT count(*) FROM "tab'le""#),
-            vec![vec![V::Integer(0)]],
-            "the delete made after the backup reached the file"
-        );
-        assert_eq!(outbox_len(path), 0);
-        assert!(queued(c) > before, "the queue kept receiving");
-        assert!(w.running());
-    });
-}
-
-#[test]
 fn a_peer_file_naming_a_table_outside_its_destination_gets_nothing_written_or_read() {
     with_peer_and_queue(|c, w, path| {
         // A table the worker may write (another destination takes it), but
@@ -1253,7 +1169,10 @@ fn a_peer_file_naming_a_table_outside_its_destination_gets_nothing_written_or_re
             .unwrap();
         w.until(T, "the outbox handled", || outbox_len(path) == 0);
         assert_eq!(
-            scalar(c, r#"SELECT salary::int8 FROM "h'r"."pay]roll" WHERE id = 1"#),
+            scalar(
+                c,
+                r#"SELECT salary::int8 FROM "h'r"."pay]roll" WHERE id = 1"#
+            ),
             100,
             "nothing written outside the destination"
         );
@@ -1295,6 +1214,77 @@ fn a_peer_file_naming_a_table_outside_its_destination_gets_nothing_written_or_re
             "no write-back of the payroll row"
         );
         caught_up(w, c, path);
+        assert!(w.running());
+    });
+}
+
+#[test]
+fn what_a_peers_delete_cascades_to_at_the_hub_reaches_that_peer_too() {
+    with_peer_and_queue(|c, w, path| {
+        c.batch_execute(
+            r#"CREATE TABLE "pa'rent" (id int PRIMARY KEY, v text);
+               CREATE TABLE "ch]ild" (id int PRIMARY KEY, "pa'rent" int REFERENCES "pa'rent" ON DELETE CASCADE);
+               CREATE TABLE "re""f" (id int PRIMARY KEY, "pa'rent" int REFERENCES "pa'rent" ON DELETE SET NULL);
+               SELECT sync_track('"pa''rent"'); SELECT sync_track('"ch]ild"'); SELECT sync_track('"re""f"');
+               SELECT sync_worker_grant('worker');
+               INSERT INTO "pa'rent" VALUES (1, 'p1'), (2, 'p2');
+               INSERT INTO "ch]ild" VALUES (10, 1), (11, 1), (20, 2);
+               INSERT INTO "re""f" VALUES (100, 1), (200, 2);"#,
+        )
+        .unwrap();
+        caught_up(w, c, path);
+        assert_eq!(
+            rows(path, r#"SELECT count(*) FROM "ch]ild""#),
+            vec![vec![V::Integer(3)]]
+        );
+        // The peer deletes a parent; at the hub that deletes two children
+        // and clears a reference. The peer has no foreign keys: only the
+        // stream can bring it those.
+        lite(path)
+            .execute(r#"DELETE FROM "pa'rent" WHERE id = 1"#, [])
+            .unwrap();
+        w.until(T, "the peer's delete at the hub", || {
+            scalar(c, r#"SELECT count(*) FROM "pa'rent" WHERE id = 1"#) == 0
+        });
+        caught_up(w, c, path);
+        assert_eq!(
+            rows(path, r#"SELECT id FROM "ch]ild" ORDER BY id"#),
+            vec![vec![V::Integer(20)]],
+            "the cascaded deletes reached the peer"
+        );
+        assert_eq!(
+            rows(path, r#"SELECT id, "pa'rent" FROM "re""f" ORDER BY id"#),
+            vec![
+                vec![V::Integer(100), V::Null],
+                vec![V::Integer(200), V::Integer(2)]
+            ],
+            "the cascaded update reached the peer"
+        );
+        // At the hub, the parent's delete is the peer's; the rest is local.
+        let origins: Vec<(String, Option<String>)> = c
+            .query(
+                "SELECT relid::regclass::text, origin FROM tributary.tombstones ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            origins,
+            vec![
+                (r#""ch]ild""#.to_string(), None),
+                (r#""ch]ild""#.to_string(), None),
+                (r#""pa'rent""#.to_string(), Some("edge1".to_string()))
+            ]
+        );
+        assert_eq!(
+            scalar(
+                c,
+                r#"SELECT count(*) FROM "re""f" WHERE id = 100 AND "pa'rent" IS NULL AND sync_origin IS NULL"#
+            ),
+            1
+        );
         assert!(w.running());
     });
 }

@@ -224,7 +224,7 @@ impl Destinations {
         metrics: &Metrics,
         opts: &ConnectOptions,
         admin: &tokio_postgres::Client,
-        (hub, replayable): (&str, Lsn),
+        hub: &str,
     ) -> Result<Destinations, Error> {
         let mut d = Destinations {
             outlets: Vec::new(),
@@ -248,10 +248,7 @@ impl Destinations {
                         .spawn(async move { (i, sink::drive(sink, rx, m).await) });
                     true
                 }
-                Kind::Sqlite => {
-                    d.open_sqlite(config, i, (opts, admin, hub, replayable), m, rx)
-                        .await?
-                }
+                Kind::Sqlite => d.open_sqlite(config, i, (opts, admin, hub), m, rx).await?,
             };
             d.outlets.push(Outlet {
                 tx: attached.then_some(tx),
@@ -271,7 +268,7 @@ impl Destinations {
         &mut self,
         config: &Config,
         i: usize,
-        (opts, admin, hub, replayable): (&ConnectOptions, &tokio_postgres::Client, &str, Lsn),
+        (opts, admin, hub): (&ConnectOptions, &tokio_postgres::Client, &str),
         m: Arc<crate::metrics::DestinationMetrics>,
         rx: mpsc::Receiver<ToSink>,
     ) -> Result<bool, Error> {
@@ -314,14 +311,6 @@ impl Destinations {
                 tracing::warn!(destination = %dest.name, table = %t, "the peer's copy of this table is missing or of an older epoch: copying it anew");
                 sink.forget_position()?;
             }
-        }
-        if sink.progress() != Lsn(0) && sink.progress() < replayable {
-            // The slot replays nothing below its confirmed position: a file
-            // behind it (restored from a backup, copied from another
-            // machine) would silently miss what lies between.
-            tracing::warn!(destination = %dest.name, file_position = %sink.progress(), slot_confirmed = %replayable,
-                "the file's position is behind what the slot can replay (a file restored from a backup?): copying it anew, its unsent edits kept");
-            sink.forget_position()?;
         }
         if sink.progress() == Lsn(0) {
             self.needs_copy.push(i);
@@ -427,8 +416,7 @@ async fn session(
     let slot_confirmed = prepare_slot(config, &opts, &admin).await?;
     let hub = crate::hub::identity(&opts, &admin).await?;
     crate::hub::warn_unadopted_restore(&admin).await?;
-    let mut dests =
-        Destinations::open(config, metrics, &opts, &admin, (&hub, slot_confirmed)).await?;
+    let mut dests = Destinations::open(config, metrics, &opts, &admin, &hub).await?;
     let _watch = watch_slot(admin, config.source.slot.clone(), metrics.clone());
     let copied = copy_new_peers(config, metrics, &opts, &dests).await;
     let streamed = match copied {

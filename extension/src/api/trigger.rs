@@ -221,9 +221,13 @@ unsafe fn stamp<'a>(
     let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
 
     // The origin, straight from the GUC's C string: no allocation unless set.
+    // It is the origin of the statement the session ran, not of what that
+    // statement's triggers did in turn (a cascade, a user trigger's write,
+    // at trigger depth 2 and more): the peer did not make those, so they
+    // are local and reach it like any hub change.
     let (origin, origin_name) = unsafe {
         let raw = *crate::api::guc::ORIGIN.as_ptr();
-        if raw.is_null() || *raw == 0 {
+        if raw.is_null() || *raw == 0 || nested() {
             ((pg_sys::Datum::from(0), true), String::new())
         } else {
             (
@@ -334,6 +338,15 @@ unsafe fn stamp<'a>(
     Ok(Some(unsafe {
         with_stamps(tuple, tupdesc, &meta, &stamped)
     }))
+}
+
+/// Whether this trigger fires for a statement run by another trigger (an
+/// `ON DELETE CASCADE`, `ON UPDATE SET NULL`, a user trigger's write).
+fn nested() -> bool {
+    // SAFETY: pg_trigger_depth reads a backend-local counter and takes no
+    // arguments.
+    let depth = unsafe { pgrx::direct_function_call::<i32>(pg_sys::pg_trigger_depth, &[]) };
+    depth.unwrap_or(1) > 1
 }
 
 /// The hybrid-clock time of a local write, for tables whose row trigger

@@ -5,8 +5,9 @@
 
 use super::load::Loaded;
 use super::request::Request;
-use super::{object_text, or_raise, sql, Map, OutcomeRow};
+use super::{object_text, or_raise, raise, sql, Map, OutcomeRow};
 use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
 use tributary_core::jsontext;
 use tributary_core::resolver::{self, Cell, Change, Conflict, Decision, KeyState, Op, Stamp};
 
@@ -51,6 +52,7 @@ pub fn decide(client: &SpiClient<'_>, req: &Request, loaded: &Loaded) -> Decisio
     for (i, change) in req.changes.iter().enumerate() {
         let k = req.keys.of_change[i];
         let before = d.after[k].as_ref().or_else(|| loaded.state(k));
+        check_claim(req, i, before, change);
         let mut decision = resolver::resolve(before, change, &req.prio);
         if !decision.custom.is_empty() {
             merge_with_user_function(client, req, before, change, &mut decision);
@@ -70,6 +72,34 @@ pub fn decide(client: &SpiClient<'_>, req: &Request, loaded: &Loaded) -> Decisio
         d.after[k] = Some(decision.state);
     }
     d
+}
+
+/// A peer edits a revision it got from the hub, so its change claims at
+/// most one above what the hub holds for the key (its row or tombstone; 0
+/// for a key it never had). A larger claim would win every later conflict
+/// by revision alone: it is refused (22003, the revision is out of range),
+/// the whole batch with it.
+fn check_claim(req: &Request, i: usize, before: Option<&KeyState>, change: &Change) {
+    let held = before.map_or(0, |b| b.version);
+    if change.version <= held.saturating_add(1) {
+        return;
+    }
+    let pk = &req.keys.text[req.keys.of_change[i]];
+    raise(
+        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        &format!(
+            "change #{} claims revision {} of a key the hub holds at revision {held}",
+            i + 1,
+            change.version
+        ),
+        format!(
+            "Key {pk} of {}: a change is made on a revision the hub handed out, so it claims at most {}.",
+            req.table.name,
+            held + 1
+        ),
+        "Send \"version\": the sync_version the edit was made on + 1 (1 for a new row); \
+         a peer that lost track of it resyncs the row first.",
+    );
 }
 
 fn conflict_row(

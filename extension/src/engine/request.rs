@@ -103,6 +103,7 @@ pub fn read(
     let mut batch = type_batch(client, &mut table, changes, lww);
     let keys = number_keys(&table, &batch.changes);
     let origin_t: Text = origin.into();
+    let latest = latest_ts();
     let changes = std::mem::take(&mut batch.changes)
         .into_iter()
         .map(|p| Change {
@@ -111,7 +112,7 @@ pub fn read(
             origin: origin_t.clone(),
             values: p.values,
             expect_version: p.expect_version,
-            ts: p.ts,
+            ts: p.ts.min(latest),
         })
         .collect();
     let attnum = table
@@ -152,6 +153,14 @@ fn check_caller(client: &SpiClient<'_>) {
         .set_hint("GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO the peer's role.")
         .report(PgLogLevel::ERROR);
     }
+}
+
+/// The latest change time (µs since the Unix epoch) a peer may claim: the
+/// hub's clock plus `tributary.max_clock_skew`. Later claims are clamped.
+fn latest_ts() -> i64 {
+    // SAFETY: reads the system clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() } + 946_684_800_000_000;
+    now.saturating_add(i64::from(crate::api::guc::MAX_CLOCK_SKEW.get()) * 1_000_000)
 }
 
 fn checked_origin(origin: Option<&str>) -> &str {

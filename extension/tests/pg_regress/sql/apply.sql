@@ -9,7 +9,8 @@ SELECT name, priority FROM tributary.peers ORDER BY priority;
 SELECT pk, outcome, row_version FROM sync_apply('customers', '[{"op":"I","pk":{"external_id":"CUST-001"},"data":{"full_name":"Erp Name","email":"one@x"},"version":1}]', 'ERP');
 SELECT pk, outcome, row_version, detail FROM sync_apply('customers', '[{"op":"I","pk":{"external_id":"CUST-001"},"data":{"full_name":"Crm Name","email":"one@x"},"version":1}]', 'CRM');
 -- CUST-002: an older version is skipped
-SELECT outcome FROM sync_apply('customers', '[{"op":"I","pk":{"external_id":"CUST-002"},"data":{"full_name":"Crm Two"},"version":2}]', 'CRM');
+SELECT outcome FROM sync_apply('customers', '[{"op":"I","pk":{"external_id":"CUST-002"},"data":{"full_name":"Crm One"},"version":1},
+                                              {"op":"U","pk":{"external_id":"CUST-002"},"data":{"full_name":"Crm Two"},"version":2}]', 'CRM');
 SELECT outcome, detail FROM sync_apply('customers', '[{"op":"U","pk":{"external_id":"CUST-002"},"data":{"full_name":"Portal Two"},"version":1}]', 'Portal');
 -- CUST-003: disjoint columns from the same base merge
 SELECT outcome FROM sync_apply('customers', '[{"op":"I","pk":{"external_id":"CUST-003"},"data":{"full_name":"Old","email":"old@x"},"version":1}]', 'LocalDB');
@@ -17,8 +18,8 @@ SELECT outcome FROM sync_apply('customers', '[{"op":"U","pk":{"external_id":"CUS
 SELECT outcome, detail FROM sync_apply('customers', '[{"op":"U","pk":{"external_id":"CUST-003"},"data":{"email":"new@x"},"version":2}]', 'ERP');
 -- CUST-004: equal version and priority: MANUAL, logged
 SELECT outcome, conflict_id IS NOT NULL AS logged, detail FROM sync_apply('customers',
-  '[{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"a"},"version":5},
-    {"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"b"},"version":5}]', 'CRM');
+  '[{"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"a"},"version":1},
+    {"op":"U","pk":{"external_id":"CUST-004"},"data":{"email":"b"},"version":1}]', 'CRM');
 -- CUST-005: a first write
 SELECT outcome FROM sync_apply('customers', '[{"op":"I","pk":{"external_id":"CUST-005"},"data":{"full_name":"Five"},"version":1}]', 'Portal');
 SELECT external_id, full_name, email, sync_version, sync_origin FROM customers ORDER BY 1;
@@ -26,6 +27,10 @@ SELECT tbl, pk, columns, local, remote, interim, status FROM sync_conflicts;
 SELECT sync_resolve_conflict((SELECT id FROM sync_conflicts), '{"email": "merged@x"}') IS NOT NULL AS resolved;
 SELECT external_id, email, sync_version, sync_origin FROM customers WHERE external_id = 'CUST-004';
 SELECT status, resolution FROM sync_conflicts;
+-- a revision claimed beyond the hub's next: the batch is refused whole
+SAVEPOINT claimed;
+SELECT outcome FROM sync_apply('customers', '[{"op":"U","pk":{"external_id":"CUST-005"},"data":{"full_name":"forged"},"version":1000000}]', 'ERP');
+ROLLBACK TO SAVEPOINT claimed;
 -- a delete, then a stale update that must not resurrect the row
 SELECT outcome FROM sync_apply('customers', '[{"op":"D","pk":{"external_id":"CUST-005"},"version":2}]', 'ERP');
 SELECT outcome, detail FROM sync_apply('customers', '[{"op":"U","pk":{"external_id":"CUST-005"},"data":{"full_name":"zombie"},"version":1}]', 'Portal');
