@@ -213,13 +213,31 @@ fn a_locked_or_missing_peer_is_detached_while_the_others_go_on_then_catches_up()
         "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.items\"]\n",
         sqlite_dest("edge1", &path)
     );
-    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
+    let cfg = config(&cluster, &db, "w", &dests);
+    let addr = listen_addr(&cfg);
+    let mut w = WorkerProc::start(&cfg, &[]);
     let log = w.log.clone();
     w.until(T, "edge1 to be detached", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("detached; the other destinations go on")
     });
+    // The worker is degraded, not down: it streams for the others, and says
+    // which peer is set aside.
+    let detached = || {
+        metric(
+            &addr,
+            "tributary_destination_detached{destination=\"edge1\",kind=\"sqlite\"} ",
+        )
+    };
+    w.until(T, "healthz to name the detached peer", || {
+        healthz(&addr)
+            == (
+                "200".to_string(),
+                "streaming; degraded: edge1 (detached)\n".to_string(),
+            )
+    });
+    assert_eq!(detached(), 1.0);
     let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
     c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'while missing')")
         .unwrap();
@@ -229,6 +247,11 @@ fn a_locked_or_missing_peer_is_detached_while_the_others_go_on_then_catches_up()
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     caught_up(&mut w, &mut c, &path);
     assert_eq!(peer_items(&path), vec![(1, "while missing".to_string())]);
+    assert_eq!(detached(), 0.0);
+    assert_eq!(
+        healthz(&addr),
+        ("200".to_string(), "streaming\n".to_string())
+    );
 
     // An application holds the write lock longer than busy_timeout.
     let app = lite(&path);
@@ -553,6 +576,21 @@ fn metric(addr: &str, line_prefix: &str) -> f64 {
         .find_map(|l| l.strip_prefix(line_prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{line_prefix} not in:\n{r}"))
+}
+
+/// `/healthz`: the status code and the body.
+fn healthz(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap_or("").to_string();
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 fn listen_addr(cfg: &str) -> String {

@@ -1,7 +1,10 @@
 //! `/metrics` (Prometheus text) and `/healthz`, on a plain TCP listener.
 //!
 //! `/healthz` answers 200 while the worker streams from its slot, 503
-//! otherwise (starting, reconnecting, or stopped on an error).
+//! otherwise (starting, reconnecting, or stopped on an error). Its body
+//! names the destinations that are not fully working (a detached peer, a
+//! failing pull): one peer's trouble degrades the worker, it does not make
+//! it unhealthy.
 
 use crate::metrics::Metrics;
 use std::sync::atomic::Ordering::Relaxed;
@@ -44,7 +47,15 @@ pub async fn serve(
             let (status, body) = match (req.split_whitespace().next(), path) {
                 (Some("GET"), "/metrics") => ("200 OK", metrics.render()),
                 (Some("GET"), "/healthz") if metrics.connected.load(Relaxed) => {
-                    ("200 OK", "streaming\n".to_string())
+                    let degraded = metrics.degraded();
+                    if degraded.is_empty() {
+                        ("200 OK", "streaming\n".to_string())
+                    } else {
+                        (
+                            "200 OK",
+                            format!("streaming; degraded: {}\n", degraded.join(", ")),
+                        )
+                    }
                 }
                 (Some("GET"), "/healthz") => {
                     ("503 Service Unavailable", "not streaming\n".to_string())

@@ -34,6 +34,9 @@ pub struct DestinationMetrics {
     pub pulled: AtomicU64,
     /// The peer's pull failed and waits to be retried.
     pub pull_failing: AtomicBool,
+    /// The peer is set aside (its file cannot be opened or written now) and
+    /// probed until it can; the other destinations go on.
+    pub detached: AtomicBool,
     /// Initial copy progress.
     pub snapshot_rows: AtomicU64,
     pub snapshot_tables: AtomicU64,
@@ -57,6 +60,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The destinations that are not fully working, as `name (why)`.
+    pub fn degraded(&self) -> Vec<String> {
+        self.destinations
+            .iter()
+            .filter_map(|d| {
+                let why: Vec<&str> = [
+                    (d.detached.load(Relaxed), "detached"),
+                    (d.pull_failing.load(Relaxed), "pull failing"),
+                ]
+                .into_iter()
+                .filter_map(|(on, w)| on.then_some(w))
+                .collect();
+                (!why.is_empty()).then(|| format!("{} ({})", d.name, why.join(", ")))
+            })
+            .collect()
+    }
+
     pub fn new(destinations: impl IntoIterator<Item = (String, &'static str)>) -> Metrics {
         Metrics {
             destinations: destinations
@@ -165,6 +185,12 @@ const DESTINATION_FAMILIES: &[Family<DestinationMetrics>] = &[
         "A peer's own changes sent to the hub through sync_apply.",
         "counter",
         |d, _| d.pulled.load(Relaxed) as f64,
+    ),
+    (
+        "tributary_destination_detached",
+        "1 while the peer is set aside (unreachable or refusing writes) and retried with backoff; the other destinations go on.",
+        "gauge",
+        |d, _| f64::from(u8::from(d.detached.load(Relaxed))),
     ),
     (
         "tributary_destination_pull_failing",

@@ -295,6 +295,7 @@ impl Destinations {
             Err(e) if e.action() == Action::Detach => {
                 tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
                 m.errors.fetch_add(1, Relaxed);
+                m.detached.store(true, Relaxed);
                 self.probes.spawn(probe(path));
                 return Ok(false);
             }
@@ -312,6 +313,7 @@ impl Destinations {
                 sink.forget_position()?;
             }
         }
+        m.detached.store(false, Relaxed);
         if sink.progress() == Lsn(0) {
             self.needs_copy.push(i);
         }
@@ -327,12 +329,14 @@ impl Destinations {
         &mut self,
         done: Result<TaskEnd, tokio::task::JoinError>,
         config: &Config,
+        metrics: &Metrics,
     ) -> Result<(), Error> {
         let (i, r) = done.map_err(|j| Error::bug(format!("a destination task failed: {j}")))?;
         let dest = &config.destinations[i];
         match r {
             Err(e) if e.action() == Action::Detach && self.outlets[i].tx.is_some() => {
                 tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
+                metrics.destinations[i].detached.store(true, Relaxed);
                 self.outlets[i].tx = None;
                 self.outlets[i].buffer.clear();
                 self.probes.spawn(probe(sink::sqlite::path_of(dest)));
@@ -549,7 +553,7 @@ impl Pipe {
                 }
                 Some(done) = dests.sinks.join_next() => {
                     dests.outlets = std::mem::take(&mut self.outlets);
-                    let r = dests.sink_ended(done, config);
+                    let r = dests.sink_ended(done, config, &self.metrics);
                     self.outlets = std::mem::take(&mut dests.outlets);
                     r?;
                 }
