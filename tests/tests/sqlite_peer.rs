@@ -1326,3 +1326,38 @@ fn what_a_peers_delete_cascades_to_at_the_hub_reaches_that_peer_too() {
         assert!(w.running());
     });
 }
+
+#[test]
+fn a_peer_refusing_the_hubs_rows_is_set_aside_while_the_others_go_on_then_converges() {
+    with_peer_and_queue(|c, w, path| {
+        let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
+        // The app adds its own rule to its file: no two items with one name.
+        lite(path)
+            .execute_batch(r#"CREATE UNIQUE INDEX "app's rule" ON items (v);"#)
+            .unwrap();
+        c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'same'), (2, 'same')")
+            .unwrap();
+        let log = w.log.clone();
+        w.until(T, "edge1 set aside", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("detached; the other destinations go on")
+        });
+        // The queue keeps receiving, and the worker keeps running.
+        for i in 3..6 {
+            c.batch_execute(&format!("INSERT INTO items (id, v) VALUES ({i}, 'n{i}')"))
+                .unwrap();
+        }
+        w.until(T, "the queue to go on", || queued(c) == 5);
+        assert!(w.running(), "{}", w.log_text());
+        assert!(peer_items(path).is_empty(), "nothing half-applied at edge1");
+        // The app drops its rule: the peer converges on the next retry.
+        lite(path)
+            .execute_batch(r#"DROP INDEX "app's rule";"#)
+            .unwrap();
+        caught_up(w, c, path);
+        assert_eq!(peer_items(path), hub_items(c));
+        assert_eq!(queued(c), 5, "the queue got everything once");
+        assert!(w.running());
+    });
+}

@@ -86,12 +86,12 @@ impl Cause {
             | Cause::MissingObject
             | Cause::BadColumn
             | Cause::StreamUnreadable
-            | Cause::PeerBroken
             | Cause::Bug => Action::Stop,
             Cause::RefusedValue | Cause::Contention | Cause::Connection | Cause::Server => {
                 Action::Retry
             }
-            Cause::PeerUnavailable | Cause::PeerOutbox => Action::Detach,
+            // One peer's trouble, whatever it is, is that peer's alone.
+            Cause::PeerUnavailable | Cause::PeerOutbox | Cause::PeerBroken => Action::Detach,
         }
     }
 

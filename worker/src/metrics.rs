@@ -37,6 +37,8 @@ pub struct DestinationMetrics {
     /// The peer is set aside (its file cannot be opened or written now) and
     /// probed until it can; the other destinations go on.
     pub detached: AtomicBool,
+    /// Detaches in a row for a write the peer refused (reset by a commit).
+    pub broken_streak: std::sync::atomic::AtomicU32,
     /// Initial copy progress.
     pub snapshot_rows: AtomicU64,
     pub snapshot_tables: AtomicU64,

@@ -197,9 +197,23 @@ struct Destinations {
     stop_pull: CancellationToken,
 }
 
-/// Waits until a detached peer file can be opened and written again.
-async fn probe(path: std::path::PathBuf) {
-    let mut wait = Duration::from_millis(500);
+/// How long a peer detached for `e` waits before it is tried again: a file
+/// that cannot be opened or written now is probed from 0.5 s on; one that
+/// refused a write it can take no better on retry (an app's constraint the
+/// hub's rows break, a damaged file) waits 5 s, doubling with each failure
+/// in a row up to 5 minutes, so that retrying it costs the others little.
+fn detach_wait(e: &Error, m: &crate::metrics::DestinationMetrics) -> Duration {
+    if e.cause() != Cause::PeerBroken {
+        return Duration::from_millis(500);
+    }
+    let streak = m.broken_streak.fetch_add(1, Relaxed).min(6);
+    (Duration::from_secs(5) * 2u32.pow(streak)).min(Duration::from_secs(300))
+}
+
+/// Waits `first`, then until a detached peer file can be opened and
+/// written again.
+async fn probe(path: std::path::PathBuf, first: Duration) {
+    let mut wait = first;
     loop {
         tokio::time::sleep(wait).await;
         let p = path.clone();
@@ -293,10 +307,10 @@ impl Destinations {
         ) {
             Ok(sink) => sink,
             Err(e) if e.action() == Action::Detach => {
-                tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
+                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "peer unavailable: detached; the other destinations go on");
                 m.errors.fetch_add(1, Relaxed);
                 m.detached.store(true, Relaxed);
-                self.probes.spawn(probe(path));
+                self.probes.spawn(probe(path, detach_wait(&e, &m)));
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -335,11 +349,13 @@ impl Destinations {
         let dest = &config.destinations[i];
         match r {
             Err(e) if e.action() == Action::Detach && self.outlets[i].tx.is_some() => {
-                tracing::warn!(destination = %dest.name, error = %e, "peer unavailable: detached; the other destinations go on");
-                metrics.destinations[i].detached.store(true, Relaxed);
+                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "peer unavailable: detached; the other destinations go on");
+                let m = &metrics.destinations[i];
+                m.detached.store(true, Relaxed);
                 self.outlets[i].tx = None;
                 self.outlets[i].buffer.clear();
-                self.probes.spawn(probe(sink::sqlite::path_of(dest)));
+                self.probes
+                    .spawn(probe(sink::sqlite::path_of(dest), detach_wait(&e, m)));
                 Ok(())
             }
             Err(e) => Err(e),

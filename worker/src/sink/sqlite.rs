@@ -297,6 +297,7 @@ impl Sink for SqliteSink {
             .await?;
         crate::failpoint::hit("sqlite.after_commit");
         self.progress = d.end;
+        self.metrics.broken_streak.store(0, Relaxed);
         Ok(())
     }
 
