@@ -572,20 +572,7 @@ fn convert(
             content,
             ..
         } if prefix == DDL_MESSAGE => {
-            let schema: SchemaChange = serde_json::from_slice(&content)
-                .map_err(|e| AssembleError::BadMessage(DDL_MESSAGE, e.to_string()))?;
-            // The table as it is now, for routing; the Relation message
-            // that describes it to the changes comes on its own.
-            let c = Change {
-                table: Arc::new(Table::new(schema.relation())),
-                op: Op::Schema,
-                ord: st.ord,
-                tuple: None,
-                version: None,
-                origin: None,
-                only_for: None,
-                schema: Some(Arc::new(schema)),
-            };
+            let c = schema_change(st, &content)?;
             push(st, c);
         }
         Message::Insert { relation, new } => {
@@ -650,6 +637,24 @@ fn origin_of(t: &Table, st: &TxnState, row: Option<&Tuple>) -> Option<String> {
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .filter(|s| !s.is_empty())
         .or_else(|| st.replication_origin.clone())
+}
+
+/// The change a DDL message makes: the table as it is now (for routing;
+/// the Relation message that describes it to the changes comes on its
+/// own), and how it changed.
+fn schema_change(st: &TxnState, content: &[u8]) -> Result<Change, AssembleError> {
+    let schema: SchemaChange = serde_json::from_slice(content)
+        .map_err(|e| AssembleError::BadMessage(DDL_MESSAGE, e.to_string()))?;
+    Ok(Change {
+        table: Arc::new(Table::new(schema.relation())),
+        op: Op::Schema,
+        ord: st.ord,
+        tuple: None,
+        version: None,
+        origin: None,
+        only_for: None,
+        schema: Some(Arc::new(schema)),
+    })
 }
 
 /// A change without row values of its own (a delete, a truncate): the
