@@ -220,22 +220,7 @@ unsafe fn stamp<'a>(
     let meta = unsafe { Meta::find(tupdesc)? };
     let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value as i64;
 
-    // The origin, straight from the GUC's C string: no allocation unless set.
-    // It is the origin of the statement the session ran, not of what that
-    // statement's triggers did in turn (a cascade, a user trigger's write,
-    // at trigger depth 2 and more): the peer did not make those, so they
-    // are local and reach it like any hub change.
-    let (origin, origin_name) = unsafe {
-        let raw = *crate::api::guc::ORIGIN.as_ptr();
-        if raw.is_null() || *raw == 0 || nested() {
-            ((pg_sys::Datum::from(0), true), String::new())
-        } else {
-            (
-                (pg_sys::Datum::from(pg_sys::cstring_to_text(raw)), false),
-                std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned(),
-            )
-        }
-    };
+    let (origin, origin_name) = unsafe { origin_stamp() };
 
     let (tuple, stamped): (pg_sys::HeapTuple, [(pg_sys::Datum, bool); 5]) =
         if event == pg_sys::TRIGGER_EVENT_INSERT {
@@ -247,7 +232,6 @@ unsafe fn stamp<'a>(
         } else if event == pg_sys::TRIGGER_EVENT_UPDATE {
             let (old, old_null) = unsafe { deform(td.tg_trigtuple, tupdesc) };
             let (new, new_null) = unsafe { deform(td.tg_newtuple, tupdesc) };
-            let natts = old.len();
             let at = |k: usize| (meta.att[k] - 1) as usize;
             let old_version = if old_null[at(Meta::VERSION)] {
                 0
@@ -256,39 +240,12 @@ unsafe fn stamp<'a>(
             };
             let version = old_version + 1;
 
-            let mut changed: Vec<u16> = Vec::new();
-            for i in 0..natts {
-                let attr = unsafe { tupdesc_attr(tupdesc, i as i32) };
-                if attr.attisdropped || meta.is_meta(i as i32 + 1) {
-                    continue;
-                }
-                let differs = match (old_null[i], new_null[i]) {
-                    (true, true) => false,
-                    (false, false) => unsafe { !datum_image_equal(old[i], new[i], attr) },
-                    _ => true,
-                };
-                if differs {
-                    changed.push(i as u16 + 1);
-                }
-            }
-
-            let pk_changed = !changed.is_empty()
-                && unsafe {
-                    let pk = pg_sys::RelationGetIndexAttrBitmap(
-                        rel,
-                        pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
-                    );
-                    changed.iter().any(|a| {
-                        pg_sys::bms_is_member(
-                            i32::from(*a) - pg_sys::FirstLowInvalidHeapAttributeNumber,
-                            pk,
-                        )
-                    })
-                };
-
-            if pk_changed {
+            let changed =
+                unsafe { changed_attnums(tupdesc, &meta, (&old, &old_null), (&new, &new_null)) };
+            if unsafe { key_changed(rel, &changed) } {
                 // A new key is a new row identity: its old key gets a tombstone
-                // from the AFTER UPDATE trigger, and the row counts as created now.
+                // from the BEFORE UPDATE rekey trigger, and the row counts as
+                // created now.
                 (
                     td.tg_newtuple,
                     [
@@ -338,6 +295,69 @@ unsafe fn stamp<'a>(
     Ok(Some(unsafe {
         with_stamps(tuple, tupdesc, &meta, &stamped)
     }))
+}
+
+/// The origin to stamp, as a text datum (NULL: local) and as a string,
+/// straight from the GUC's C string: no allocation unless set. It is the
+/// origin of the statement the session ran, not of what that statement's
+/// triggers did in turn (a cascade, a user trigger's write, at trigger
+/// depth 2 and more): the peer did not make those, so they are local and
+/// reach it like any hub change.
+unsafe fn origin_stamp() -> ((pg_sys::Datum, bool), String) {
+    unsafe {
+        let raw = *crate::api::guc::ORIGIN.as_ptr();
+        if raw.is_null() || *raw == 0 || nested() {
+            ((pg_sys::Datum::from(0), true), String::new())
+        } else {
+            (
+                (pg_sys::Datum::from(pg_sys::cstring_to_text(raw)), false),
+                std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned(),
+            )
+        }
+    }
+}
+
+/// The attribute numbers of the data columns an update changes (tracking
+/// columns and dropped ones left out), compared as stored images.
+unsafe fn changed_attnums(
+    tupdesc: pg_sys::TupleDesc,
+    meta: &Meta,
+    (old, old_null): (&[pg_sys::Datum], &[bool]),
+    (new, new_null): (&[pg_sys::Datum], &[bool]),
+) -> Vec<u16> {
+    let mut changed: Vec<u16> = Vec::new();
+    for i in 0..old.len() {
+        let attr = unsafe { tupdesc_attr(tupdesc, i as i32) };
+        if attr.attisdropped || meta.is_meta(i as i32 + 1) {
+            continue;
+        }
+        let differs = match (old_null[i], new_null[i]) {
+            (true, true) => false,
+            (false, false) => unsafe { !datum_image_equal(old[i], new[i], attr) },
+            _ => true,
+        };
+        if differs {
+            changed.push(i as u16 + 1);
+        }
+    }
+    changed
+}
+
+/// Whether any of the `changed` attributes is part of the primary key.
+unsafe fn key_changed(rel: pg_sys::Relation, changed: &[u16]) -> bool {
+    !changed.is_empty()
+        && unsafe {
+            let pk = pg_sys::RelationGetIndexAttrBitmap(
+                rel,
+                pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_PRIMARY_KEY,
+            );
+            changed.iter().any(|a| {
+                pg_sys::bms_is_member(
+                    i32::from(*a) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                    pk,
+                )
+            })
+        }
 }
 
 /// Whether this trigger fires for a statement run by another trigger (an
