@@ -72,10 +72,12 @@ q "CREATE EXTENSION tributary;
    INSERT INTO customers VALUES ('CUST-001', 'Ada Lovelace', 'ada@example.com'),
                                 ('CUST-002', 'Alan Turing', 'alan@example.com');
    SELECT sync_track('customers'), sync_track('orders'), sync_track('heartbeat');
-   SELECT sync_set_peer('edge1', 1), sync_set_peer('crm', 1), sync_set_peer('edge2', 2);"
-note "Lower number = higher priority. The worker runs as a REPLICATION role, not a superuser:"
+   SELECT sync_set_peer('crm', 1);"
+note "The worker runs as a REPLICATION role, not a superuser, and speaks for the SQLite peers it serves."
+note "Lower number = higher priority:"
 q "CREATE ROLE tributary_worker LOGIN REPLICATION;
-   SELECT sync_queue_create('audit'); SELECT sync_worker_grant('tributary_worker');"
+   SELECT sync_queue_create('audit'); SELECT sync_worker_grant('tributary_worker');
+   SELECT sync_set_peer('edge1', 1, 'tributary_worker'), sync_set_peer('edge2', 2, 'tributary_worker');"
 
 h "2. The worker: two SQLite peers and an outbound queue"
 cat >"$DIR/worker.toml" <<TOML

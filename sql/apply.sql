@@ -3,24 +3,33 @@
 -- extension/src/engine/): it checks and types the batch (engine/batch.rs),
 -- decides (core/src/resolver.rs) and writes; this file holds the SQL API.
 
-CREATE FUNCTION sync_set_peer(name text, priority integer) RETURNS void
+-- Registers a peer: its priority for the resolver and the role that may
+-- speak for it (claim its name as sync_apply's origin or tributary.origin).
+-- Without a role, an existing peer keeps its own; a new one can be claimed
+-- by superusers only.
+CREATE FUNCTION sync_set_peer(name text, priority integer, role regrole DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
     IF name IS NULL OR priority IS NULL THEN
         PERFORM tributary._raise('22004', 'peer name and priority must not be NULL',
             format('name = %s, priority = %s.', coalesce(quote_literal(name), 'NULL'), coalesce(priority::text, 'NULL')),
-            'Lower numbers win: SELECT sync_set_peer(''CRM'', 1). The hub itself is the peer named ''''.');
+            'Lower numbers win: SELECT sync_set_peer(''CRM'', 1, ''crm_role''). The hub itself is the peer named ''''.');
     END IF;
     IF octet_length(name) > 255 THEN
         PERFORM tributary._raise('22023', 'peer name is too long',
             format('%s bytes; at most 255.', octet_length(name)), 'Use a shorter name.');
     END IF;
-    INSERT INTO tributary.peers AS p (name, priority) VALUES (name, priority)
-    ON CONFLICT ON CONSTRAINT peers_pkey DO UPDATE SET priority = excluded.priority, updated_at = now();
+    IF name = '' AND role IS NOT NULL THEN
+        PERFORM tributary._raise('22023', 'the hub''s own writes (the peer named '''') take no role',
+            'Every session may write as the hub.', 'Call sync_set_peer('''', priority) without a role.');
+    END IF;
+    INSERT INTO tributary.peers AS p (name, priority, role) VALUES (name, priority, role)
+    ON CONFLICT ON CONSTRAINT peers_pkey DO UPDATE
+       SET priority = excluded.priority, role = coalesce(excluded.role, p.role), updated_at = now();
 END $$;
-COMMENT ON FUNCTION sync_set_peer(text, integer) IS
-  'Set a peer''s priority for the resolver (lower wins). Takes effect for the next sync_apply.';
+COMMENT ON FUNCTION sync_set_peer(text, integer, regrole) IS
+  'Register a peer: its priority for the resolver (lower wins) and the role that may speak for it.';
 
 CREATE FUNCTION sync_set_policy(tbl regclass, policy text, resolver regprocedure DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
@@ -45,6 +54,16 @@ BEGIN
             PERFORM tributary._raise('42883', format('%s is not a resolver function', resolver),
                 'A resolver takes (local jsonb, remote jsonb, base jsonb) and returns one jsonb row object.',
                 'CREATE FUNCTION my_merge(local jsonb, remote jsonb, base jsonb) RETURNS jsonb ... and pass ''my_merge(jsonb,jsonb,jsonb)''.');
+        END IF;
+        -- It runs as the table's owner, who must own it: a resolver cannot
+        -- borrow the privileges of the role calling sync_apply.
+        IF (SELECT p.proowner FROM pg_proc p WHERE p.oid = resolver)
+           IS DISTINCT FROM (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl) THEN
+            PERFORM tributary._raise('42501', format('%s is not owned by the owner of %s', resolver, tbl),
+                format('%s is owned by %s; %s by %s. A custom resolver runs as the table''s owner.', resolver,
+                       (SELECT p.proowner::regrole FROM pg_proc p WHERE p.oid = resolver), tbl,
+                       (SELECT c.relowner::regrole FROM pg_class c WHERE c.oid = tbl)),
+                'Use a function the table''s owner owns (ALTER FUNCTION ... OWNER TO).');
         END IF;
     ELSIF resolver IS NOT NULL THEN
         PERFORM tributary._raise('22023', format('policy %s takes no resolver function', policy),
@@ -106,7 +125,7 @@ DECLARE
     bad_col text;
     prev_origin text;
 BEGIN
-    SELECT * INTO c FROM tributary.conflicts WHERE conflicts.id = sync_resolve_conflict.id FOR UPDATE;
+    SELECT * INTO c FROM tributary.conflicts WHERE conflicts.id = sync_resolve_conflict.id;
     IF NOT FOUND THEN
         PERFORM tributary._raise('22023', format('no conflict %s', id),
             format('Conflict id %s does not exist, or its table is not readable to you.', id),
@@ -123,6 +142,9 @@ BEGIN
             'E.g. sync_resolve_conflict(42, ''"take_remote"''), or a merged row: ''{"email": "x@y"}''.');
     END IF;
 
+    -- Closed first (locked, and only for a role that may write the table),
+    -- then applied: two resolutions of one conflict cannot both apply.
+    PERFORM tributary._close_conflict(c.id, resolution::text);
     merged := CASE WHEN resolution = '"keep_local"' THEN c.local
                    WHEN resolution = '"take_remote"' THEN c.remote
                    ELSE resolution END;
@@ -158,8 +180,6 @@ BEGIN
             USING merged;
     END IF;
     PERFORM set_config('tributary.origin', coalesce(prev_origin, ''), true);
-    UPDATE tributary.conflicts SET status = 'resolved', resolution = sync_resolve_conflict.resolution, resolved_at = now()
-     WHERE conflicts.id = sync_resolve_conflict.id;
     RETURN id;
 END $$;
 COMMENT ON FUNCTION sync_resolve_conflict(bigint, jsonb) IS
@@ -173,52 +193,15 @@ COMMENT ON VIEW sync_pending IS
   'Changes parked for a missing foreign-key parent (status pending) and dead letters (status dead).';
 
 -- Retries parked changes, oldest first, one at a time so that their order
--- holds. A change that is still missing its parent stays parked with one
--- more attempt; after tributary.max_retries attempts it becomes a dead
--- letter. Returns what happened to each.
--- The engine behind it, also run by sync_apply for whoever may call
--- sync_apply (a peer's role is granted sync_apply only).
-CREATE FUNCTION tributary._retry_pending(tbl regclass)
-RETURNS TABLE (id bigint, tbl_name regclass, pk jsonb, outcome text, attempts integer, detail text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    p tributary.pending;
-    r record;
-    cap integer := coalesce(nullif(current_setting('tributary.max_retries', true), '')::integer, 10);
-    prev text := current_setting('tributary.retrying', true);
-BEGIN
-    IF NOT has_function_privilege('@extschema@.sync_apply(regclass, jsonb, text)', 'EXECUTE') THEN
-        PERFORM tributary._raise('42501', 'permission denied to retry parked changes',
-            format('Role %s may not run sync_apply.', current_user),
-            'Grant EXECUTE on sync_apply (or sync_retry_pending) to this role.');
-    END IF;
-    PERFORM set_config('tributary.retrying', 'on', true);
-    FOR p IN SELECT * FROM tributary.pending q
-              WHERE q.status = 'pending' AND (tbl IS NULL OR q.relid = tbl OR q.parent_relid = tbl)
-              ORDER BY q.id FOR UPDATE SKIP LOCKED LOOP
-        SELECT a.outcome, a.detail INTO r
-          FROM @extschema@.sync_apply(p.relid::regclass, jsonb_build_array(p.change), p.origin) AS a;
-        IF r.outcome = 'DEFERRED' THEN
-            UPDATE tributary.pending q
-               SET attempts = q.attempts + 1, last_error = r.detail, last_try_at = now(),
-                   status = CASE WHEN q.attempts + 1 >= cap THEN 'dead' ELSE 'pending' END
-             WHERE q.id = p.id
-            RETURNING q.attempts, CASE WHEN q.status = 'dead' THEN 'DEAD_LETTER' ELSE 'DEFERRED' END
-                 INTO attempts, outcome;
-        ELSE
-            DELETE FROM tributary.pending q WHERE q.id = p.id;
-            attempts := p.attempts + 1;
-            outcome := r.outcome;
-        END IF;
-        id := p.id; tbl_name := p.relid::regclass; pk := p.pk; detail := r.detail;
-        RETURN NEXT;
-    END LOOP;
-    PERFORM set_config('tributary.retrying', coalesce(nullif(prev, ''), 'off'), true);
-END $$;
+-- holds, each as the role that parked it (tributary._replay_parked, in
+-- Rust: extension/src/engine/replay.rs). A change that is still missing its
+-- parent, or whose replay fails (outcome ERROR, the error in detail), stays
+-- parked with one more attempt; after tributary.max_retries attempts it
+-- becomes a dead letter. Returns what happened to each change of a table
+-- the caller may read.
 CREATE FUNCTION sync_retry_pending(tbl regclass DEFAULT NULL)
 RETURNS TABLE (id bigint, tbl_name regclass, pk jsonb, outcome text, attempts integer, detail text)
 LANGUAGE sql VOLATILE
-AS $$ SELECT * FROM tributary._retry_pending(tbl) $$;
+AS $$ SELECT * FROM tributary._replay_parked(tbl) $$;
 COMMENT ON FUNCTION sync_retry_pending(regclass) IS
   'Retry parked changes (all, or those of / waiting for one table). sync_apply also calls it for the changes waiting for the table it wrote.';

@@ -12,7 +12,7 @@ REVOKE ALL ON FUNCTION @extschema@.sync_restored() FROM PUBLIC;
 -- sync_apply(regclass, jsonb, text), ...). The caller also needs INSERT,
 -- UPDATE and DELETE on the table.
 REVOKE ALL ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer, regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_resolve_conflict(bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_retry_pending(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_set_policy(regclass, text, regprocedure) FROM PUBLIC;
@@ -31,9 +31,10 @@ GRANT SELECT ON tributary.schema_changes TO PUBLIC;  -- row-level security appli
 GRANT SELECT ON tributary.restores TO PUBLIC;        -- the version offset readers' versions carry
 GRANT SELECT ON @extschema@.sync_policies TO PUBLIC;
 GRANT SELECT ON @extschema@.sync_conflicts, @extschema@.sync_pending TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON tributary.pending TO PUBLIC;  -- row-level security applies
--- Row-level security limits these to the tables the caller may write.
-GRANT INSERT, UPDATE ON tributary.tombstones, tributary.conflicts TO PUBLIC;
+GRANT SELECT ON tributary.pending TO PUBLIC;  -- row-level security applies
+-- Nobody but the owner writes tombstones, conflicts or parked changes: the
+-- engine, the delete trigger and _close_conflict switch to the owner for
+-- those writes alone, after checking the caller (extension/src/privilege.rs).
 GRANT EXECUTE ON FUNCTION
     tributary._raise(text, text, text, text),
     tributary._tracked(regclass),
@@ -43,7 +44,8 @@ GRANT EXECUTE ON FUNCTION
     tributary.colmeta_entries(bytea),
     tributary.row_json(anyelement),
     tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
-    tributary._retry_pending(regclass),          -- likewise
+    tributary._replay_parked(regclass),          -- likewise (sync_retry_pending); replays as each parker
+    tributary._close_conflict(bigint, text),     -- acts only for callers of sync_resolve_conflict
     tributary._follow_ddl(oid),                  -- the DDL guard, run as whoever altered a table
     tributary._queue_position(text),             -- for sync_queue_create's callers; needs the queue's owner
     tributary._version_offset(),

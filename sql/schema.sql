@@ -47,10 +47,14 @@ CREATE POLICY tombstones_readable ON tributary.tombstones
 -- Peer priorities for the resolver: lower number = higher priority. The
 -- hub's own writes rank 0 unless a row named '' says otherwise; unknown
 -- peers rank last.
+-- A peer's name is claimed (as sync_apply's origin, or tributary.origin)
+-- by its role, that role's members and superusers; nobody else (see
+-- extension/src/privilege.rs).
 CREATE TABLE tributary.peers (
     name      text PRIMARY KEY,
     priority  integer NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    role      regrole                   -- who may speak for it; NULL: superusers only
 );
 
 -- Conflicts the resolver could not decide (MANUAL): both images, kept until
@@ -76,19 +80,13 @@ CREATE TABLE tributary.conflicts (
 );
 CREATE INDEX conflicts_open ON tributary.conflicts (relid, pk) WHERE status = 'open';
 
--- Writers of a table may write its tombstones and conflicts; readers may
--- read them. Nobody else sees or forges another table's.
+-- Readers of a table see its conflicts. Only the owner of these tables
+-- writes tombstones, conflicts and parked changes: the engine, the delete
+-- trigger and sync_resolve_conflict switch to it for those statements alone,
+-- after checking the caller's privileges (extension/src/privilege.rs).
 ALTER TABLE tributary.conflicts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY conflicts_readable ON tributary.conflicts
     FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
-CREATE POLICY conflicts_writable ON tributary.conflicts
-    FOR INSERT WITH CHECK (has_table_privilege(relid, 'INSERT, UPDATE'));
-CREATE POLICY conflicts_resolvable ON tributary.conflicts
-    FOR UPDATE USING (has_table_privilege(relid, 'UPDATE'));
-CREATE POLICY tombstones_writable ON tributary.tombstones
-    FOR INSERT WITH CHECK (has_table_privilege(relid, 'DELETE'));
-CREATE POLICY tombstones_rewritable ON tributary.tombstones
-    FOR UPDATE USING (has_table_privilege(relid, 'DELETE'));
 
 -- Changes parked because a foreign-key parent was missing (DEFERRED), and,
 -- after tributary.max_retries attempts, dead letters. Retried in order.
@@ -103,13 +101,12 @@ CREATE TABLE tributary.pending (
     last_error    text,
     status        text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'dead')),
     created_at    timestamptz NOT NULL DEFAULT now(),
-    last_try_at   timestamptz NOT NULL DEFAULT now()
+    last_try_at   timestamptz NOT NULL DEFAULT now(),
+    parked_by     regrole                    -- the role its replay acts as (NULL: unknown, never replayed)
 );
 CREATE INDEX pending_by_parent ON tributary.pending (parent_relid) WHERE status = 'pending';
 ALTER TABLE tributary.pending ENABLE ROW LEVEL SECURITY;
 CREATE POLICY pending_readable ON tributary.pending FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
-CREATE POLICY pending_writable ON tributary.pending FOR ALL USING (has_table_privilege(relid, 'INSERT, UPDATE'))
-    WITH CHECK (has_table_privilege(relid, 'INSERT, UPDATE'));
 
 -- The changes of shape of tracked tables, as the DDL guard saw them (see
 -- tributary._follow_ddl). The worker reads it to tell an outbox edit made

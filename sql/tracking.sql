@@ -65,39 +65,9 @@ BEGIN
     RETURN t;
 END $$;
 
--- Tombstone for a deleted row, or for the old key of a row whose key changed.
--- TG_ARGV holds the primary key column names. SECURITY DEFINER because the
--- writer of the user table may not write tributary.tombstones. A BEFORE row
--- trigger, fired inside the statement that deletes: one that a trigger runs
--- (an ON DELETE CASCADE) fires it at depth 2, so its tombstone is the hub's
--- own, not the origin's. (An AFTER row trigger of a cascade fires later, at
--- the outer statement's depth, and could not tell.)
-CREATE FUNCTION tributary._on_delete() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    img jsonb := to_jsonb(OLD);
-    key jsonb;
-BEGIN
-    SELECT jsonb_object_agg(c, img -> c) INTO key FROM unnest(TG_ARGV) AS c;
-    INSERT INTO tributary.tombstones AS t
-           (relid, pk, xid, version, origin, deleted_at, data, colmeta, row_origin, created_xid)
-    VALUES (TG_RELID, key, pg_current_xact_id()::text::bigint,
-            coalesce((img ->> 'sync_version')::bigint, 0) + 1,
-            -- a cascade (a statement run by a trigger) is not the origin's own
-            CASE WHEN pg_trigger_depth() > 1 THEN NULL ELSE nullif(current_setting('tributary.origin', true), '') END,
-            now(),
-            img - '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[],
-            OLD.sync_colmeta, OLD.sync_origin, OLD.sync_created_xid)
-    ON CONFLICT (relid, pk) DO UPDATE
-        SET xid = excluded.xid, version = excluded.version, origin = excluded.origin,
-            deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
-            row_origin = excluded.row_origin, created_xid = excluded.created_xid;
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
-    END IF;
-    RETURN NEW;
-END $$;
+-- Tombstones: tributary._on_delete, a BEFORE row trigger in Rust
+-- (extension/src/api/tombstone.rs). It builds the row's image as the
+-- deleting role and writes tributary.tombstones as the extension's owner.
 
 -- A DELETE row message of pgoutput carries only the key, not sync_origin. So
 -- that the worker never echoes a peer's delete back to that peer, a DELETE
@@ -108,7 +78,8 @@ END $$;
 -- which the peer must receive: it is bracketed the other way round, '' before
 -- and <origin> again after.
 -- SECURITY DEFINER: pg_logical_emit_message is not granted to PUBLIC; this
--- only emits the caller's own tributary.origin, which any session may set.
+-- only emits the caller's own tributary.origin, which a session may set only
+-- to a peer its role may speak for (the setting's check hook).
 CREATE FUNCTION tributary._delete_origin() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$

@@ -3,7 +3,7 @@
 //! ```text
 //!  INSERT/UPDATE ──> zzz_tributary_track (Rust, BEFORE ROW) ── stamps sync_version, sync_xid,
 //!                                                             per-column versions, origin
-//!  DELETE / key change ──> tributary._on_delete (BEFORE ROW) ──> tributary.tombstones
+//!  DELETE / key change ──> tributary._on_delete (Rust, BEFORE ROW) ──> tributary.tombstones
 //!  TRUNCATE ──> tributary._on_truncate ──> raises tributary.tracked.min_valid
 //!
 //!  reader: v := sync_current_version()            -- xmin horizon of its snapshot
@@ -19,6 +19,8 @@ use pgrx::prelude::*;
 
 mod api;
 mod engine;
+mod privilege;
+mod release;
 
 // Order of the install script: schema and tables first, then the Rust
 // functions pgrx generates, then the SQL API that refers to them.
@@ -26,13 +28,22 @@ extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../../sql/tracking.sql",
     name = "tracking",
-    requires = ["schema", api::trigger::tributary::row_trigger]
+    requires = [
+        "schema",
+        api::trigger::tributary::row_trigger,
+        api::tombstone::tributary::_on_delete
+    ]
 );
 extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["tracking"]);
 extension_sql_file!(
     "../../sql/apply.sql",
     name = "apply",
-    requires = ["pull", api::apply::tributary::_apply]
+    requires = [
+        "pull",
+        api::apply::tributary::_apply,
+        api::apply::tributary::_replay_parked,
+        api::apply::tributary::_close_conflict
+    ]
 );
 extension_sql_file!(
     "../../sql/queue.sql",

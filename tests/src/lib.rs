@@ -203,6 +203,44 @@ impl Cluster {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// A superuser connection over the Unix socket: for a cluster whose
+    /// pg_hba.conf refuses plain TCP.
+    pub fn connect_socket(&self, db: &str) -> Client {
+        let url = format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.path().display(),
+            self.port
+        );
+        Client::connect(&url, NoTls).unwrap_or_else(|e| panic!("connect to {db} by socket: {e}"))
+    }
+
+    /// Writes a file into the data directory with `mode`, owned by the
+    /// cluster's OS user (a server key must be).
+    pub fn write_data_file(&self, name: &str, contents: &[u8], mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.arg("postgres:postgres").arg(&path);
+            run(c, "chown");
+        }
+    }
+
+    /// Appends `conf` to postgresql.conf, replaces pg_hba.conf with `hba`,
+    /// and restarts the server (same port).
+    pub fn reconfigure(&self, conf: &str, hba: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .unwrap();
+        writeln!(f, "\n{conf}").unwrap();
+        std::fs::write(self.data_dir().join("pg_hba.conf"), hba).unwrap();
+        self.pg_ctl(&["-w", "restart"]);
+    }
 }
 
 impl Drop for Cluster {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  setup_worker_role(db)     a LOGIN REPLICATION role "worker" (not a superuser)
-//!                            with what sync_worker_grant gives it
+//!                            with what sync_worker_grant gives it, registered
+//!                            to speak for the peers edge1 and edge2
 //!  WorkerProc::start(cfg)    tributary-worker run --config <tmp>/worker.toml, logs to a file
 //!  kill9 / sigterm / wait    process control for the fault tests
 //! ```
@@ -39,9 +40,32 @@ pub fn worker_bin() -> PathBuf {
         if profile == "release" {
             c.arg("--release");
         }
+        // What cargo sets for this test process, not for a build: a build
+        // script that tracks them (ring's does) would otherwise rebuild
+        // here, and again in the next top-level build.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    &*k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                c.env_remove(&*k);
+            }
+        }
         let st = c.status().expect("cargo build of tributary-worker");
         assert!(st.success(), "building tributary-worker failed");
-        root.join("target").join(profile).join("tributary-worker")
+        // Where cargo put it: CARGO_TARGET_DIR when set (relative to the
+        // workspace, where the build ran), else the workspace's target/.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|d| root.join(d))
+            .unwrap_or_else(|| root.join("target"));
+        target.join(profile).join("tributary-worker")
     })
     .clone()
 }
@@ -63,6 +87,20 @@ pub fn setup_worker_role(db: &Db, queues: &[&str]) {
     }
     c.batch_execute("SELECT sync_worker_grant('worker')")
         .unwrap();
+    // The worker speaks for the SQLite peers the tests name edge1 and edge2
+    // (their pulls go through sync_apply under those names). A peer a test
+    // registered keeps its priority; a new one ranks last, as an
+    // unregistered peer does.
+    // (Releases before 0.5.0 have no roles for peers.)
+    c.batch_execute(
+        "DO $$ BEGIN
+           IF to_regprocedure('sync_set_peer(text, integer, regrole)') IS NOT NULL THEN
+             PERFORM sync_set_peer(p, coalesce((SELECT priority FROM tributary.peers WHERE name = p), 2147483647), 'worker')
+                FROM unnest(ARRAY['edge1', 'edge2']) AS p;
+           END IF;
+         END $$",
+    )
+    .unwrap();
 }
 
 /// A worker configuration for `db` with the given `[[destination]]` blocks.

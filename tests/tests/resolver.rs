@@ -466,6 +466,16 @@ fn sync_apply_is_for_granted_roles_only() {
     );
     c.batch_execute("GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO app")
         .unwrap();
+    let e = db_error(
+        app.query(
+            "SELECT * FROM sync_apply('customers', $1::text::jsonb, 'CRM')",
+            &[&changes],
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, "42501", "app does not speak for CRM yet");
+    c.batch_execute("SELECT sync_set_peer('CRM', 1, 'app')")
+        .unwrap();
     let n = app
         .query(
             "SELECT * FROM sync_apply('customers', $1::text::jsonb, 'CRM')",

@@ -1085,15 +1085,19 @@ fn a_200_byte_origin_goes_through_sync_apply_the_stream_and_a_sqlite_peer() {
             .unwrap()
             .get(0);
         assert_eq!(outcome, "VERSION_WIN");
+        // Commit-safe: a change shows once every older transaction (the
+        // worker's among them) has ended, so wait for both.
+        let origins_q = "SELECT origin FROM sync_changes_since(0) \
+                         WHERE tbl = 'items'::regclass ORDER BY pk->>'id'";
+        w.until(T, "both changes readable", || {
+            c.query(origins_q, &[]).unwrap().len() == 2
+        });
         let origins: Vec<Option<String>> = c
-        .query(
-            "SELECT origin FROM sync_changes_since(0) WHERE tbl = 'items'::regclass ORDER BY pk->>'id'",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+            .query(origins_q, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         assert_eq!(origins, vec![Some(origin.clone()), Some(origin.clone())]);
         caught_up(w, c, path);
         assert_eq!(

@@ -16,7 +16,9 @@
 //! Overrides: `TRIBUTARY_SOURCE_URL`, `TRIBUTARY_SOURCE_SLOT`,
 //! `TRIBUTARY_SOURCE_PUBLICATION`, `TRIBUTARY_SOURCE_PASSWORD`,
 //! `TRIBUTARY_HTTP_LISTEN`. Unknown keys are errors, so a typo is never
-//! silently ignored. `redacted()` prints it with secrets masked.
+//! silently ignored. `redacted()` prints it with secrets masked. The URL's
+//! query may set `sslmode` and `sslrootcert` ([`crate::tls`]); a bad value
+//! is refused here.
 
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
@@ -139,6 +141,10 @@ impl Config {
                 redact_url(&self.source.url)
             ));
         }
+        // The URL's own checks (sslmode, sslrootcert, the port), so that
+        // check-config reports them too.
+        crate::source::ConnectOptions::from_url(&self.source.url, None)
+            .map_err(|e| Error::Config(format!("source.url: {e}")))?;
         for (what, v) in [
             ("source.slot", &self.source.slot),
             ("source.publication", &self.source.publication),
@@ -301,6 +307,14 @@ path = "/var/lib/tributary/edge1.db"
                 "unknown field",
             ),
             (GOOD.replace("postgres://", "mysql://"), "postgres:// URL"),
+            (
+                GOOD.replace("/hub\"", "/hub?sslmode=verify-full\""),
+                "sslmode=verify-full needs sslrootcert",
+            ),
+            (
+                GOOD.replace("/hub\"", "/hub?sslmode=allow\""),
+                "sslmode \"allow\" is not supported",
+            ),
             (
                 GOOD.replace("name = \"edge1\"", "name = \"audit\""),
                 "defined twice",

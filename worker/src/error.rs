@@ -43,6 +43,10 @@ pub enum Cause {
     RefusedValue,
     /// A deadlock or a serialization failure (40P01, 40001).
     Contention,
+    /// TLS to the hub cannot be set up: the server refused TLS that
+    /// sslmode requires, its certificate did not verify, or sslrootcert
+    /// cannot be read. Every destination depends on the hub.
+    Tls,
     /// The connection failed or was lost; the server is shutting down.
     Connection,
     /// Any other server error.
@@ -82,6 +86,7 @@ impl Cause {
             | Cause::PublicationMissing
             | Cause::WalLevel
             | Cause::Login
+            | Cause::Tls
             | Cause::Privilege
             | Cause::MissingObject
             | Cause::BadColumn
@@ -102,6 +107,7 @@ impl Cause {
             Cause::PublicationMissing => "Create the publication (SELECT sync_track(...) creates \"tributary\") or fix source.publication.",
             Cause::WalLevel => "Set wal_level = logical in postgresql.conf and restart PostgreSQL.",
             Cause::Login => "Check the user, the password (TRIBUTARY_SOURCE_PASSWORD) and pg_hba.conf (it needs a replication line).",
+            Cause::Tls => "Check sslmode and sslrootcert in source.url against the hub: verify-ca needs the CA that signed the server's certificate, verify-full also the host name the certificate names; require and up need ssl = on on the server.",
             Cause::Privilege => "Grant the worker's role what it needs: SELECT sync_worker_grant('<role>'), and the REPLICATION attribute.",
             Cause::MissingObject | Cause::BadColumn => "Check that the extension is installed in the configured database and the configuration names existing objects.",
             Cause::Config => "Fix the configuration (tributary-worker check-config shows it).",
@@ -287,6 +293,7 @@ mod tests {
             Cause::SlotLost,
             Cause::PublicationMissing,
             Cause::Login,
+            Cause::Tls,
             Cause::Privilege,
         ] {
             assert_eq!(cause.action(), Action::Stop, "{cause:?}");

@@ -25,21 +25,32 @@ pub fn session_settings_sql(local: bool) -> String {
         .join(" ")
 }
 
-/// Connects an ordinary client.
+/// Connects an ordinary client, with TLS as `o.sslmode` says (see
+/// [`crate::tls`]). A TLS failure is [`crate::error::Cause::Tls`].
 pub async fn connect(o: &ConnectOptions, application_name: &str) -> Result<Client, Error> {
+    let (tls, mode) = crate::tls::postgres_connector(o)?;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&o.host)
         .port(o.port)
         .user(&o.user)
         .dbname(&o.dbname)
-        .application_name(application_name);
+        .application_name(application_name)
+        .ssl_mode(mode);
     if let Some(p) = &o.password {
         cfg.password(p);
     }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting to the hub")?;
+    let (client, conn) = match cfg.connect(tls).await {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(match crate::tls::postgres_failure(&e, o) {
+                Some(tls) => tls.into(),
+                None => Error::Postgres {
+                    context: "connecting to the hub".into(),
+                    source: e,
+                },
+            })
+        }
+    };
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "hub connection ended");

@@ -11,6 +11,7 @@
 //!  peer.db _tributary_outbox ──pull──> sync_apply(origin => peer) ──> write-back via the stream
 //!  new peer: snapshot (exported snapshot of a temporary slot) ──> sink::sqlite
 //!  any error ──> error::Cause ──> Retry | Detach | Stop          (error.rs: the one policy)
+//!  both hub connections: TLS as the URL's sslmode says           (tls.rs, rustls)
 //! ```
 //!
 //! `pipeline::run(config, metrics, shutdown)` is the whole worker; the
@@ -32,4 +33,5 @@ mod router;
 mod sink;
 mod snapshot;
 pub mod source;
+pub mod tls;
 pub mod transaction;

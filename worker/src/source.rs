@@ -3,7 +3,7 @@
 //! no replication support).
 //!
 //! ```text
-//!  connect (TCP or Unix socket; trust, md5 or SCRAM-SHA-256)
+//!  connect (TCP or Unix socket; TLS over TCP as sslmode says (tls.rs); trust, md5 or SCRAM-SHA-256)
 //!   ├─ IDENTIFY_SYSTEM
 //!   ├─ CREATE_REPLICATION_SLOT name LOGICAL pgoutput [EXPORT_SNAPSHOT]
 //!   └─ START_REPLICATION SLOT name LOGICAL lsn (proto_version '2', streaming 'on', publication_names ...)
@@ -18,6 +18,7 @@
 
 use crate::error::{Action, Cause};
 use crate::lsn::Lsn;
+use crate::tls::{Negotiate, SslMode, TlsError};
 use bytes::{Buf, BufMut, BytesMut};
 use postgres_protocol::authentication::sasl;
 use postgres_protocol::message::frontend;
@@ -25,7 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tributary_core::quote::{ident as quote_ident, literal as quote_literal};
 
 /// Where and how to connect, from a `postgres://user:pass@host:port/db` URL.
-/// A host starting with `/` is a Unix socket directory.
+/// A host starting with `/` is a Unix socket directory. The query may set
+/// `host`, `sslmode` and `sslrootcert` (libpq's names, %-escapes decoded);
+/// other `ssl*` parameters are refused, the rest ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectOptions {
     pub host: String,
@@ -33,22 +36,89 @@ pub struct ConnectOptions {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    pub sslmode: SslMode,
+    /// A PEM file of the CA certificates to trust.
+    pub sslrootcert: Option<String>,
+}
+
+/// A URL the worker cannot use: a configuration error.
+fn bad_url(why: &str, hint: &str) -> SourceError {
+    SourceError::Definite {
+        cause: Cause::Config,
+        code: None,
+        message: format!("invalid source URL: {why}"),
+        hint: hint.into(),
+    }
+}
+
+const URL_HINT: &str =
+    "Use postgres://user@host:port/database (password via TRIBUTARY_SOURCE_PASSWORD).";
+const SSL_HINT: &str = "Use ?sslmode=disable|prefer|require|verify-ca|verify-full; verify-ca and verify-full need &sslrootcert=<PEM file of the CA>.";
+
+/// What the URL's query sets.
+#[derive(Default)]
+struct Query {
+    host: Option<String>,
+    sslmode: SslMode,
+    sslrootcert: Option<String>,
+}
+
+fn parse_query(query: &str) -> Result<Query, SourceError> {
+    let mut q = Query::default();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = percent_decode(v)
+            .ok_or_else(|| bad_url(&format!("the value of {k} has a bad %-escape"), URL_HINT))?;
+        match k {
+            "host" => q.host = Some(v),
+            "sslmode" => q.sslmode = SslMode::parse(&v).map_err(|why| bad_url(&why, SSL_HINT))?,
+            "sslrootcert" if v == "system" => {
+                return Err(bad_url(
+                    "sslrootcert=system (the system's CA store) is not supported",
+                    SSL_HINT,
+                ))
+            }
+            "sslrootcert" => q.sslrootcert = Some(v).filter(|v| !v.is_empty()),
+            k if k.starts_with("ssl") => {
+                return Err(bad_url(
+                    &format!("{k} is not supported (only sslmode and sslrootcert are)"),
+                    SSL_HINT,
+                ))
+            }
+            _ => {}
+        }
+    }
+    if q.sslmode.needs_root_cert() && q.sslrootcert.is_none() {
+        return Err(bad_url(
+            &format!("sslmode={} needs sslrootcert", q.sslmode.as_str()),
+            SSL_HINT,
+        ));
+    }
+    Ok(q)
+}
+
+/// Decodes `%XX` escapes; None for a malformed one or bytes that are not
+/// UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl ConnectOptions {
     pub fn from_url(url: &str, password: Option<String>) -> Result<ConnectOptions, SourceError> {
-        let bad = |why: &str| SourceError::Definite {
-            cause: Cause::Config,
-            code: None,
-            message: format!("invalid source URL: {why}"),
-            hint:
-                "Use postgres://user@host:port/database (password via TRIBUTARY_SOURCE_PASSWORD)."
-                    .into(),
-        };
         let rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
-            .ok_or_else(|| bad("it must start with postgres://"))?;
+            .ok_or_else(|| bad_url("it must start with postgres://", URL_HINT))?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
         let (user, url_password) = match auth.split_once(':') {
@@ -56,22 +126,19 @@ impl ConnectOptions {
             None => (auth.to_string(), None),
         };
         let (hostport, dbname) = hostpart.split_once('/').unwrap_or((hostpart, ""));
-        let (mut host, port) = match hostport.rsplit_once(':') {
+        let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
                 p.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
+                    .map_err(|_| bad_url("the port is not a number", URL_HINT))?,
             ),
             None => (hostport.to_string(), 5432),
         };
-        for kv in query.split('&').filter(|s| !s.is_empty()) {
-            if let Some(h) = kv.strip_prefix("host=") {
-                host = h.replace("%2F", "/").replace("%2f", "/");
-            }
-        }
-        if host.is_empty() {
-            host = "localhost".into();
-        }
+        let q = parse_query(query)?;
+        let host = match q.host.unwrap_or(host) {
+            h if h.is_empty() => "localhost".to_string(),
+            h => h,
+        };
         let user = if user.is_empty() {
             "postgres".to_string()
         } else {
@@ -88,6 +155,8 @@ impl ConnectOptions {
             user,
             password: password.or(url_password),
             dbname,
+            sslmode: q.sslmode,
+            sslrootcert: q.sslrootcert,
         })
     }
 }
@@ -152,6 +221,33 @@ impl SourceError {
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Asks for TLS as `o.sslmode` says, before the startup message: the
+/// 8-byte SSLRequest, then one byte, 'S' (the handshake follows) or 'N'.
+/// Exactly one byte is read before the handshake, so nothing the server
+/// sent in plaintext can be taken as coming from inside TLS.
+async fn start_tls(
+    mut s: tokio::net::TcpStream,
+    o: &ConnectOptions,
+) -> Result<Box<dyn Io>, SourceError> {
+    let negotiate = o.negotiate();
+    if negotiate == Negotiate::Plain {
+        return Ok(Box::new(s));
+    }
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    s.write_all(&request).await?;
+    let answer = s.read_u8().await?;
+    match (answer, negotiate) {
+        (b'S', _) => Ok(Box::new(crate::tls::handshake(s, o).await?)),
+        (b'N', Negotiate::Try) => Ok(Box::new(s)),
+        (b'N', _) => Err(TlsError::refused(o).into()),
+        (other, _) => Err(SourceError::Transient {
+            code: None,
+            message: format!("unexpected answer {other:#04x} to the SSL request"),
+        }),
+    }
+}
 
 /// One backend message, framed: its tag and body.
 struct Frame {
@@ -230,7 +326,7 @@ impl Connection {
         } else {
             let s = tokio::net::TcpStream::connect((o.host.as_str(), o.port)).await?;
             s.set_nodelay(true)?;
-            Box::new(s)
+            start_tls(s, o).await?
         };
         let mut c = Connection {
             io,
@@ -601,6 +697,63 @@ mod tests {
         );
         assert!(ConnectOptions::from_url("mysql://x", None).is_err());
         assert!(ConnectOptions::from_url("postgres://h:notaport/db", None).is_err());
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_from_the_query() {
+        let o = |q: &str| ConnectOptions::from_url(&format!("postgres://u:pw@h/d{q}"), None);
+        assert_eq!(o("").unwrap().sslmode, SslMode::Prefer, "libpq's default");
+        for mode in SslMode::ALL {
+            let got = o(&format!("?sslmode={}&sslrootcert=/ca.pem", mode.as_str())).unwrap();
+            assert_eq!(
+                (got.sslmode, got.sslrootcert.as_deref()),
+                (mode, Some("/ca.pem"))
+            );
+        }
+        // %-escapes are decoded; a raw space or quote is taken as it is.
+        let got = o("?sslmode=verify-full&sslrootcert=/etc/my%20certs/o%27brien%22.pem").unwrap();
+        assert_eq!(
+            got.sslrootcert.as_deref(),
+            Some("/etc/my certs/o'brien\".pem")
+        );
+        let got = o("?sslrootcert=/my certs/ca's.pem&sslmode=verify-ca").unwrap();
+        assert_eq!(got.sslrootcert.as_deref(), Some("/my certs/ca's.pem"));
+        // The last value wins, as in libpq; other parameters are ignored.
+        let got = o("?sslmode=disable&application_name=x&sslmode=require").unwrap();
+        assert_eq!((got.sslmode, got.sslrootcert), (SslMode::Require, None));
+    }
+
+    #[test]
+    fn bad_ssl_settings_are_refused_as_configuration_errors() {
+        let cases = [
+            ("sslmode=allow", "sslmode \"allow\" is not supported"),
+            (
+                "sslmode=bogus",
+                "sslmode \"bogus\" is not one of disable, prefer, require, verify-ca, verify-full",
+            ),
+            ("sslmode=Require", "is not one of"),
+            ("sslmode=", "is not one of"),
+            ("sslmode=verify-ca", "sslmode=verify-ca needs sslrootcert"),
+            (
+                "sslmode=verify-full&sslrootcert=",
+                "sslmode=verify-full needs sslrootcert",
+            ),
+            ("sslmode=require&sslrootcert=system", "sslrootcert=system"),
+            ("sslcert=/c.pem&sslkey=/k.pem", "sslcert is not supported"),
+            ("sslmode=verify-full&sslrootcert=%zz", "bad %-escape"),
+            ("sslrootcert=%C3%28", "bad %-escape"),
+        ];
+        for (query, want) in cases {
+            let e = ConnectOptions::from_url(&format!("postgres://u:s3cret@h/d?{query}"), None)
+                .unwrap_err();
+            assert_eq!(e.cause(), Cause::Config, "{query}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(want),
+                "{query}: expected {want:?} in {text:?}"
+            );
+            assert!(!text.contains("s3cret"), "{text}");
+        }
     }
 
     #[test]

@@ -88,4 +88,63 @@ VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_apply_wrapper';
             )
         }))
     }
+
+    /// The engine behind `sync_retry_pending` (sql/apply.sql): replays the
+    /// parked changes of `tbl` and of the tables waiting for it (all with
+    /// NULL), each as the role that parked it (engine::replay). Executable
+    /// by anyone, it acts only for roles that may run sync_retry_pending or
+    /// sync_apply; it reports the changes of tables the caller may read.
+    #[pg_extern(
+        volatile,
+        sql = r#"
+CREATE FUNCTION tributary._replay_parked(tbl regclass)
+RETURNS TABLE (id bigint, tbl_name regclass, pk jsonb, outcome text, attempts integer, detail text)
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_replay_parked_wrapper';
+"#
+    )]
+    #[allow(clippy::type_complexity)]
+    fn _replay_parked(
+        tbl: Option<pg_sys::Oid>,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(id, i64),
+            name!(tbl_name, pg_sys::Oid),
+            name!(pk, KeyJson),
+            name!(outcome, String),
+            name!(attempts, i32),
+            name!(detail, Option<String>),
+        ),
+    > {
+        let replayed = Spi::connect_mut(|client| {
+            crate::release::check_sql_current(client, "sync_retry_pending");
+            engine::check_may_run(client, &["sync_retry_pending", "sync_apply"]);
+            engine::replay::replay(client, tbl, false)
+        });
+        TableIterator::new(replayed.into_iter().map(|r| {
+            (
+                r.id,
+                r.relid,
+                KeyJson(r.pk),
+                r.outcome,
+                r.attempts,
+                r.detail,
+            )
+        }))
+    }
+
+    /// Marks a conflict resolved, for `sync_resolve_conflict` (which applies
+    /// the resolution after it, in the same transaction): only for roles
+    /// that may run it and UPDATE the conflict's table. Locks the conflict,
+    /// so two resolutions of one conflict cannot both apply.
+    #[pg_extern(
+        volatile,
+        sql = r#"
+CREATE FUNCTION tributary._close_conflict(id bigint, resolution text) RETURNS void
+VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', '_close_conflict_wrapper';
+"#
+    )]
+    fn _close_conflict(id: Option<i64>, resolution: Option<String>) {
+        Spi::connect_mut(|client| engine::close_conflict(client, id, resolution))
+    }
 }

@@ -3,6 +3,9 @@
 //! - `tributary.origin`: the origin stamped on every change this session
 //!   makes. Empty (the default) means a local change. The worker and
 //!   `sync_apply` set it so that a peer's own writes are not echoed back.
+//!   Only to a peer the session's role may speak for (see
+//!   `crate::privilege`): a check hook refuses any other with 42501, so a
+//!   local session cannot hide its writes from a peer by taking its name.
 //! - `tributary.retention`: how long tombstones are kept by `sync_cleanup()`,
 //!   as an interval (default `7 days`).
 //! - `tributary.max_retries`: attempts before a parked change becomes a dead
@@ -11,28 +14,33 @@
 //!   may be (default 5 minutes); a later one is clamped to it, so a peer
 //!   with a clock in the future cannot win every last-writer-wins conflict.
 //!   Superuser-only, so a peer's session cannot widen it.
-//! - `tributary.retrying`: internal, set by `sync_retry_pending`.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 pub static ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
-pub static RETRYING: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Seconds.
 pub static MAX_CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static RETENTION: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7 days"));
 
 pub fn init() {
-    GucRegistry::define_string_guc(
-        c"tributary.origin",
-        c"Origin tag stamped on the changes this session makes.",
-        c"Empty means a local change. Peers and the worker set it so their writes are not echoed back to them.",
-        &ORIGIN,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
+    // SAFETY: the hook is a pg_guard'ed extern "C-unwind" function with
+    // the signature PostgreSQL expects.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"tributary.origin",
+            c"Origin tag stamped on the changes this session makes.",
+            c"Empty means a local change. Only a peer the session's role may speak for (sync_set_peer's role) can be named.",
+            &ORIGIN,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_origin),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_string_guc(
         c"tributary.retention",
         c"How long sync_cleanup() keeps tombstones (an interval).",
@@ -61,12 +69,50 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_bool_guc(
-        c"tributary.retrying",
-        c"Internal: set while sync_retry_pending replays parked changes.",
-        c"",
-        &RETRYING,
-        GucContext::Userset,
-        GucFlags::NO_SHOW_ALL,
-    );
+}
+
+/// The check hook of `tributary.origin`: a non-empty value only for a role
+/// that may claim it. Outside a transaction (a configuration file) nothing
+/// can be checked, so only the empty value is taken; a parallel worker
+/// takes what its leader checked.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_origin(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    use pgrx::pg_sys;
+    // SAFETY: PostgreSQL passes a valid pointer to the new value (which may
+    // be NULL); the error strings are palloc'd as guc.c expects.
+    unsafe {
+        let v = *newval;
+        if v.is_null()
+            || *v == 0
+            || pg_sys::ParallelWorkerNumber >= 0
+            || pg_sys::InitializingParallelWorker
+        {
+            return true;
+        }
+        let origin = std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned();
+        let (detail, hint) = if !pg_sys::IsTransactionState() {
+            (
+                "tributary.origin is checked against the peers registered in the database; it cannot be set in a configuration file.".to_string(),
+                "Set it in the session (SET tributary.origin = ...), as a role that may speak for the peer.".to_string(),
+            )
+        } else if pgrx::Spi::connect(|c| crate::privilege::may_claim(c, &origin)) {
+            return true;
+        } else {
+            crate::privilege::claim_refusal(&origin)
+        };
+        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
+        pg_sys::GUC_check_errdetail_string = palloc_str(&detail);
+        pg_sys::GUC_check_errhint_string = palloc_str(&hint);
+        false
+    }
+}
+
+unsafe fn palloc_str(s: &str) -> *mut std::ffi::c_char {
+    let c = std::ffi::CString::new(s.replace('\0', "")).unwrap_or_default();
+    // SAFETY: copies into the current memory context.
+    unsafe { pgrx::pg_sys::pstrdup(c.as_ptr()) }
 }

@@ -7,4 +7,5 @@ pub mod apply;
 pub mod colmeta;
 pub mod guc;
 pub mod rowjson;
+pub mod tombstone;
 pub mod trigger;

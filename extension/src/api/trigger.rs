@@ -303,7 +303,7 @@ unsafe fn stamp<'a>(
 /// triggers did in turn (a cascade, a user trigger's write, at trigger
 /// depth 2 and more): the peer did not make those, so they are local and
 /// reach it like any hub change.
-unsafe fn origin_stamp() -> ((pg_sys::Datum, bool), String) {
+pub(crate) unsafe fn origin_stamp() -> ((pg_sys::Datum, bool), String) {
     unsafe {
         let raw = *crate::api::guc::ORIGIN.as_ptr();
         if raw.is_null() || *raw == 0 || nested() {

@@ -149,6 +149,9 @@ fn merge_with_user_function(
         .map(|b| object_text(b.cells.iter().map(|(k, c)| (&**k, &*c.value))))
         .unwrap_or_else(|| "{}".into());
     let remote = object_text(change.values.iter().map(|(k, v)| (&**k, &**v)));
+    // As the table's owner, who owns the function (request::load_priorities):
+    // a resolver cannot borrow the privileges of whoever calls sync_apply.
+    let acting = crate::privilege::act_as(crate::privilege::rel_owner(req.tbl));
     let merged: Option<String> = or_raise(client.select(
         &sql::merge(&req.table.name, func),
         None,
@@ -157,6 +160,7 @@ fn merge_with_user_function(
     .first()
     .get(1)
     .unwrap_or(None);
+    drop(acting);
     let Some(merged) = merged else {
         d.detail = format!("custom: {func} returned NULL: the hub's values are kept");
         return;

@@ -1,7 +1,8 @@
 //! Phase 5: the writes, set-based, in this order:
 //!
 //! ```text
-//!  park        the parked changes into tributary.pending (unless retrying)
+//!  park        the parked changes into tributary.pending (unless retrying),
+//!              with the caller as the role their replay acts as
 //!  in apply mode (the row trigger leaves the engine's stamps as they are):
 //!    insert    new keys, a plain INSERT in a subtransaction: if another
 //!              transaction inserted one of them after the load, 40001
@@ -18,8 +19,9 @@
 use super::decide::ConflictRow;
 use super::plan::{Rows, WritePlan};
 use super::request::Request;
-use super::{or_raise, params, raise, sql, Clock, OutcomeRow};
+use super::{in_subtransaction, or_raise, params, raise, sql, Catch, Clock, OutcomeRow};
 use crate::api::trigger::ApplyMode;
+use crate::privilege::{self, as_state_owner};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -30,9 +32,16 @@ pub fn execute(
     plan: WritePlan,
     clock: &Clock,
 ) -> Vec<OutcomeRow> {
+    // Tributary's own state is written as its owner (crate::privilege),
+    // by statements that call no user code; the user table as the caller.
     if let Some(parked) = plan.parked {
-        let args = [parked.into(), req.tbl.into(), req.origin.clone().into()];
-        or_raise(client.update(sql::PARK, None, &args));
+        let args = [
+            parked.into(),
+            req.tbl.into(),
+            req.origin.clone().into(),
+            privilege::caller().into(),
+        ];
+        as_state_owner(|| or_raise(client.update(sql::PARK, None, &args)));
     }
     let apply_mode = ApplyMode::enter(req.tbl);
     insert(client, req, &plan.inserts, plan.xid);
@@ -44,14 +53,14 @@ pub fn execute(
             format!("[{}]", plan.tombstones.join(",")).into(),
             req.tbl.into(),
         ];
-        or_raise(client.update(sql::STORE_TOMBSTONES, None, &args));
+        as_state_owner(|| or_raise(client.update(sql::STORE_TOMBSTONES, None, &args)));
     }
     drop(apply_mode);
     clock.tick("deleted");
     let mut outcomes = plan.outcomes;
     log_conflicts(client, req, &plan.conflicts, &mut outcomes);
     if !req.retrying {
-        or_raise(client.update(sql::RETRY_PARKED, None, &[req.tbl.into()]));
+        super::replay::replay(client, Some(req.tbl), true);
     }
     outcomes
 }
@@ -65,7 +74,7 @@ fn insert(client: &mut SpiClient<'_>, req: &Request, rows: &Rows, xid: i64) {
     let args = rows.args(xid);
     let inserted = in_subtransaction(
         std::panic::AssertUnwindSafe(|| or_raise(client.update(&sql, None, &args)).len()),
-        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+        Catch::Only(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION),
     );
     let done = match inserted {
         Ok(n) => n,
@@ -157,50 +166,8 @@ fn log_conflicts(
         text(|c| Some(c.interim)),
         text(|c| Some(&c.detail)),
     ];
-    let ids = or_raise(client.update(sql::LOG_CONFLICTS, None, &args));
+    let ids = as_state_owner(|| or_raise(client.update(sql::LOG_CONFLICTS, None, &args)));
     for (c, r) in conflicts.iter().zip(ids) {
         outcomes[c.change].conflict_id = or_raise(r.get(1));
     }
-}
-
-/// Runs `f` in a subtransaction. An error with SQLSTATE `code` rolls the
-/// subtransaction back and is returned; any other error propagates.
-fn in_subtransaction<R>(
-    f: impl FnOnce() -> R + std::panic::UnwindSafe,
-    code: PgSqlErrorCode,
-) -> Result<R, Box<pg_sys::panic::CaughtError>> {
-    // SAFETY: the PL/pgSQL pattern for an exception block: begin, and on
-    // error roll back, restoring the memory context and resource owner.
-    let (cxt, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
-    unsafe {
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(cxt);
-    }
-    let restore = move || unsafe {
-        pg_sys::MemoryContextSwitchTo(cxt);
-        pg_sys::CurrentResourceOwner = owner;
-    };
-    PgTryBuilder::new(move || {
-        let r = f();
-        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
-        restore();
-        Ok(r)
-    })
-    .catch_when(code, move |e| {
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(cxt);
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        }
-        restore();
-        Err(Box::new(e))
-    })
-    .catch_others(move |e| {
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(cxt);
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        }
-        restore();
-        e.rethrow()
-    })
-    .execute()
 }

@@ -161,6 +161,9 @@ fn tombstones(
         return;
     }
     let args = [req.keys.text.clone().into(), req.tbl.into()];
+    crate::privilege::as_state_owner(|| {
+        or_raise(client.select(sql::LOCK_TOMBSTONES, None, &args));
+    });
     for r in or_raise(client.select(&sql::tombstones(&req.table.name), None, &args)) {
         let row = TombstoneRow::read(&r);
         let deleted = Stamp {

@@ -37,8 +37,12 @@ mod load;
 mod params;
 mod park;
 mod plan;
+pub mod replay;
 mod request;
 mod sql;
+mod state;
+
+pub use state::close_conflict;
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -93,6 +97,34 @@ pub fn apply(
     }
 }
 
+/// Raises 42501 unless the caller may execute one of the API `functions`:
+/// the internal functions behind them are callable by anyone, but act only
+/// for those.
+pub fn check_may_run(client: &SpiClient<'_>, functions: &[&str]) {
+    let names: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
+    let allowed: Option<bool> = or_raise(
+        or_raise(client.select(sql::CALLER_MAY_RUN, None, &[names.into()]))
+            .first()
+            .get(1),
+    );
+    if allowed != Some(true) {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for function {}", functions[0]),
+            function_name!(),
+        )
+        .set_detail(format!(
+            "Tributary's internal functions act only for roles that may execute {}.",
+            functions.join(" or ")
+        ))
+        .set_hint(format!(
+            "GRANT EXECUTE ON FUNCTION {} TO the role.",
+            functions[0]
+        ))
+        .report(PgLogLevel::ERROR);
+    }
+}
+
 /// Phase timings, at DEBUG1 (SET client_min_messages = debug1 to see them).
 struct Clock(std::time::Instant);
 
@@ -134,4 +166,57 @@ fn object_text<'a>(cells: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     }
     out.push(b'}');
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Which errors `in_subtransaction` hands back; the others propagate.
+pub(crate) enum Catch {
+    Only(PgSqlErrorCode),
+    All,
+}
+
+/// Runs `f` in a subtransaction. An error `catch` names rolls the
+/// subtransaction back and is returned; any other error propagates.
+pub(crate) fn in_subtransaction<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+    catch: Catch,
+) -> Result<R, Box<pg_sys::panic::CaughtError>> {
+    use pg_sys::panic::CaughtError;
+    // SAFETY: the PL/pgSQL pattern for an exception block: begin, and on
+    // error roll back, restoring the memory context and resource owner.
+    let (cxt, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+    }
+    let restore = move || unsafe {
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    PgTryBuilder::new(move || {
+        let r = f();
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        Ok(r)
+    })
+    .catch_others(move |e| {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(cxt);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        restore();
+        let wanted = match catch {
+            Catch::All => true,
+            Catch::Only(code) => matches!(
+                &e,
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r)
+                    if r.sql_error_code() == code
+            ),
+        };
+        if wanted {
+            Err(Box::new(e))
+        } else {
+            e.rethrow()
+        }
+    })
+    .execute()
 }

@@ -13,7 +13,6 @@
 use super::batch;
 use super::params::TextCol;
 use super::{or_raise, raise, sql, Map};
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use tributary_core::jsontext;
@@ -67,7 +66,7 @@ impl Head {
         Head {
             name: or_raise(t.get(1)).unwrap_or_default(),
             pk_columns: or_raise(t.get(2)).unwrap_or_default(),
-            retrying: or_raise(t.get(3)).unwrap_or(false),
+            retrying: super::replay::replaying(),
         }
     }
 }
@@ -80,7 +79,8 @@ pub fn read(
     changes: Option<pg_sys::Datum>,
     origin: Option<&str>,
 ) -> Request {
-    check_caller(client);
+    crate::release::check_sql_current(client, "sync_apply");
+    super::check_may_run(client, &["sync_apply"]);
     // sync_apply checked that the table is tracked, with its own SQLSTATE.
     let tbl_arg = if tbl == pg_sys::InvalidOid {
         pgrx::datum::DatumWithOid::null_oid(pg_sys::REGCLASSOID)
@@ -89,6 +89,7 @@ pub fn read(
     };
     let head = Head::read(or_raise(client.select(sql::HEAD, None, &[tbl_arg])));
     let origin = checked_origin(origin);
+    crate::privilege::check_claim(client, origin, "sync_apply");
     let Some(changes) = changes else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -135,26 +136,6 @@ pub fn read(
     }
 }
 
-/// `_apply` is callable by anyone, but acts only for those who may run
-/// sync_apply.
-fn check_caller(client: &SpiClient<'_>) {
-    let allowed: Option<bool> = or_raise(
-        or_raise(client.select(sql::CALLER_MAY_APPLY, None, &[]))
-            .first()
-            .get(1),
-    );
-    if allowed != Some(true) {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "permission denied for function sync_apply",
-            function_name!(),
-        )
-        .set_detail("tributary._apply is the engine of sync_apply and acts only for roles that may execute it.")
-        .set_hint("GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO the peer's role.")
-        .report(PgLogLevel::ERROR);
-    }
-}
-
 /// The latest change time (µs since the Unix epoch) a peer may claim: the
 /// hub's clock plus `tributary.max_clock_skew`. Later claims are clamped.
 fn latest_ts() -> i64 {
@@ -193,6 +174,15 @@ fn load_priorities(client: &SpiClient<'_>, tbl: pg_sys::Oid) -> (Priorities, Opt
     let row = or_raise(client.select(sql::POLICY, None, &[tbl.into()])).first();
     let policy: Option<String> = row.get(1).unwrap_or(None);
     let resolver: Option<String> = row.get(2).unwrap_or(None);
+    let owned: Option<bool> = row.get(3).unwrap_or(None);
+    if let (Some(f), Some(false)) = (&resolver, owned) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!("the custom resolver {f} is not owned by the table's owner"),
+            "A custom resolver runs as the owner of its table, and only a function that owner owns is run.".into(),
+            "As the table's owner: ALTER FUNCTION ... OWNER TO the table's owner, or sync_set_policy(tbl, 'custom', a function you own).",
+        )
+    }
     p.policy = policy
         .as_deref()
         .and_then(Policy::parse)

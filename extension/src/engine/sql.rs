@@ -9,23 +9,24 @@ use tributary_core::quote::{ident, literal};
 
 // ── request ───────────────────────────────────────────────────────────────
 
-/// Whether the caller may execute sync_apply: `_apply` is callable by
-/// anyone, but acts only for them.
-pub const CALLER_MAY_APPLY: &str = "\
-SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
+/// $1 text[]: whether the caller may execute one of these functions of
+/// the extension (the internal functions are callable by anyone, but act
+/// only for those who may run the API function behind them).
+pub const CALLER_MAY_RUN: &str = "\
+SELECT coalesce(bool_or(has_function_privilege(p.oid, 'EXECUTE')), false) FROM pg_proc p
   JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'tributary'
- WHERE p.proname = 'sync_apply'";
+ WHERE p.proname = ANY ($1)";
+/// $1 regclass: its name, its key columns (raises unless it is tracked).
+pub const HEAD: &str = "SELECT $1::regclass::text, (tributary._tracked($1)).pk_columns";
 
-/// $1 regclass: its name, its key columns (raises unless it is tracked),
-/// and whether `_retry_pending` runs this call.
-pub const HEAD: &str = "\
-SELECT $1::regclass::text, (tributary._tracked($1)).pk_columns,
-       coalesce(current_setting('tributary.retrying', true), '') = 'on'";
-
-/// $1 oid: the table's policy and custom resolver function.
-pub const POLICY: &str =
-    "SELECT policy, resolver::oid::regproc::text FROM tributary.policies WHERE relid = $1";
+/// $1 oid: the table's policy, its custom resolver function, and whether
+/// the table's owner owns that function.
+pub const POLICY: &str = "\
+SELECT p.policy, p.resolver::oid::regproc::text,
+       (SELECT f.proowner FROM pg_proc f WHERE f.oid = p.resolver)
+         = (SELECT c.relowner FROM pg_class c WHERE c.oid = p.relid)
+  FROM tributary.policies p WHERE p.relid = $1";
 
 pub const PEERS: &str = "SELECT name, priority FROM tributary.peers";
 
@@ -57,11 +58,11 @@ SELECT c.conname::text, c.confrelid::regclass::text, c.confrelid::bigint,
 // ── execute ───────────────────────────────────────────────────────────────
 
 /// $1 the parked changes ({pk, change, parent, why} objects), $2 oid,
-/// $3 origin.
+/// $3 origin, $4 the parker's role (oid).
 pub const PARK: &str = "\
-INSERT INTO tributary.pending (relid, pk, origin, change, parent_relid, last_error)
+INSERT INTO tributary.pending (relid, pk, origin, change, parent_relid, last_error, parked_by)
 SELECT $2, (x.e ->> 'pk')::jsonb, $3, (x.e ->> 'change')::jsonb,
-       (x.e ->> 'parent')::bigint::oid, x.e ->> 'why'
+       (x.e ->> 'parent')::bigint::oid, x.e ->> 'why', $4::oid
   FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
  ORDER BY x.n";
 
@@ -97,11 +98,37 @@ SELECT $1, u.pk::jsonb, u.cols::text[], u.l::jsonb, u.r::jsonb, u.lv, u.rv, $2, 
  ORDER BY u.n
 RETURNING id";
 
-/// $1 oid: the changes parked for want of a row of this table.
-pub const RETRY_PARKED: &str = "\
-SELECT count(*) FROM tributary._retry_pending($1)
- WHERE EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = $1 AND q.status = 'pending')";
+// ── replay (run as the state owner, but REPLAY) ───────────────────────────
 
+/// $1 oid: whether changes wait for a row of this table.
+pub const ANY_WAITING: &str = "\
+SELECT EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = $1 AND q.status = 'pending')";
+
+/// $1 oid or NULL (all): the parked changes of the table and of those
+/// waiting for it, oldest first, locked (replay::Parked).
+pub const LOCK_PARKED: &str = "\
+SELECT q.id, q.relid::oid, q.pk::text, q.origin, q.change::text, q.parked_by::oid, q.attempts
+  FROM tributary.pending q
+ WHERE q.status = 'pending' AND ($1::oid IS NULL OR q.relid::oid = $1 OR q.parent_relid::oid = $1)
+ ORDER BY q.id
+   FOR UPDATE SKIP LOCKED";
+
+/// $1 oid, $2 the change (JSON text), $3 origin: one parked change through
+/// the engine again, run as its parker.
+pub const REPLAY: &str = "\
+SELECT a.outcome, a.detail
+  FROM tributary._apply((tributary._tracked($1::oid::regclass)).relid::regclass,
+                        jsonb_build_array($2::text::jsonb), $3) AS a";
+
+/// $1 id: applied.
+pub const UNPARK: &str = "DELETE FROM tributary.pending WHERE id = $1";
+
+/// $1 id, $2 why, $3 dead: one more attempt.
+pub const RETRIED: &str = "\
+UPDATE tributary.pending
+   SET attempts = attempts + 1, last_error = $2, last_try_at = now(),
+       status = CASE WHEN $3 THEN 'dead' ELSE 'pending' END
+ WHERE id = $1";
 // ── built for the table ───────────────────────────────────────────────────
 
 /// Types one array or composite value as jsonb_populate_record does,
@@ -166,16 +193,22 @@ pub fn count_rows(t: &batch::Table) -> String {
     by_keys(t, "count(*)", false)
 }
 
+/// $1 the keys (text[] of jsonb texts), $2 oid: locks their tombstones
+/// (run as the state's owner: only it may).
+pub const LOCK_TOMBSTONES: &str = "\
+SELECT 1 FROM tributary.tombstones d
+ WHERE d.relid = $2 AND d.pk = ANY ($1::text[]::jsonb[]) FOR UPDATE OF d";
+
 /// $1 the keys (text[] of jsonb texts), $2 oid: their tombstones, locked
-/// (load::TombstoneRow).
+/// by LOCK_TOMBSTONES first (load::TombstoneRow). Run as the caller: the
+/// images are typed through the table, which may call its types' code.
 pub fn tombstones(tbl: &str) -> String {
     format!(
         "SELECT d.pk::text, d.version, coalesce(d.origin, ''), d.colmeta, coalesce(d.row_origin, ''),
                 coalesce(d.created_xid, 0), tributary.row_json(jsonb_populate_record(NULL::{tbl}, d.data))::text,
                 coalesce(d.ts, 0)
            FROM tributary.tombstones d
-          WHERE d.relid = $2 AND d.pk = ANY ($1::text[]::jsonb[])
-            FOR UPDATE OF d"
+          WHERE d.relid = $2 AND d.pk = ANY ($1::text[]::jsonb[])"
     )
 }
 
@@ -312,3 +345,14 @@ pub fn delete_rows(tbl: &str, pk: &[String]) -> String {
            CROSS JOIN LATERAL jsonb_populate_record(NULL::{tbl}, x.p) AS k) AS k WHERE {pk_match}"
     )
 }
+
+// ── conflicts ─────────────────────────────────────────────────────────────
+
+/// $1 id: the conflict's table and status, locked (as the state owner).
+pub const LOCK_CONFLICT: &str =
+    "SELECT relid::oid, status FROM tributary.conflicts WHERE id = $1 FOR UPDATE";
+
+/// $1 id, $2 the resolution (JSON text).
+pub const CLOSE_CONFLICT: &str = "\
+UPDATE tributary.conflicts SET status = 'resolved', resolution = $2::jsonb, resolved_at = now()
+ WHERE id = $1";
