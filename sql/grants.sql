@@ -31,6 +31,7 @@ GRANT SELECT ON tributary.schema_changes TO PUBLIC;  -- row-level security appli
 GRANT SELECT ON tributary.restores TO PUBLIC;        -- the version offset readers' versions carry
 GRANT SELECT ON @extschema@.sync_policies TO PUBLIC;
 GRANT SELECT ON @extschema@.sync_conflicts, @extschema@.sync_pending TO PUBLIC;
+GRANT SELECT ON tributary.dead_letters, @extschema@.sync_dead_letters TO PUBLIC;  -- row-level security applies
 GRANT SELECT ON tributary.pending TO PUBLIC;  -- row-level security applies
 -- Nobody but the owner writes tombstones, conflicts or parked changes: the
 -- engine, the delete trigger and _close_conflict switch to the owner for

@@ -203,6 +203,41 @@ CREATE TABLE tributary.worker_progress (
     PRIMARY KEY (slot, destination)
 );
 
+-- Hub changes a peer refused again and again (a poison change: a UNIQUE
+-- index or CHECK the app added to its file, a value it cannot hold). After
+-- the destination's max_attempts the worker applies that transaction change
+-- by change, records each refused one here (and in the peer's
+-- _tributary_errors) and goes on. One row per change: (destination, lsn,
+-- ord) is the change's place in the stream, so a retry after a crash
+-- records it once. Readers of a table see its rows (sync_dead_letters).
+CREATE TABLE tributary.dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    destination text NOT NULL,
+    lsn         pg_lsn NOT NULL,          -- the commit of the source transaction
+    ord         integer NOT NULL,         -- the change's place in it
+    tbl         text NOT NULL,            -- "schema"."table" at the time
+    op          text NOT NULL,
+    pk          jsonb,
+    data        jsonb,
+    error       text NOT NULL,
+    attempts    integer NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (destination, lsn, ord)
+);
+ALTER TABLE tributary.dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letters_readable ON tributary.dead_letters
+    FOR SELECT USING (to_regclass(tbl) IS NOT NULL AND has_table_privilege(to_regclass(tbl), 'SELECT'));
+CREATE POLICY dead_letters_writable ON tributary.dead_letters
+    FOR INSERT WITH CHECK (true);
+SELECT pg_catalog.pg_extension_config_dump('tributary.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.dead_letters_id_seq', '');
+
+CREATE VIEW sync_dead_letters WITH (security_invoker = true) AS
+    SELECT d.id, d.destination, d.lsn, d.ord, d.tbl, d.op, d.pk, d.data, d.error, d.attempts, d.at
+    FROM tributary.dead_letters d;
+COMMENT ON VIEW sync_dead_letters IS
+  'Hub changes a peer refused max_attempts times, set aside so that its stream goes on.';
+
 -- Hands a peer the hub's resolved rows after its changes were applied, in
 -- commit order with everything else: a transactional logical message the
 -- worker turns into writes for that peer only (see docs/architecture.md,
@@ -229,6 +264,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA tributary TO %s', worker);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON tributary.worker_progress TO %s', worker);
     EXECUTE format('GRANT SELECT ON tributary.queues TO %s', worker);
+    EXECUTE format('GRANT SELECT, INSERT ON tributary.dead_letters TO %s', worker);
     EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) TO %s', worker);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tributary._emit_writeback(text) TO %s', worker);
     FOR q IN SELECT relid FROM tributary.queues LOOP

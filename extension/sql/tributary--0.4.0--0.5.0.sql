@@ -193,11 +193,73 @@ AS $$ SELECT * FROM tributary._replay_parked(tbl) $$;
 COMMENT ON FUNCTION @extschema@.sync_retry_pending(regclass) IS
   'Retry parked changes (all, or those of / waiting for one table). sync_apply also calls it for the changes waiting for the table it wrote.';
 
+-- 6. Poison changes: hub changes a peer refused max_attempts times are
+--    set aside here by the worker, so that the peer's stream goes on. The
+--    worker's role may insert them (re-run sync_worker_grant).
+CREATE TABLE IF NOT EXISTS tributary.dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    destination text NOT NULL,
+    lsn         pg_lsn NOT NULL,          -- the commit of the source transaction
+    ord         integer NOT NULL,         -- the change's place in it
+    tbl         text NOT NULL,            -- "schema"."table" at the time
+    op          text NOT NULL,
+    pk          jsonb,
+    data        jsonb,
+    error       text NOT NULL,
+    attempts    integer NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (destination, lsn, ord)
+);
+ALTER TABLE tributary.dead_letters ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS dead_letters_readable ON tributary.dead_letters;
+CREATE POLICY dead_letters_readable ON tributary.dead_letters
+    FOR SELECT USING (to_regclass(tbl) IS NOT NULL AND has_table_privilege(to_regclass(tbl), 'SELECT'));
+DROP POLICY IF EXISTS dead_letters_writable ON tributary.dead_letters;
+CREATE POLICY dead_letters_writable ON tributary.dead_letters
+    FOR INSERT WITH CHECK (true);
+SELECT pg_catalog.pg_extension_config_dump('tributary.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.dead_letters_id_seq', '');
+CREATE OR REPLACE VIEW @extschema@.sync_dead_letters WITH (security_invoker = true) AS
+    SELECT d.id, d.destination, d.lsn, d.ord, d.tbl, d.op, d.pk, d.data, d.error, d.attempts, d.at
+    FROM tributary.dead_letters d;
+COMMENT ON VIEW @extschema@.sync_dead_letters IS
+  'Hub changes a peer refused max_attempts times, set aside so that its stream goes on.';
+CREATE OR REPLACE FUNCTION @extschema@.sync_worker_grant(worker regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE SET client_min_messages = warning
+AS $$
+DECLARE q record;
+BEGIN
+    IF worker IS NULL THEN
+        PERFORM tributary._raise('22023', 'worker role is NULL', 'Got NULL.', 'Pass the worker''s role name.');
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA tributary TO %s', worker);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON tributary.worker_progress TO %s', worker);
+    EXECUTE format('GRANT SELECT ON tributary.queues TO %s', worker);
+    EXECUTE format('GRANT SELECT, INSERT ON tributary.dead_letters TO %s', worker);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.sync_apply(regclass, jsonb, text) TO %s', worker);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tributary._emit_writeback(text) TO %s', worker);
+    FOR q IN SELECT relid FROM tributary.queues LOOP
+        EXECUTE format('GRANT SELECT, INSERT ON %s TO %s', q.relid::regclass, worker);
+    END LOOP;
+    -- The initial copy of a new peer reads the tracked tables.
+    FOR q IN SELECT t.relid, n.nspname FROM tributary.tracked t
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.active LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %s', q.nspname, worker);
+        -- SELECT for the initial copy; writing for sync_apply of the
+        -- peers' own changes.
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s', q.relid::regclass, worker);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION @extschema@.sync_worker_grant(regrole) IS
+    'Grant a (LOGIN REPLICATION) role what the tributary worker needs. Re-run after sync_queue_create.';
+
 -- sync_retry_pending no longer runs the PL/pgSQL replay.
 DROP FUNCTION IF EXISTS tributary._retry_pending(regclass);
 
--- 6. Grants of the new and re-created functions.
+-- 7. Grants of the new and re-created objects.
 REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer, regrole) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tributary._replay_parked(regclass), tributary._close_conflict(bigint, text),
                        tributary._on_delete() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tributary._replay_parked(regclass), tributary._close_conflict(bigint, text) TO PUBLIC;
+GRANT SELECT ON tributary.dead_letters, @extschema@.sync_dead_letters TO PUBLIC;
