@@ -190,11 +190,13 @@ BEGIN
           FROM tributary.%I$q$, 'queue_' || queue);
 END $$;
 
--- What each worker destination has durably applied, written by the worker in
--- the same transaction as the data it covers (queue rows here; a SQLite
--- peer keeps its own in the file). `lsn` is the end of the last source
--- transaction applied: after a crash the worker skips what is at or below
--- it, and confirms the slot only up to the smallest of them.
+-- What each worker destination has durably applied. For a queue, written
+-- by the worker in the same transaction as the rows it covers: after a
+-- crash the worker skips what is at or below it. For a SQLite peer (which
+-- keeps its own position in the file), the file's committed position,
+-- recorded before the slot is confirmed past it: a file found below it was
+-- restored from an older backup and is copied anew. `lsn` is the end of
+-- the last source transaction applied.
 CREATE TABLE tributary.worker_progress (
     slot        text NOT NULL,
     destination text NOT NULL,

@@ -133,6 +133,42 @@ impl PeerFile {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
 
+    /// Runs `f` in a savepoint of the open transaction: when it fails, only
+    /// what it wrote is undone.
+    pub fn isolated<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        self.conn.execute_batch("SAVEPOINT tributary_change")?;
+        match f(self) {
+            Ok(r) => {
+                self.conn.execute_batch("RELEASE tributary_change")?;
+                Ok(r)
+            }
+            Err(e) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO tributary_change; RELEASE tributary_change")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records, inside the open transaction, a hub change the file refused
+    /// and that is set aside (a dead letter): the app sees it in
+    /// `_tributary_errors`, with the hub's row.
+    pub fn record_refused(
+        &self,
+        table: &str,
+        pk: &str,
+        op: &str,
+        detail: &str,
+        hub_row: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO _tributary_errors (tbl, pk, op, outcome, detail, hub_row)
+             VALUES (?1, ?2, ?3, 'DEAD_LETTER', ?4, ?5)",
+            params![table, pk, op, detail, hub_row],
+        )?;
+        Ok(())
+    }
+
     /// Creates the file table of `def` (or adds the columns the hub added
     /// since), records which hub table it is, and installs its capture
     /// triggers.
@@ -398,5 +434,60 @@ mod tests {
         f.begin().unwrap();
         assert!(f.delete(&m, &row[..1]).unwrap());
         f.commit("slot", "0/20", "7/5").unwrap();
+    }
+
+    #[test]
+    fn a_refused_write_is_undone_alone_and_recorded_as_a_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.db");
+        let f = PeerFile::open(&path).unwrap();
+        let d = def();
+        let m = f.ensure_table(&d).unwrap();
+        // The app's own rule in its file.
+        connect(&path, false)
+            .unwrap()
+            .execute_batch(r#"CREATE UNIQUE INDEX "app's rule" ON "tab'le" ("na""me")"#)
+            .unwrap();
+        let row = |id: &'static [u8], v: &'static [u8]| {
+            [(&d.columns[0], Some(id)), (&d.columns[1], Some(v))]
+        };
+        f.begin().unwrap();
+        f.isolated(|f| f.upsert(&m, &row(b"1", b"same"), Some(1)))
+            .unwrap();
+        let e = f
+            .isolated(|f| f.upsert(&m, &row(b"2", b"same"), Some(1)))
+            .unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        f.record_refused(
+            "tab'le",
+            r#"{"id": 2}"#,
+            "I",
+            &e.to_string(),
+            Some(r#"{"id": 2}"#),
+        )
+        .unwrap();
+        f.isolated(|f| f.upsert(&m, &row(b"3", b"other"), Some(1)))
+            .unwrap();
+        f.commit("slot", "0/16", "7/5").unwrap();
+        let app = connect(&path, false).unwrap();
+        let ids: Vec<i64> = app
+            .prepare(r#"SELECT id FROM "tab'le" ORDER BY id"#)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, [1, 3]);
+        let (outcome, detail): (String, String) = app
+            .query_row("SELECT outcome, detail FROM _tributary_errors", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(outcome, "DEAD_LETTER");
+        assert!(detail.contains("UNIQUE"), "{detail}");
+        let versions: i64 = app
+            .query_row("SELECT count(*) FROM _tributary_versions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(versions, 2, "the refused row left no revision behind");
     }
 }

@@ -82,6 +82,21 @@ impl PeerError {
         }
     }
 
+    /// Whether the file refused one write for what it holds or its rules
+    /// say (a UNIQUE index or CHECK the app added, a value too big), not
+    /// for the state of the file as a whole: the same write is refused
+    /// again on retry, and the next one may pass.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TypeMismatch
+                    | rusqlite::ErrorCode::TooBig
+            )
+        )
+    }
+
     /// Whether waiting can fix it: the file is locked by the app (past the
     /// busy timeout), cannot be opened now, or the disk failed or is full.
     pub fn is_unavailable(&self) -> bool {

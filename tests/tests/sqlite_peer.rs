@@ -1365,3 +1365,293 @@ fn a_peer_refusing_the_hubs_rows_is_set_aside_while_the_others_go_on_then_conver
         assert!(w.running());
     });
 }
+
+/// What the worker logs when a peer file is below the hub's record of it.
+const WENT_BACK: &str = "below the one the hub recorded for it";
+
+/// Runs `f` with a worker serving a SQLite peer edge1 (every table of
+/// `public` and `sales`, pulling every 50 ms) and a queue `audit` taking
+/// the hub table `"it'em]s"` and the schema `elsewhere` (which the peer
+/// does not take), once edge1 is copied. `f` gets the worker's HTTP
+/// address too.
+fn with_peer_and_audited_table(f: impl FnOnce(&mut Client, &mut WorkerProc, &Path, &str)) {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute(
+        r#"CREATE TABLE "it'em]s" (id int PRIMARY KEY, v text); SELECT sync_track('"it''em]s"');
+           CREATE SCHEMA elsewhere; CREATE TABLE elsewhere.log (id serial PRIMARY KEY);
+           SELECT sync_track('elsewhere.log');"#,
+    )
+    .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let dests = peer_and_queue(&path, r#""public.it'em]s", "elsewhere.*""#);
+    let cfg = config(&cluster, &db, "w", &dests);
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &path);
+    f(&mut c, &mut w, &path, &listen_addr(&cfg));
+}
+
+fn hostile_hub(c: &mut Client) -> Vec<(i64, String)> {
+    c.query(r#"SELECT id::int8, v FROM "it'em]s" ORDER BY id"#, &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn hostile_peer(path: &Path) -> Vec<(i64, String)> {
+    rows(path, r#"SELECT id, v FROM "it'em]s" ORDER BY id"#)
+        .into_iter()
+        .map(|r| match (&r[0], &r[1]) {
+            (V::Integer(i), V::Text(s)) => (*i, s.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The position the hub recorded for edge1's file.
+fn recorded_lsn(c: &mut Client) -> Option<String> {
+    c.query_opt(
+        "SELECT lsn::text FROM tributary.worker_progress WHERE slot = 'w' AND destination = 'edge1'",
+        &[],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// The queue's changes of `"it'em]s"`, in order: (op, id, v).
+fn audited(c: &mut Client) -> Vec<(String, i64, Option<String>)> {
+    c.query(
+        "SELECT op, (pk->>'id')::int8, data->>'v' FROM tributary.queue_audit
+          WHERE tbl NOT LIKE 'elsewhere.%' ORDER BY lsn, ord",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+fn lsn(s: &str) -> tributary_worker::lsn::Lsn {
+    s.parse().unwrap()
+}
+
+/// Copies `from` into `to` with SQLite's online backup API, as an app
+/// backs its file up (or restores it) while the worker writes it.
+fn online_backup(from: &Path, to: &Path) {
+    use rusqlite::backup::{Backup, StepResult};
+    let src = lite(from);
+    let mut dst = lite(to);
+    let b = Backup::new(&src, &mut dst).unwrap();
+    // All pages in one step: one read transaction, a consistent copy; a
+    // busy or locked step (the worker writing) is tried again.
+    while b.step(-1).unwrap() != StepResult::Done {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_peer_file_restored_from_an_older_backup_of_itself_is_copied_anew_with_its_unsent_edits() {
+    with_peer_and_audited_table(|c, w, path, _| {
+        c.batch_execute(r#"INSERT INTO "it'em]s" VALUES (1, 'one'), (2, 'two'), (3, 'three')"#)
+            .unwrap();
+        caught_up(w, c, path);
+        let backup = path.with_file_name("edge1-backup.db");
+        online_backup(path, &backup);
+        let backed_up = peer_lsn(&backup).unwrap();
+        // The hub goes on, and the file with it, past the backup.
+        c.batch_execute(
+            r#"INSERT INTO "it'em]s" VALUES (4, 'four'), (5, 'five');
+               UPDATE "it'em]s" SET v = 'uno' WHERE id = 1;
+               DELETE FROM "it'em]s" WHERE id = 2;"#,
+        )
+        .unwrap();
+        caught_up(w, c, path);
+        assert!(w.sigterm(T).success());
+        // The hub recorded where the file stood, and the slot moved past the
+        // backup's position with it.
+        let at_stop = peer_lsn(path).unwrap();
+        assert_eq!(recorded_lsn(c).as_deref(), Some(&*at_stop));
+        assert!(lsn(&at_stop) > lsn(&backed_up));
+        // The app restores the backup (worker stopped), then edits it.
+        lite(path)
+            .restore(
+                rusqlite::MAIN_DB,
+                &backup,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .unwrap();
+        assert_eq!(peer_lsn(path), Some(backed_up.clone()));
+        lite(path)
+            .execute(
+                r#"INSERT INTO "it'em]s" (id, v) VALUES (9, 'offline edit')"#,
+                [],
+            )
+            .unwrap();
+        assert_eq!(outbox_len(path), 1);
+
+        w.spawn(&[]);
+        w.until(T, "the offline edit at the hub", || {
+            scalar(
+                c,
+                r#"SELECT count(*) FROM "it'em]s" WHERE v = 'offline edit'"#,
+            ) == 1
+        });
+        caught_up(w, c, path);
+        let want = [
+            (1, "uno"),
+            (3, "three"),
+            (4, "four"),
+            (5, "five"),
+            (9, "offline edit"),
+        ]
+        .map(|(i, v)| (i, v.to_string()))
+        .to_vec();
+        assert_eq!(hostile_hub(c), want);
+        assert_eq!(hostile_peer(path), want, "the file is the hub's again");
+        assert_eq!(outbox_len(path), 0);
+        let log = w.log_text();
+        let warned = log
+            .lines()
+            .find(|l| l.contains(WENT_BACK))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            warned.contains("WARN") && warned.contains("edge1"),
+            "{warned}"
+        );
+        assert!(
+            warned.contains(&backed_up) && warned.contains(&at_stop),
+            "{warned}"
+        );
+        // The queue got every change of the table once, in order.
+        w.until(T, "the queue to get the offline edit", || {
+            audited(c).len() >= 8
+        });
+        let ch = |op: &str, id, v: Option<&str>| (op.to_string(), id, v.map(String::from));
+        assert_eq!(
+            audited(c),
+            vec![
+                ch("I", 1, Some("one")),
+                ch("I", 2, Some("two")),
+                ch("I", 3, Some("three")),
+                ch("I", 4, Some("four")),
+                ch("I", 5, Some("five")),
+                ch("U", 1, Some("uno")),
+                ch("D", 2, None),
+                ch("I", 9, Some("offline edit")),
+            ]
+        );
+        assert!(w.running(), "{}", w.log_text());
+    });
+}
+
+#[test]
+fn a_peer_file_behind_the_slot_only_by_what_it_does_not_take_is_not_copied_again() {
+    with_peer_and_audited_table(|c, w, path, addr| {
+        c.batch_execute(r#"INSERT INTO "it'em]s" VALUES (1, 'one')"#)
+            .unwrap();
+        caught_up(w, c, path);
+        let at = peer_lsn(path).unwrap();
+        let copies = rows(
+            path,
+            "SELECT tbl, hub, epoch FROM _tributary_tables ORDER BY tbl",
+        );
+        // Writes the peer does not take: the slot is confirmed past the
+        // file's last transaction, as an idle worker's is.
+        c.batch_execute("INSERT INTO elsewhere.log DEFAULT VALUES")
+            .unwrap();
+        w.until(T, "the slot confirmed past the file's position", || {
+            let confirmed: String = c
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'w'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            lsn(&confirmed) > lsn(&at)
+        });
+        assert!(w.sigterm(T).success());
+        assert_eq!(peer_lsn(path).as_deref(), Some(&*at));
+        assert_eq!(
+            recorded_lsn(c).as_deref(),
+            Some(&*at),
+            "the hub records the file's position, not the slot's"
+        );
+
+        w.spawn(&[]);
+        c.batch_execute(r#"UPDATE "it'em]s" SET v = 'uno' WHERE id = 1"#)
+            .unwrap();
+        caught_up(w, c, path);
+        assert_eq!(hostile_peer(path), hostile_hub(c));
+        let log = w.log_text();
+        assert!(!log.contains(WENT_BACK), "{log}");
+        let restarted = log.split("---- start ----").last().unwrap();
+        let ready = restarted
+            .lines()
+            .find(|l| l.contains("sqlite destination ready"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(ready.contains(&at), "opened at its own position: {ready}");
+        assert!(!restarted.contains("initial copy"), "{log}");
+        assert_eq!(
+            rows(
+                path,
+                "SELECT tbl, hub, epoch FROM _tributary_tables ORDER BY tbl"
+            ),
+            copies,
+            "the copy's records are untouched"
+        );
+        let copied_tables = metric(
+            addr,
+            "tributary_snapshot_tables_total{destination=\"edge1\",kind=\"sqlite\"} ",
+        );
+        assert_eq!(copied_tables, 0.0, "nothing copied since the restart");
+        assert!(w.running());
+    });
+}
+
+#[test]
+fn a_peer_file_restored_under_the_running_worker_is_reopened_and_copied_anew() {
+    with_peer_and_audited_table(|c, w, path, _| {
+        c.batch_execute(r#"INSERT INTO "it'em]s" VALUES (1, 'one'), (2, 'two')"#)
+            .unwrap();
+        caught_up(w, c, path);
+        let backup = path.with_file_name("edge1-backup.db");
+        online_backup(path, &backup);
+        c.batch_execute(r#"UPDATE "it'em]s" SET v = 'uno' WHERE id = 1; INSERT INTO "it'em]s" VALUES (3, 'three')"#)
+            .unwrap();
+        caught_up(w, c, path);
+        let at = peer_lsn(path).unwrap();
+        w.until(T, "the hub to record the file's position", || {
+            recorded_lsn(c).as_deref() == Some(&*at)
+        });
+        // The app restores the backup while the worker has the file open.
+        online_backup(&backup, path);
+        assert_ne!(peer_lsn(path).as_deref(), Some(&*at));
+        // The worker's next write notices, and the file is copied anew.
+        c.batch_execute(r#"INSERT INTO "it'em]s" VALUES (4, 'four')"#)
+            .unwrap();
+        w.until(T, "the file equal to the hub again", || {
+            hostile_peer(path) == hostile_hub(c)
+        });
+        assert_eq!(hostile_peer(path).len(), 4);
+        let log = w.log_text();
+        assert!(log.contains("restored or replaced while open"), "{log}");
+        assert!(log.contains(WENT_BACK), "{log}");
+        w.until(T, "the queue to get the last change", || {
+            audited(c).len() >= 4
+        });
+        assert_eq!(
+            audited(c)
+                .iter()
+                .map(|(op, id, _)| format!("{op}{id}"))
+                .collect::<Vec<_>>(),
+            ["I1", "I2", "U1", "I3", "I4"].map(String::from),
+            "every change once, in order"
+        );
+        assert!(w.running(), "{}", w.log_text());
+    });
+}

@@ -10,6 +10,8 @@
 //!
 //!  peer.db _tributary_outbox ──pull──> sync_apply(origin => peer) ──> write-back via the stream
 //!  new peer: snapshot (exported snapshot of a temporary slot) ──> sink::sqlite
+//!  peer files' committed positions ──progress──> worker_progress, before the slot moves past them;
+//!    a file below its record (restored from an older backup) is copied anew
 //!  any error ──> error::Cause ──> Retry | Detach | Stop          (error.rs: the one policy)
 //!  both hub connections: TLS as the URL's sslmode says           (tls.rs, rustls)
 //! ```
@@ -28,6 +30,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
+mod progress;
 mod pull;
 mod router;
 mod sink;

@@ -20,8 +20,17 @@ pub fn pg_now_micros() -> i64 {
 pub struct DestinationMetrics {
     pub name: String,
     pub kind: &'static str,
-    /// End LSN of the last source transaction durably applied.
+    /// End LSN of the last source transaction durably applied (or that
+    /// had nothing for this destination).
     pub durable_lsn: AtomicU64,
+    /// End LSN the destination itself last committed (for a SQLite peer,
+    /// the position stored in its file). `durable_lsn` runs ahead of it
+    /// over transactions that had nothing for the destination. Stored
+    /// before `durable_lsn` (which is stored with `Release`): whoever
+    /// loads `durable_lsn` with `Acquire` then reads a committed position
+    /// that covers every transaction for the destination below it. What
+    /// the hub records for a peer file (`crate::progress`).
+    pub committed_lsn: AtomicU64,
     /// Commit time of that transaction (µs since 2000-01-01).
     pub applied_commit_time: AtomicI64,
     pub rows: AtomicU64,

@@ -11,7 +11,10 @@
 //!   destination made durable (never lower than where the slot already
 //!   is). When every destination holds everything received and no
 //!   transaction is half-received, a keepalive's WAL end is confirmed too,
-//!   so an idle worker does not hold WAL back.
+//!   so an idle worker does not hold WAL back. Before the slot moves, the
+//!   hub records each SQLite peer file's committed position
+//!   ([`crate::progress`]): a file found below its record when it is
+//!   opened went back (restored from an older backup) and is copied anew.
 //! - **Failures.** Any error ends the session: sinks roll back what they
 //!   had not committed, the stream is dropped. A transient error starts a
 //!   new session after a backoff; it resumes at the slot's confirmed
@@ -28,13 +31,14 @@ use crate::config::{Config, Kind};
 use crate::error::{Action, Cause, Context, Error};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
+use crate::progress::{FilePositions, Watched};
 use crate::router::{Route, Router};
 use crate::sink::queue::QueueSink;
 use crate::sink::sqlite::SqliteSink;
 use crate::sink::{self, Sink, ToSink};
 use crate::source::{ConnectOptions, Connection, Event, Stream};
 use crate::transaction::{Assembler, Change, Item};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -193,6 +197,8 @@ struct Destinations {
     probes: JoinSet<()>,
     /// New peers, to be copied before the stream starts.
     needs_copy: Vec<usize>,
+    /// The SQLite peers, with the position the hub recorded for each.
+    files: Vec<Watched>,
     /// Ends the pulls with the session.
     stop_pull: CancellationToken,
 }
@@ -247,6 +253,7 @@ impl Destinations {
             pulls: JoinSet::new(),
             probes: JoinSet::new(),
             needs_copy: Vec::new(),
+            files: Vec::new(),
             stop_pull: CancellationToken::new(),
         };
         for (i, dest) in config.destinations.iter().enumerate() {
@@ -298,6 +305,12 @@ impl Destinations {
             self.stop_pull.clone(),
         );
         self.pulls.spawn(async move { (i, pull.await) });
+        let recorded = crate::progress::load(admin, &config.source.slot, &dest.name).await?;
+        self.files.push(Watched {
+            index: i,
+            name: dest.name.clone(),
+            recorded: recorded.unwrap_or_default(),
+        });
         let mut sink = match SqliteSink::open(
             &path,
             &config.source.slot,
@@ -315,6 +328,8 @@ impl Destinations {
             }
             Err(e) => return Err(e),
         };
+        // Behind the hub's record: restored from an older backup.
+        sink.check_recorded(recorded)?;
         if sink.progress() != Lsn(0) {
             // A table it takes that it has no copy of (tracked after its
             // copy), or whose copy is of an older tracking epoch (untracked
@@ -402,7 +417,11 @@ impl Destinations {
 
 /// Polls what the slot retains on the server, for /metrics, while the
 /// session lasts.
-fn watch_slot(admin: tokio_postgres::Client, slot: String, metrics: Arc<Metrics>) -> AbortOnDrop {
+fn watch_slot(
+    admin: Arc<tokio_postgres::Client>,
+    slot: String,
+    metrics: Arc<Metrics>,
+) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         loop {
             if let Ok(Some(r)) = admin
@@ -431,16 +450,21 @@ async fn session(
 ) -> Result<(), Error> {
     // Open.
     let opts = ConnectOptions::from_url(&config.source.url, config.source.password.clone())?;
-    let admin = crate::hub::connect(&opts, "tributary-worker").await?;
+    let admin = Arc::new(crate::hub::connect(&opts, "tributary-worker").await?);
     crate::hub::check_extension(&admin).await?;
     let slot_confirmed = prepare_slot(config, &opts, &admin).await?;
     let hub = crate::hub::identity(&opts, &admin).await?;
     crate::hub::warn_unadopted_restore(&admin).await?;
     let mut dests = Destinations::open(config, metrics, &opts, &admin, &hub).await?;
-    let _watch = watch_slot(admin, config.source.slot.clone(), metrics.clone());
+    let _watch = watch_slot(admin.clone(), config.source.slot.clone(), metrics.clone());
+    let positions =
+        FilePositions::new(admin, &config.source.slot, std::mem::take(&mut dests.files));
     let copied = copy_new_peers(config, metrics, &opts, &dests).await;
     let streamed = match copied {
-        Ok(()) => stream(config, metrics, shutdown, &opts, slot_confirmed, &mut dests).await,
+        Ok(()) => {
+            let from = (slot_confirmed, positions);
+            stream(config, metrics, shutdown, &opts, from, &mut dests).await
+        }
         Err(e) => Err((e, None)),
     };
     // Close.
@@ -487,15 +511,16 @@ async fn copy_new_peers(
     Ok(())
 }
 
-/// Streams from the slot until shutdown (then the transaction being
-/// received is finished first) or an error. Returns the pipe, for the
-/// final status.
+/// Streams from the slot (confirmed at `slot_confirmed`; `positions`
+/// records the peer files' positions before it moves) until shutdown
+/// (then the transaction being received is finished first) or an error.
+/// Returns the pipe, for the final status.
 async fn stream(
     config: &Config,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
     opts: &ConnectOptions,
-    slot_confirmed: Lsn,
+    (slot_confirmed, positions): (Lsn, FilePositions),
     dests: &mut Destinations,
 ) -> Result<Pipe, (Error, Option<Pipe>)> {
     let conn = Connection::connect(opts)
@@ -518,6 +543,7 @@ async fn stream(
         last_end: Lsn(0),
         floor: slot_confirmed,
         idle_end: slot_confirmed,
+        positions,
     };
     let r = pipe.run(config, shutdown, dests).await;
     // The sinks' channels close with the pipe's outlets, at close.
@@ -543,6 +569,8 @@ struct Pipe {
     floor: Lsn,
     /// A keepalive's WAL end seen while nothing was half-received.
     idle_end: Lsn,
+    /// Records the peer files' committed positions at the hub.
+    positions: FilePositions,
 }
 
 impl Pipe {
@@ -688,11 +716,13 @@ impl Pipe {
 
     /// What the slot may be confirmed up to now.
     fn confirmable(&self) -> Lsn {
+        // Acquire: the committed positions read after this cover it (see
+        // `DestinationMetrics::committed_lsn`).
         let durable = self
             .metrics
             .destinations
             .iter()
-            .map(|d| Lsn(d.durable_lsn.load(Relaxed)))
+            .map(|d| Lsn(d.durable_lsn.load(Acquire)))
             .min();
         let mut c = match durable {
             Some(d) => d,
@@ -705,8 +735,18 @@ impl Pipe {
         c.max(self.floor)
     }
 
+    /// Confirms the slot up to what is confirmable. Before it moves, the
+    /// hub records where each peer file stands: every transaction for a
+    /// file below the new position was committed to it, and is then
+    /// covered by its record (so a file found below its record later went
+    /// back; see [`crate::progress`]). A detached peer's file committed
+    /// nothing new: its record stays, as its durable position holds the
+    /// slot.
     async fn send_status(&mut self, final_: bool) -> Result<(), Error> {
         let c = self.confirmable();
+        if c > self.floor {
+            self.positions.record(&self.metrics).await?;
+        }
         self.floor = c;
         self.metrics.confirmed_lsn.store(c.0, Relaxed);
         self.stream.send_status(self.received, c, c, false).await?;

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::DestinationMetrics;
 use crate::transaction::{Change, Table};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -40,7 +40,10 @@ use tokio::sync::mpsc;
 ///   delivered twice anyway has one effect.
 /// - *Durable means committed.* A write counts once [`Sink::commit`] has
 ///   returned; only then does the driver publish the new position, and the
-///   slot is never confirmed beyond the smallest published position.
+///   slot is never confirmed beyond the smallest published position. (For
+///   a SQLite peer, the pipeline also records the file's committed
+///   position at the hub before it confirms past it: see
+///   [`crate::progress`].)
 /// - *Whole transactions.* A source transaction is never split across two
 ///   destination transactions; several may share one.
 /// - *Errors.* A method's error ends the destination's task; the driver
@@ -85,7 +88,8 @@ pub async fn drive<S: Sink>(
     metrics: Arc<DestinationMetrics>,
 ) -> Result<(), Error> {
     let mut batch = Batch::new(sink.progress());
-    metrics.durable_lsn.store(batch.progress.0, Relaxed);
+    metrics.committed_lsn.store(batch.progress.0, Relaxed);
+    metrics.durable_lsn.store(batch.progress.0, Release);
     let result = run(&mut sink, &mut rx, &mut batch, &metrics).await;
     if result.is_err() || batch.is_open() {
         sink.rollback().await;
@@ -145,7 +149,7 @@ async fn run<S: Sink>(
                     published(metrics, &d);
                 }
                 AtCommit::Moved { end, time } => {
-                    metrics.durable_lsn.store(end.0, Relaxed);
+                    metrics.durable_lsn.store(end.0, Release);
                     metrics.applied_commit_time.store(time, Relaxed);
                 }
                 AtCommit::Keep | AtCommit::Nothing => {}
@@ -154,9 +158,12 @@ async fn run<S: Sink>(
     }
 }
 
-/// `d` is durable: publish it.
+/// `d` is durable: publish it. The committed position first: the
+/// pipeline reads it after `durable_lsn` (see
+/// [`DestinationMetrics::committed_lsn`]).
 fn published(metrics: &DestinationMetrics, d: &Done) {
-    metrics.durable_lsn.store(d.end.0, Relaxed);
+    metrics.committed_lsn.store(d.end.0, Relaxed);
+    metrics.durable_lsn.store(d.end.0, Release);
     metrics.applied_commit_time.store(d.time, Relaxed);
     metrics.rows.fetch_add(d.rows as u64, Relaxed);
     metrics.transactions.fetch_add(d.txns, Relaxed);

@@ -328,15 +328,7 @@ impl Sink for QueueSink {
 
 /// The end LSN a destination stored for `slot`, or 0/0.
 pub async fn load_progress(client: &Client, slot: &str, destination: &str) -> Result<Lsn, Error> {
-    let row = client
-        .query_opt(
-            "SELECT lsn::text FROM tributary.worker_progress WHERE slot = $1 AND destination = $2",
-            &[&slot, &destination],
-        )
-        .await
-        .context(format!("destination {destination}: reading its progress"))?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|s| s.parse().ok())
+    Ok(crate::progress::load(client, slot, destination)
+        .await?
         .unwrap_or_default())
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  begin   BEGIN IMMEDIATE; applying = 1              -- the file's capture triggers ignore these writes
+//!          _tributary_state(slot) still where we left it? -- else restored under us: detach, reopen
 //!  write   upsert / delete / truncate per change      -- with _tributary_versions (the hub revision)
 //!  commit  _tributary_state(slot) = end LSN; COMMIT   -- durable (synchronous = FULL): publish it
 //! ```
@@ -48,6 +49,8 @@ struct State {
 
 pub struct SqliteSink {
     state: Option<State>,
+    /// The destination's name.
+    name: String,
     slot: String,
     /// The hub whose WAL positions this session stores (see `hub::identity`).
     hub: String,
@@ -81,6 +84,35 @@ fn column_def(c: &Column) -> ColumnDef {
 impl State {
     fn err(&self, e: tributary_sqlite::PeerError) -> Error {
         Error::peer(&self.what, e)
+    }
+
+    /// Inside the open transaction: the file's position must be where this
+    /// sink left it (`expected`; 0/0 for none). Anything else means the
+    /// file was restored or replaced under the open connection (an app's
+    /// restore while the worker runs): writing on would stack new changes
+    /// on a file that lacks the ones in between, and hide the gap. The
+    /// error detaches the peer; the session that reopens it compares its
+    /// position with the hub's record ([`SqliteSink::check_recorded`]).
+    fn check_unmoved(&self, slot: &str, hub: &str, expected: Lsn) -> Result<(), Error> {
+        let found = self.file.position(slot).map_err(|e| self.err(e))?;
+        let at: Lsn = found
+            .as_ref()
+            .and_then(|p| p.lsn.parse().ok())
+            .unwrap_or_default();
+        let same_hub = found
+            .as_ref()
+            .is_none_or(|p| p.hub.as_deref().is_none_or(|h| h == hub));
+        if at == expected && same_hub {
+            return Ok(());
+        }
+        Err(Error::Peer {
+            message: format!(
+                "{}: the file's position is {} where the worker left {expected}: it was restored or replaced while open; reopening it",
+                self.what,
+                found.map_or_else(|| "none".to_string(), |p| p.lsn)
+            ),
+            cause: crate::error::Cause::PeerUnavailable,
+        })
     }
 
     /// The mapping of `t`, creating or widening its file table when the
@@ -180,7 +212,8 @@ impl SqliteSink {
     /// Opens (creating it if needed) the peer file and reads its progress.
     /// A file that cannot be opened or is locked is unavailable. A position
     /// in another hub's WAL (a restored hub, a file moved between hubs) is
-    /// forgotten: the file is copied anew, its unsent edits kept.
+    /// forgotten: the file is copied anew, its unsent edits kept. (A
+    /// position behind the hub's record: [`SqliteSink::check_recorded`].)
     pub fn open(
         path: &Path,
         slot: &str,
@@ -211,6 +244,7 @@ impl SqliteSink {
                 tables: HashMap::new(),
                 what,
             }),
+            name: name.to_string(),
             slot: slot.to_string(),
             hub: hub.to_string(),
             progress,
@@ -239,6 +273,24 @@ impl SqliteSink {
         Ok(())
     }
 
+    /// Compares the file's position with the one the hub `recorded` for it
+    /// ([`crate::progress`]). Below it, the file went back (restored from
+    /// an older backup of itself, or replaced by an older copy): the
+    /// changes between are not in it and the slot may be confirmed past
+    /// them, so its position is forgotten and it is copied anew; its
+    /// unsent edits stay in the outbox and are still sent. Returns whether
+    /// it went back.
+    pub fn check_recorded(&mut self, recorded: Option<Lsn>) -> Result<bool, Error> {
+        if !crate::progress::went_back(self.progress, recorded) {
+            return Ok(false);
+        }
+        tracing::warn!(destination = %self.name, file_position = %self.progress,
+            recorded = %recorded.unwrap_or_default(),
+            "the peer file's position is below the one the hub recorded for it: it was restored from an older backup (or replaced by an older copy); copying it anew, its unsent edits kept");
+        self.forget_position()?;
+        Ok(true)
+    }
+
     /// Runs `f` on the file on a blocking thread.
     async fn blocking<R: Send + 'static>(
         &mut self,
@@ -265,8 +317,12 @@ impl Sink for SqliteSink {
     }
 
     async fn begin(&mut self) -> Result<(), Error> {
-        self.blocking(|s| s.file.begin().map_err(|e| s.err(e)))
-            .await
+        let (slot, hub, expected) = (self.slot.clone(), self.hub.clone(), self.progress);
+        self.blocking(move |s| {
+            s.file.begin().map_err(|e| s.err(e))?;
+            s.check_unmoved(&slot, &hub, expected)
+        })
+        .await
     }
 
     async fn prepare(&mut self, table: Arc<Table>, epoch: Option<i64>) -> Result<(), Error> {
