@@ -1655,3 +1655,91 @@ fn a_peer_file_restored_under_the_running_worker_is_reopened_and_copied_anew() {
         assert!(w.running(), "{}", w.log_text());
     });
 }
+
+#[test]
+fn a_change_the_peer_refuses_again_and_again_is_set_aside_as_a_dead_letter_and_the_stream_goes_on()
+{
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge1.db");
+    let dests = format!(
+        "{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.items\"]\n",
+        sqlite_dest("edge1", &path).replace("tables =", "max_attempts = 2\ntables =")
+    );
+    let cfg = config(&cluster, &db, "w", &dests);
+    let addr = listen_addr(&cfg);
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &path);
+    let queued = |c: &mut Client| scalar(c, "SELECT count(*) FROM tributary.queue_audit");
+    // The app's own rule in its file, which one hub row breaks.
+    lite(&path)
+        .execute_batch(r#"CREATE UNIQUE INDEX "app's rule" ON items (v);"#)
+        .unwrap();
+    c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'same'), (2, 'same'), (3, 'other')")
+        .unwrap();
+    // Refused twice (max_attempts = 2), then set aside: the hub and the
+    // file both say so, and the rest of that transaction and what follows
+    // reach the peer.
+    w.until(
+        Duration::from_secs(120),
+        "the dead letter at the hub",
+        || scalar(&mut c, "SELECT count(*) FROM sync_dead_letters") == 1,
+    );
+    for i in 4..6 {
+        c.batch_execute(&format!("INSERT INTO items (id, v) VALUES ({i}, 'n{i}')"))
+            .unwrap();
+    }
+    caught_up(&mut w, &mut c, &path);
+    assert_eq!(
+        peer_items(&path),
+        vec![
+            (1, "same".into()),
+            (3, "other".into()),
+            (4, "n4".into()),
+            (5, "n5".into())
+        ]
+    );
+    let (dest, tbl, op, pk, error, attempts): (String, String, String, String, String, i32) = c
+        .query_one(
+            "SELECT destination, tbl, op, pk::text, error, attempts FROM sync_dead_letters",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .unwrap();
+    assert_eq!(
+        (dest.as_str(), tbl.as_str(), op.as_str(), pk.as_str()),
+        ("edge1", "public.items", "I", r#"{"id": 2}"#)
+    );
+    assert!(error.contains("UNIQUE"), "{error}");
+    assert_eq!(attempts, 2);
+    let errors = rows(
+        &path,
+        "SELECT tbl, pk, outcome, detail FROM _tributary_errors",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0][2], V::Text("DEAD_LETTER".into()));
+    assert_eq!(
+        metric(
+            &addr,
+            "tributary_destination_dead_letters_total{destination=\"edge1\",kind=\"sqlite\"} "
+        ),
+        1.0
+    );
+    // The queue got every change once throughout; the worker runs on,
+    // no longer degraded.
+    assert_eq!(queued(&mut c), 5);
+    assert!(w.running(), "{}", w.log_text());
+    w.until(T, "healthz back to streaming", || {
+        healthz(&addr) == ("200".to_string(), "streaming\n".to_string())
+    });
+    // A reader of the table sees the dead letter; a role that may not read
+    // it does not.
+    c.batch_execute("CREATE ROLE nobody; SET ROLE nobody")
+        .unwrap();
+    assert_eq!(scalar(&mut c, "SELECT count(*) FROM sync_dead_letters"), 0);
+    c.batch_execute("RESET ROLE").unwrap();
+}

@@ -85,6 +85,18 @@ pub struct Destination {
     /// by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_interval_ms: Option<u64>,
+    /// How many times in a row a SQLite peer may refuse a hub change before
+    /// it is set aside as a dead letter (kind = "sqlite"; 5 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl Destination {
+    /// [`Destination::max_attempts`], or its default.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+            .unwrap_or(crate::sink::poison::DEFAULT_MAX_ATTEMPTS)
+    }
 }
 
 fn default_name() -> String {
@@ -192,6 +204,12 @@ impl Config {
             {
                 return bad(format!(
                     "destination {:?}: a queue's name is its table's (tributary.queue_<name>): use 1 to 48 characters of a-z, 0-9 and _",
+                    d.name
+                ));
+            }
+            if d.max_attempts.is_some_and(|n| !(1..=1000).contains(&n)) {
+                return bad(format!(
+                    "destination {:?}: max_attempts must be 1 to 1000",
                     d.name
                 ));
             }
@@ -334,6 +352,13 @@ path = "/var/lib/tributary/edge1.db"
             (
                 GOOD.replace("name = \"audit\"", "name = \"Audit-1\""),
                 "a queue's name",
+            ),
+            (
+                GOOD.replace(
+                    "path = \"/var/lib/tributary/edge1.db\"",
+                    "path = \"/var/lib/tributary/edge1.db\"\nmax_attempts = 0",
+                ),
+                "max_attempts must be 1 to 1000",
             ),
         ];
         for (text, want) in cases {

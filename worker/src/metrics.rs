@@ -48,6 +48,9 @@ pub struct DestinationMetrics {
     pub detached: AtomicBool,
     /// Detaches in a row for a write the peer refused (reset by a commit).
     pub broken_streak: std::sync::atomic::AtomicU32,
+    /// Hub changes the peer refused `max_attempts` times, set aside
+    /// (`tributary.dead_letters`).
+    pub dead_letters: AtomicU64,
     /// Initial copy progress.
     pub snapshot_rows: AtomicU64,
     pub snapshot_tables: AtomicU64,
@@ -202,6 +205,12 @@ const DESTINATION_FAMILIES: &[Family<DestinationMetrics>] = &[
         "1 while the peer is set aside (unreachable or refusing writes) and retried with backoff; the other destinations go on.",
         "gauge",
         |d, _| f64::from(u8::from(d.detached.load(Relaxed))),
+    ),
+    (
+        "tributary_destination_dead_letters_total",
+        "Hub changes the peer refused max_attempts times in a row, set aside in tributary.dead_letters so that its stream goes on.",
+        "counter",
+        |d, _| d.dead_letters.load(Relaxed) as f64,
     ),
     (
         "tributary_destination_pull_failing",

@@ -330,6 +330,11 @@ impl Destinations {
         };
         // Behind the hub's record: restored from an older backup.
         sink.check_recorded(recorded)?;
+        // Refused a write again and again: set aside what it refuses.
+        let streak = m.broken_streak.load(Relaxed);
+        if streak >= dest.max_attempts() {
+            sink.isolate(opts.clone(), streak);
+        }
         if sink.progress() != Lsn(0) {
             // A table it takes that it has no copy of (tracked after its
             // copy), or whose copy is of an older tracking epoch (untracked

@@ -15,6 +15,7 @@
 //! Implementations: [`queue`] (rows in `tributary.queue_<name>`) and
 //! [`sqlite`] (a peer file).
 
+pub mod poison;
 pub mod queue;
 pub mod sqlite;
 

@@ -20,6 +20,7 @@
 //! A locked file waits the busy timeout, then fails as unavailable: the
 //! error policy detaches the peer (see [`crate::pipeline`]).
 
+use super::poison::{DeadLetter, Isolating};
 use super::{Done, Sink};
 use crate::error::Error;
 use crate::lsn::Lsn;
@@ -56,6 +57,9 @@ pub struct SqliteSink {
     hub: String,
     progress: Lsn,
     metrics: Arc<DestinationMetrics>,
+    /// Set after the peer refused a write `max_attempts` times in a row:
+    /// each change is then applied alone (see [`super::poison`]).
+    isolating: Option<Isolating>,
 }
 
 /// The file's view of a hub table: its data columns (no tracking columns).
@@ -143,21 +147,31 @@ impl State {
         }
         let k = self.known(&c.table)?;
         let (def, m) = (k.def.clone(), k.mapped.clone());
-        // The stream's columns come in the relation's order, as the
-        // definition's do (less the tracking columns): walk both at once.
-        let r = match c.op {
-            Op::Insert | Op::Update => {
-                let cols = pick(&def, c.data_columns());
-                self.file.upsert(&m, &cols, c.version)
+        write_change(&self.file, &def, &m, c).map_err(|e| self.err(e))
+    }
+
+    /// Applies one change in a savepoint (see [`super::poison`]). A write
+    /// the file refuses is undone alone and recorded in its
+    /// `_tributary_errors`; it is returned as a dead letter.
+    fn apply_isolated(&mut self, commit: Lsn, c: &Change) -> Result<Option<DeadLetter>, Error> {
+        if c.op == Op::Schema {
+            return self.follow(c).map(|_| None);
+        }
+        let k = self.known(&c.table)?;
+        let (def, m) = (k.def.clone(), k.mapped.clone());
+        match self.file.isolated(|f| write_change(f, &def, &m, c)) {
+            Ok(_) => Ok(None),
+            Err(e) if e.is_refusal() => {
+                let d = DeadLetter::new(commit, c, e.to_string());
+                let pk = c.pk_json().unwrap_or_else(|| "{}".into());
+                let hub_row = c.data_json();
+                self.file
+                    .record_refused(&def.file_name(), &pk, d.op, &d.error, hub_row.as_deref())
+                    .map_err(|e| self.err(e))?;
+                Ok(Some(d))
             }
-            Op::Delete => {
-                let keys = pick(&def, c.key_columns());
-                self.file.delete(&m, &keys)
-            }
-            Op::Truncate => self.file.truncate(&m).map(|_| true),
-            Op::Schema => return Ok(false),
-        };
-        r.map_err(|e| self.err(e))
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Makes the file follow a change of a hub table's shape, at its place
@@ -190,6 +204,23 @@ impl State {
             }
             None => Ok(false),
         }
+    }
+}
+
+/// Writes one row change into the file (not a change of shape).
+fn write_change(
+    file: &PeerFile,
+    def: &TableDef,
+    m: &Mapped,
+    c: &Change,
+) -> tributary_sqlite::Result<bool> {
+    // The stream's columns come in the relation's order, as the
+    // definition's do (less the tracking columns): walk both at once.
+    match c.op {
+        Op::Insert | Op::Update => file.upsert(m, &pick(def, c.data_columns()), c.version),
+        Op::Delete => file.delete(m, &pick(def, c.key_columns())),
+        Op::Truncate => file.truncate(m).map(|_| true),
+        Op::Schema => Ok(false),
     }
 }
 
@@ -249,7 +280,17 @@ impl SqliteSink {
             hub: hub.to_string(),
             progress,
             metrics,
+            isolating: None,
         })
+    }
+
+    /// From now on, applies each change alone and sets aside those the
+    /// file refuses, recording them at the hub through `opts`: the peer
+    /// refused a write `attempts` times in a row.
+    pub fn isolate(&mut self, opts: crate::source::ConnectOptions, attempts: u32) {
+        tracing::warn!(destination = %self.name, attempts,
+            "the peer refused a write again and again: applying each change alone, to set aside the ones it refuses");
+        self.isolating = Some(Isolating::new(opts, attempts));
     }
 
     fn state(&self) -> &State {
@@ -333,7 +374,10 @@ impl Sink for SqliteSink {
         .await
     }
 
-    async fn write(&mut self, _commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
+    async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
+        if self.isolating.is_some() {
+            return self.write_isolated(commit.0, changes).await;
+        }
         let applied = self
             .blocking(move |s| {
                 let mut n = 0;
@@ -348,12 +392,22 @@ impl Sink for SqliteSink {
     }
 
     async fn commit(&mut self, d: &Done) -> Result<(), Error> {
+        if let Some(iso) = &mut self.isolating {
+            // At the hub first: a crash before the file's commit records
+            // them again, once (keyed by their place in the stream).
+            iso.record(&self.name).await?;
+        }
         let (slot, end, hub) = (self.slot.clone(), d.end.to_string(), self.hub.clone());
         self.blocking(move |s| s.file.commit(&slot, &end, &hub).map_err(|e| s.err(e)))
             .await?;
         crate::failpoint::hit("sqlite.after_commit");
         self.progress = d.end;
         self.metrics.broken_streak.store(0, Relaxed);
+        if let Some(iso) = &mut self.isolating {
+            let n = iso.pending.len() as u64;
+            iso.pending.clear();
+            self.metrics.dead_letters.fetch_add(n, Relaxed);
+        }
         Ok(())
     }
 
@@ -361,6 +415,36 @@ impl Sink for SqliteSink {
         if let Some(s) = &self.state {
             s.file.rollback();
         }
+        if let Some(iso) = &mut self.isolating {
+            iso.pending.clear();
+        }
+    }
+}
+
+impl SqliteSink {
+    /// [`Sink::write`] in isolating mode.
+    async fn write_isolated(
+        &mut self,
+        commit: Lsn,
+        changes: Vec<Arc<Change>>,
+    ) -> Result<(), Error> {
+        let (applied, dead) = self
+            .blocking(move |s| {
+                let (mut applied, mut dead) = (0, Vec::new());
+                for c in &changes {
+                    match s.apply_isolated(commit, c)? {
+                        Some(d) => dead.push(d),
+                        None => applied += 1,
+                    }
+                }
+                Ok((applied, dead))
+            })
+            .await?;
+        self.metrics.applied.fetch_add(applied, Relaxed);
+        if let Some(iso) = &mut self.isolating {
+            iso.pending.extend(dead);
+        }
+        Ok(())
     }
 }
 
