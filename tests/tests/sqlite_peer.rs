@@ -1743,3 +1743,56 @@ fn a_change_the_peer_refuses_again_and_again_is_set_aside_as_a_dead_letter_and_t
     assert_eq!(scalar(&mut c, "SELECT count(*) FROM sync_dead_letters"), 0);
     c.batch_execute("RESET ROLE").unwrap();
 }
+
+#[test]
+fn a_peer_the_workers_role_may_not_speak_for_waits_alone_until_it_is_registered() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e9) = (dir.path().join("edge1.db"), dir.path().join("edge9.db"));
+    let dests = format!(
+        "{}\n{}\n[[destination]]\nname = \"audit\"\nkind = \"queue\"\ntables = [\"public.items\"]\n",
+        sqlite_dest("edge1", &e1).replace("tables =", "pull_interval_ms = 50\ntables ="),
+        sqlite_dest("edge9", &e9).replace("tables =", "pull_interval_ms = 50\ntables =")
+    );
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dests), &[]);
+    caught_up(&mut w, &mut c, &e9);
+    // edge9 is not registered for the worker's role: its edits wait.
+    lite(&e9)
+        .execute("INSERT INTO items (id, v) VALUES (9, 'from edge9')", [])
+        .unwrap();
+    let log = w.log.clone();
+    w.until(T, "edge9's pull to be refused", || {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        l.contains("pull failed") && l.contains("permission denied to write as peer 'edge9'")
+    });
+    // The others go on: edge1's edit lands, hub changes reach the queue and
+    // both files.
+    lite(&e1)
+        .execute("INSERT INTO items (id, v) VALUES (1, 'from edge1')", [])
+        .unwrap();
+    c.batch_execute("INSERT INTO items (id, v) VALUES (2, 'hub')")
+        .unwrap();
+    w.until(T, "edge1's edit at the hub", || {
+        scalar(&mut c, "SELECT count(*) FROM items WHERE id = 1") == 1
+    });
+    caught_up(&mut w, &mut c, &e1);
+    w.until(T, "the queue", || {
+        scalar(&mut c, "SELECT count(*) FROM tributary.queue_audit") == 2
+    });
+    assert_eq!(scalar(&mut c, "SELECT count(*) FROM items WHERE id = 9"), 0);
+    assert!(w.running(), "{}", w.log_text());
+    // Registered, it catches up by itself.
+    c.batch_execute("SELECT sync_set_peer('edge9', 3, 'worker')")
+        .unwrap();
+    w.until(T, "edge9's edit at the hub", || {
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM items WHERE id = 9 AND sync_origin = 'edge9'",
+        ) == 1
+    });
+    assert!(w.running());
+}

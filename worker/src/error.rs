@@ -61,6 +61,10 @@ pub enum Cause {
     /// A peer's outbox cannot be read or cleared (locked, or holding what
     /// the pull cannot read): only that peer's pull is concerned.
     PeerOutbox,
+    /// The worker's role may not speak for this peer at the hub (42501
+    /// from sync_apply's origin check): that peer's pull waits, the rest
+    /// goes on.
+    PeerIdentity,
     /// An internal invariant broke.
     Bug,
 }
@@ -96,7 +100,10 @@ impl Cause {
                 Action::Retry
             }
             // One peer's trouble, whatever it is, is that peer's alone.
-            Cause::PeerUnavailable | Cause::PeerOutbox | Cause::PeerBroken => Action::Detach,
+            Cause::PeerUnavailable
+            | Cause::PeerOutbox
+            | Cause::PeerBroken
+            | Cause::PeerIdentity => Action::Detach,
         }
     }
 
@@ -107,6 +114,7 @@ impl Cause {
             Cause::PublicationMissing => "Create the publication (SELECT sync_track(...) creates \"tributary\") or fix source.publication.",
             Cause::WalLevel => "Set wal_level = logical in postgresql.conf and restart PostgreSQL.",
             Cause::Login => "Check the user, the password (TRIBUTARY_SOURCE_PASSWORD) and pg_hba.conf (it needs a replication line).",
+            Cause::PeerIdentity => "Register the peer for the worker's role, as an admin: SELECT sync_set_peer('<peer>', <priority>, '<worker role>') (the error's DETAIL names both).",
             Cause::Tls => "Check sslmode and sslrootcert in source.url against the hub: verify-ca needs the CA that signed the server's certificate, verify-full also the host name the certificate names; require and up need ssl = on on the server.",
             Cause::Privilege => "Grant the worker's role what it needs: SELECT sync_worker_grant('<role>'), and the REPLICATION attribute.",
             Cause::MissingObject | Cause::BadColumn => "Check that the extension is installed in the configured database and the configuration names existing objects.",
@@ -132,6 +140,8 @@ pub fn classify(code: &str, message: &str) -> Cause {
         Cause::WalLevel
     } else if code.starts_with("28") {
         Cause::Login
+    } else if code == "42501" && m.contains("permission denied to write as peer") {
+        Cause::PeerIdentity
     } else if code == "42501" {
         Cause::Privilege
     } else if matches!(code, "42703" | "42804" | "42P18") {
@@ -308,5 +318,14 @@ mod tests {
         }
         assert_eq!(Cause::PeerUnavailable.action(), Action::Detach);
         assert_eq!(Cause::PeerOutbox.action(), Action::Detach);
+        assert_eq!(Cause::PeerIdentity.action(), Action::Detach);
+        assert_eq!(
+            classify("42501", "permission denied to write as peer 'edge''9'"),
+            Cause::PeerIdentity
+        );
+        assert_eq!(
+            classify("42501", "permission denied for table items"),
+            Cause::Privilege
+        );
     }
 }
