@@ -365,19 +365,7 @@ impl Assembler {
         let was_streaming = self.decoder.in_stream();
         let Decoded { xid, message } = self.decoder.decode(buf)?;
         if let (true, Some(sub)) = (was_streaming, xid) {
-            // A change (or Relation) of a streamed transaction: spill it,
-            // without its xid, as a plain message for the replay.
-            let top = self.current_stream.ok_or_else(|| {
-                AssembleError::Protocol("a streamed change outside Stream Start/Stop".into())
-            })?;
-            let spill = self.streams.get_mut(&top).ok_or_else(|| {
-                AssembleError::Protocol(format!("no open stream for transaction {top}"))
-            })?;
-            let len = (buf.len() - 4) as u32;
-            spill.file.write_all(&len.to_be_bytes())?;
-            spill.file.write_all(&sub.to_be_bytes())?;
-            spill.file.write_all(&buf[..1])?;
-            spill.file.write_all(&buf[5..])?;
+            self.spill(buf, sub)?;
             return Ok(None);
         }
         match message {
@@ -408,24 +396,7 @@ impl Assembler {
                     commit_time,
                 });
             }
-            Message::StreamStart { xid, first_segment } => {
-                if first_segment || !self.streams.contains_key(&xid) {
-                    if !first_segment {
-                        return Err(AssembleError::Protocol(format!(
-                            "stream segment of transaction {xid} without its first segment"
-                        )));
-                    }
-                    let file = tempfile::tempfile_in(&self.spill_dir)?;
-                    self.streams.insert(
-                        xid,
-                        Spill {
-                            file: BufWriter::with_capacity(256 * 1024, file),
-                            aborted: HashSet::new(),
-                        },
-                    );
-                }
-                self.current_stream = Some(xid);
-            }
+            Message::StreamStart { xid, first_segment } => self.stream_start(xid, first_segment)?,
             Message::StreamStop => self.current_stream = None,
             Message::StreamAbort { xid, subxact } => {
                 if xid == subxact {
@@ -441,28 +412,18 @@ impl Assembler {
                 commit_time,
                 ..
             } => {
-                let spill = self.streams.remove(&xid).ok_or_else(|| {
-                    AssembleError::Protocol(format!("Stream Commit of unknown transaction {xid}"))
-                })?;
-                let mut file = spill.file.into_inner().map_err(|e| e.into_error())?;
-                file.seek(SeekFrom::Start(0))?;
+                let commit = Item::Commit {
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                };
+                let replay = self.stream_commit(xid, commit)?;
                 out.push(Item::Begin {
                     xid,
                     commit_lsn,
                     commit_time,
                 });
-                return Ok(Some(Replay {
-                    file: BufReader::with_capacity(256 * 1024, file),
-                    aborted: spill.aborted,
-                    decoder: Decoder::new(),
-                    state: TxnState::default(),
-                    commit: Some(Item::Commit {
-                        commit_lsn,
-                        end_lsn,
-                        commit_time,
-                    }),
-                    pending: Vec::new(),
-                }));
+                return Ok(Some(replay));
             }
             other => {
                 let state = self.open.as_mut().ok_or_else(|| {
@@ -472,6 +433,62 @@ impl Assembler {
             }
         }
         Ok(None)
+    }
+
+    /// A change (or Relation) of a streamed transaction: spilled, without
+    /// its xid, as a plain message for the replay.
+    fn spill(&mut self, buf: &[u8], sub: u32) -> Result<(), AssembleError> {
+        let top = self.current_stream.ok_or_else(|| {
+            AssembleError::Protocol("a streamed change outside Stream Start/Stop".into())
+        })?;
+        let spill = self.streams.get_mut(&top).ok_or_else(|| {
+            AssembleError::Protocol(format!("no open stream for transaction {top}"))
+        })?;
+        let len = (buf.len() - 4) as u32;
+        spill.file.write_all(&len.to_be_bytes())?;
+        spill.file.write_all(&sub.to_be_bytes())?;
+        spill.file.write_all(&buf[..1])?;
+        spill.file.write_all(&buf[5..])?;
+        Ok(())
+    }
+
+    /// A Stream Start: the first segment of a transaction opens its spill
+    /// file; a later one continues it.
+    fn stream_start(&mut self, xid: u32, first_segment: bool) -> Result<(), AssembleError> {
+        if first_segment || !self.streams.contains_key(&xid) {
+            if !first_segment {
+                return Err(AssembleError::Protocol(format!(
+                    "stream segment of transaction {xid} without its first segment"
+                )));
+            }
+            let file = tempfile::tempfile_in(&self.spill_dir)?;
+            self.streams.insert(
+                xid,
+                Spill {
+                    file: BufWriter::with_capacity(256 * 1024, file),
+                    aborted: HashSet::new(),
+                },
+            );
+        }
+        self.current_stream = Some(xid);
+        Ok(())
+    }
+
+    /// A Stream Commit: the spilled transaction, to replay up to `commit`.
+    fn stream_commit(&mut self, xid: u32, commit: Item) -> Result<Replay, AssembleError> {
+        let spill = self.streams.remove(&xid).ok_or_else(|| {
+            AssembleError::Protocol(format!("Stream Commit of unknown transaction {xid}"))
+        })?;
+        let mut file = spill.file.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Replay {
+            file: BufReader::with_capacity(256 * 1024, file),
+            aborted: spill.aborted,
+            decoder: Decoder::new(),
+            state: TxnState::default(),
+            commit: Some(commit),
+            pending: Vec::new(),
+        })
     }
 }
 
