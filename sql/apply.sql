@@ -195,8 +195,8 @@ COMMENT ON VIEW sync_pending IS
 -- Retries parked changes, oldest first, one at a time so that their order
 -- holds, each as the role that parked it (tributary._replay_parked, in
 -- Rust: extension/src/engine/replay.rs). A change that is still missing its
--- parent, or whose replay fails (outcome ERROR, the error in detail), stays
--- parked with one more attempt; after tributary.max_retries attempts it
+-- parent, or whose replay fails (the error in detail), stays parked with one
+-- more attempt; after tributary.max_retries attempts it
 -- becomes a dead letter. Returns what happened to each change of a table
 -- the caller may read.
 CREATE FUNCTION sync_retry_pending(tbl regclass DEFAULT NULL)

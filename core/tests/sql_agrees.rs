@@ -89,7 +89,8 @@ fn every_policy_list_is_the_core_list() {
 
 #[test]
 fn every_outcome_the_sql_names_is_a_core_outcome() {
-    let mut seen = 0;
+    // The SQL names none since 0.5.0 (the parked changes' replay is Rust
+    // and spells them through Outcome); one it names must be a core one.
     for (file, text) in sql_files() {
         for word in [
             "'DEFERRED'",
@@ -103,14 +104,9 @@ fn every_outcome_the_sql_names_is_a_core_outcome() {
                     Outcome::parse(word.trim_matches('\'')).is_some(),
                     "{file}: {word}"
                 );
-                seen += 1;
             }
         }
     }
-    assert!(
-        seen >= 2,
-        "expected DEFERRED and DEAD_LETTER in sql/apply.sql"
-    );
     for o in Outcome::ALL {
         assert_eq!(Outcome::parse(o.as_str()), Some(o));
     }

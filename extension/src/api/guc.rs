@@ -99,10 +99,23 @@ unsafe extern "C-unwind" fn check_origin(
                 "tributary.origin is checked against the peers registered in the database; it cannot be set in a configuration file.".to_string(),
                 "Set it in the session (SET tributary.origin = ...), as a role that may speak for the peer.".to_string(),
             )
-        } else if pgrx::Spi::connect(|c| crate::privilege::may_claim(c, &origin)) {
-            return true;
         } else {
-            crate::privilege::claim_refusal(&origin)
+            let refusal = pgrx::Spi::connect(|c| {
+                if crate::privilege::may_claim(c, &origin) {
+                    None
+                } else if let Some(installed) = crate::release::sql_behind(c) {
+                    Some((
+                        format!("The extension's SQL in this database is {installed}, its library {}: peers cannot be checked.", crate::release::LIBRARY),
+                        "Run ALTER EXTENSION tributary UPDATE in this database.".to_string(),
+                    ))
+                } else {
+                    Some(crate::privilege::claim_refusal(&origin))
+                }
+            });
+            match refusal {
+                None => return true,
+                Some(r) => r,
+            }
         };
         pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
         pg_sys::GUC_check_errdetail_string = palloc_str(&detail);

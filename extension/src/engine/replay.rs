@@ -8,7 +8,8 @@
 //!         the engine again, for that one change, under its origin
 //!           DEFERRED ....... one more attempt; tributary.max_retries make it dead
 //!           any outcome .... done: the row goes
-//!           an error ....... one more attempt, with the error; the others go on
+//!           an error ....... the same (DEFERRED, the error as its detail); the
+//!                            others go on
 //! ```
 //!
 //! A change is replayed with the identity and privileges of whoever parked
@@ -21,6 +22,7 @@ use super::{or_raise, sql, Catch};
 use crate::privilege::{self, as_state_owner};
 use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
+use tributary_core::resolver::Outcome;
 
 thread_local! {
     static REPLAYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -128,11 +130,13 @@ pub fn replay(
     out
 }
 
-/// The change's outcome, or `ERROR` and the error's message.
+/// The change's outcome and detail; a replay that failed is DEFERRED,
+/// with the error as its detail.
 fn replay_one(client: &mut SpiClient<'_>, p: &Parked) -> (String, Option<String>) {
+    let deferred = Outcome::Deferred.as_str().to_string();
     let Some(parker) = p.parker.filter(|r| role_exists(*r)) else {
         return (
-            "ERROR".into(),
+            deferred,
             Some(
                 "the role that parked it is unknown or no longer exists: replay it by hand".into(),
             ),
@@ -162,7 +166,7 @@ fn replay_one(client: &mut SpiClient<'_>, p: &Parked) -> (String, Option<String>
                     ereport.message().to_string()
                 }
             };
-            ("ERROR".into(), Some(message))
+            (deferred, Some(message))
         }
     }
 }
@@ -178,14 +182,18 @@ fn settle(
     cap: i32,
 ) -> (i32, String) {
     let attempts = p.attempts + 1;
-    if outcome != "DEFERRED" && outcome != "ERROR" {
+    if outcome != Outcome::Deferred.as_str() {
         as_state_owner(|| or_raise(client.update(sql::UNPARK, None, &[p.id.into()])));
         return (attempts, outcome.to_string());
     }
     let dead = attempts >= cap || p.parker.is_none();
     let args = [p.id.into(), detail.into(), dead.into()];
     as_state_owner(|| or_raise(client.update(sql::RETRIED, None, &args)));
-    let outcome = if dead { "DEAD_LETTER" } else { outcome };
+    let outcome = if dead {
+        Outcome::DeadLetter.as_str()
+    } else {
+        outcome
+    };
     (attempts, outcome.to_string())
 }
 

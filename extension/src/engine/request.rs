@@ -1,10 +1,13 @@
 //! Phase 1: the call, checked, and the batch, typed.
 //!
 //! ```text
+//!  the SQL is this library's release ..... 55000 (ALTER EXTENSION UPDATE)
 //!  caller may execute sync_apply ......... 42501
 //!  the table is tracked .................. (tributary._tracked's error)
-//!  origin: not NULL (22004), 1..255 bytes (22023); changes not NULL (22023)
-//!  the table's policy and the peers' priorities
+//!  origin: not NULL (22004), 1..255 bytes (22023), one the caller may
+//!    speak for (42501, crate::privilege); changes not NULL (22023)
+//!  the table's policy (a custom resolver its owner owns: 42501) and the
+//!    peers' priorities
 //!  the batch, checked and typed in one pass (batch.rs: 22023, 42703, class 22)
 //!  keys numbered by first appearance: the engine's state lives in vectors
 //!  by that number, and rows are written in that order
