@@ -63,19 +63,15 @@ pub fn caller() -> Oid {
 
 /// The owner of Tributary's state tables (the extension's owner).
 pub fn state_owner() -> Oid {
-    // SAFETY: catalog lookups by name; the relation is opened without a lock
-    // only to read its owner, and closed.
-    unsafe {
+    // SAFETY: catalog lookups by name.
+    let rel = unsafe {
         let ns = pg_sys::get_namespace_oid(c"tributary".as_ptr(), false);
-        let rel = pg_sys::get_relname_relid(c"tombstones".as_ptr(), ns);
-        if rel == pg_sys::InvalidOid {
-            error!("tributary: tributary.tombstones is missing; reinstall the extension");
-        }
-        let r = pg_sys::RelationIdGetRelation(rel);
-        let owner = (*(*r).rd_rel).relowner;
-        pg_sys::RelationClose(r);
-        owner
+        pg_sys::get_relname_relid(c"tombstones".as_ptr(), ns)
+    };
+    if rel == pg_sys::InvalidOid {
+        error!("tributary: tributary.tombstones is missing; reinstall the extension");
     }
+    rel_owner(rel)
 }
 
 /// Runs `f` as the owner of Tributary's state. `f` must run only statements

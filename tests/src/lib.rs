@@ -262,6 +262,18 @@ impl Db<'_> {
     pub fn connect(&self) -> Client {
         self.cluster.connect(&self.name)
     }
+
+    /// A session as `user` (a LOGIN role the test created), over TCP.
+    pub fn connect_as(&self, user: &str) -> Client {
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={user} dbname={}",
+                self.cluster.port, self.name
+            ),
+            postgres::NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connecting as {user}: {e}"))
+    }
 }
 
 /// The SQLSTATE, message, detail and hint of a database error.

@@ -370,14 +370,7 @@ fn readers_need_select_on_the_table_and_admin_functions_are_not_public() {
     )
     .unwrap();
     let since = 1i64;
-    let mut app = postgres::Client::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=app dbname={}",
-            cluster.port, db.name
-        ),
-        NoTls,
-    )
-    .unwrap();
+    let mut app = db.connect_as("app");
     let rows = app
         .query(
             "SELECT pk::text FROM sync_changes_since($1, tables => ARRAY['open_t'::regclass])",

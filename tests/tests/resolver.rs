@@ -436,14 +436,7 @@ fn sync_apply_is_for_granted_roles_only() {
         "CREATE ROLE app LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO app;",
     )
     .unwrap();
-    let mut app = postgres::Client::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=app dbname={}",
-            cluster.port, db.name
-        ),
-        NoTls,
-    )
-    .unwrap();
+    let mut app = db.connect_as("app");
     let changes = format!("[{}]", ins("P1", "x", "x@x", 1));
     let e = db_error(
         app.query(

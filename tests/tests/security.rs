@@ -4,17 +4,6 @@
 
 use tributary_e2e::*;
 
-fn connect_as(cluster: &Cluster, db: &Db, user: &str) -> Client {
-    postgres::Client::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={user} dbname={}",
-            cluster.port, db.name
-        ),
-        postgres::NoTls,
-    )
-    .unwrap()
-}
-
 fn apply_as(c: &mut Client, tbl: &str, changes: &str, origin: &str) -> Result<Vec<String>, PgErr> {
     c.query(
         "SELECT outcome FROM sync_apply($1::text::regclass, $2::text::jsonb, $3)",
@@ -54,17 +43,17 @@ fn only_the_role_registered_for_a_peer_may_write_as_it() {
     let t = "\"it]ems\"";
 
     // sync_apply: the registered role and its members, nobody else.
-    let mut a = connect_as(&cluster, &db, "peer_a");
+    let mut a = db.connect_as("peer_a");
     assert_eq!(
         apply_as(&mut a, t, &ins(1, "a"), "tab'le").unwrap(),
         ["NEW_RECORD"]
     );
-    let mut m = connect_as(&cluster, &db, "member_a");
+    let mut m = db.connect_as("member_a");
     assert_eq!(
         apply_as(&mut m, t, &ins(2, "m"), "tab'le").unwrap(),
         ["NEW_RECORD"]
     );
-    let mut b = connect_as(&cluster, &db, "peer_b");
+    let mut b = db.connect_as("peer_b");
     let e = apply_as(&mut b, t, &ins(3, "b"), "tab'le").unwrap_err();
     assert_eq!(e.code, "42501", "{e:?}");
     assert!(e.message.contains("tab''le"), "{e:?}");
@@ -76,7 +65,7 @@ fn only_the_role_registered_for_a_peer_may_write_as_it() {
             .contains("sync_set_peer('tab''le', <priority>, 'peer_b')"),
         "{e:?}"
     );
-    let mut app = connect_as(&cluster, &db, "app");
+    let mut app = db.connect_as("app");
     for origin in ["tab'le", "\"", "]", "ghost"] {
         let e = apply_as(&mut app, t, &ins(4, "x"), origin).unwrap_err();
         assert_eq!(e.code, "42501", "{origin}: {e:?}");
@@ -204,7 +193,7 @@ fn internal_state_is_written_only_through_the_api_and_parked_changes_replay_as_t
     .unwrap();
 
     // A role that may only INSERT into a table cannot forge Tributary's state.
-    let mut orders = connect_as(&cluster, &db, "orders");
+    let mut orders = db.connect_as("orders");
     for forge in [
         r#"INSERT INTO tributary.pending (relid, pk, origin, change) VALUES ('"c]h"', '{"id":1}', 'A', '{"op":"D","pk":{"id":1},"version":1000000}')"#,
         r#"INSERT INTO tributary.tombstones (relid, pk, xid, version) VALUES ('"c]h"', '{"id":1}', 1, 1000000)"#,
@@ -220,7 +209,7 @@ fn internal_state_is_written_only_through_the_api_and_parked_changes_replay_as_t
     }
 
     // peer_a's child arrives before its parent: parked, as peer_a.
-    let mut a = connect_as(&cluster, &db, "peer_a");
+    let mut a = db.connect_as("peer_a");
     let child = r#"[{"op":"I","pk":{"id":1},"data":{"id":1,"p":1,"v":"child"},"version":1}]"#;
     assert_eq!(
         apply_as(&mut a, "\"c]h\"", child, "A").unwrap(),
@@ -234,7 +223,7 @@ fn internal_state_is_written_only_through_the_api_and_parked_changes_replay_as_t
 
     // peer_b writes the parent: the child is replayed as peer_a, with
     // peer_a's privileges (peer_b may not write "c]h" at all).
-    let mut b = connect_as(&cluster, &db, "peer_b");
+    let mut b = db.connect_as("peer_b");
     let parent =
         |id: i64| format!(r#"[{{"op":"I","pk":{{"id":{id}}},"data":{{"id":{id}}},"version":1}}]"#);
     assert_eq!(
@@ -302,7 +291,7 @@ fn definer_code_never_runs_user_code_and_a_resolver_runs_as_its_tables_owner() {
            GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO peer_a;"#,
     )
     .unwrap();
-    let mut own = connect_as(&cluster, &db, "own");
+    let mut own = db.connect_as("own");
     // A type of the table's owner, with a cast to json that notes who runs it.
     own.batch_execute(
         r#"CREATE TYPE "mo'od" AS ENUM ('ok', 'sad');
@@ -317,7 +306,7 @@ fn definer_code_never_runs_user_code_and_a_resolver_runs_as_its_tables_owner() {
         .unwrap();
     own.batch_execute(r#"DELETE FROM "fe]el" WHERE id = 1"#)
         .unwrap();
-    let mut a = connect_as(&cluster, &db, "peer_a");
+    let mut a = db.connect_as("peer_a");
     let del = r#"[{"op":"D","pk":{"id":2},"version":2}]"#;
     assert_eq!(
         apply_as(&mut a, "\"fe]el\"", del, "A").unwrap(),
@@ -352,7 +341,7 @@ fn definer_code_never_runs_user_code_and_a_resolver_runs_as_its_tables_owner() {
              $$ INSERT INTO who VALUES (current_user, 'resolver'); SELECT r || '{"v":"merged"}' $$;"#,
     )
     .unwrap();
-    let mut other = connect_as(&cluster, &db, "other");
+    let mut other = db.connect_as("other");
     other
         .batch_execute(r#"CREATE FUNCTION theirs(l jsonb, r jsonb, b jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT r $$"#)
         .unwrap();
