@@ -50,6 +50,22 @@ GRANT EXECUTE ON FUNCTION
     tributary._follow_ddl(oid),                  -- the DDL guard, run as whoever altered a table
     tributary._queue_position(text),             -- for sync_queue_create's callers; needs the queue's owner
     tributary._version_offset(),
-    tributary._hub_identity()
+    tributary._hub_identity(),
+    tributary.payload_item(text, json)          -- sync_payload_rows' splice
   TO PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_worker_grant(regrole) FROM PUBLIC;
+-- The HTTP gateway (sql/gateway.sql). What it runs per request runs as the
+-- caller, like the pull API. sync_act_for_peer only switches to a role the
+-- session's login role is a member of, as SET ROLE does; sync_claim reads
+-- what the session set. The shared watcher's sync_tables_changed sees past
+-- privileges (which tables changed): granted by sync_gateway_grant(role).
+GRANT EXECUTE ON FUNCTION
+    @extschema@.sync_act_for_peer(text, jsonb),
+    @extschema@.sync_claim(text),
+    @extschema@.sync_payload_window(regclass, bigint),
+    @extschema@.sync_payload_rows(regclass, bigint, bigint, jsonb, integer),
+    @extschema@.sync_row(regclass, jsonb, boolean),
+    @extschema@.sync_schema()
+  TO PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_tables_changed(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.sync_gateway_grant(regrole) FROM PUBLIC;

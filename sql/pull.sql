@@ -93,7 +93,7 @@ BEGIN
         SELECT %1$s::oid::regclass AS tbl,
                CASE WHEN t.sync_created_xid >= $1 THEN 'I' ELSE 'U' END AS op,
                %2$s AS pk,
-               tributary.row_json(t) AS data,
+               tributary.row_json(t.*) AS data,  -- t.*: the row even if a column is named t
                t.sync_version AS row_version,
                t.sync_origin AS origin,
                CASE WHEN t.sync_created_xid >= $1 THEN %4$L::text[]
@@ -172,35 +172,81 @@ END $$;
 COMMENT ON FUNCTION sync_changes_since(bigint, bigint, regclass[], text, integer, regclass, jsonb) IS
   'Net changes stamped in [since, until). Protocol: v := sync_current_version(); read sync_changes_since(last, v); last := v.';
 
-CREATE FUNCTION sync_payload(tbl regclass, from_version bigint) RETURNS jsonb
+-- What a payload of one table from from_version is: the version the client
+-- stores next (taken in this snapshot), Diff or Full with its reason code,
+-- and the version its rows are read from (0 for a Full). Defined once, for
+-- sync_payload and for the gateway, which pages the rows itself with
+-- sync_payload_rows(tbl, since, version, ...).
+CREATE FUNCTION sync_payload_window(tbl regclass, from_version bigint)
+RETURNS TABLE (version bigint, type text, reason_code integer, since bigint)
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     v bigint := @extschema@.sync_current_version();
     t tributary.tracked := tributary._tracked(tbl);
-    kind text := 'Diff';
-    reason int := 0;
-    since bigint := from_version;
-    rows jsonb;
 BEGIN
     IF from_version IS NULL THEN
         PERFORM tributary._raise('22004', 'from_version must not be NULL',
             'The version passed as from_version is NULL.', 'Pass 0 for a first sync, or the Version of your last payload.');
     END IF;
+    version := v;
+    type := 'Diff';
+    reason_code := 0;
+    since := from_version;
     IF from_version = 0 THEN
-        kind := 'Full'; reason := 1;
+        type := 'Full'; reason_code := 1;
     ELSIF from_version > 0 AND from_version <= v AND from_version - tributary._version_offset() < t.min_valid THEN
-        kind := 'Full';
-        reason := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4
-                                          WHEN 'restore' THEN 5 ELSE 2 END;
+        type := 'Full';
+        reason_code := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4
+                                               WHEN 'restore' THEN 5 ELSE 2 END;
         since := 0;
     END IF;
-    SELECT coalesce(jsonb_agg(CASE WHEN c.op = 'D' THEN c.pk ELSE c.data::jsonb END
-                              || jsonb_build_object('$operation', c.op) ORDER BY c.pk), '[]'::jsonb)
+    -- The errors reading the window gives (a negative version, one from the
+    -- future, a table restored from another cluster), before any row is read.
+    PERFORM tributary._window_tables(since, v, ARRAY[tbl]);
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION sync_payload_window(regclass, bigint) IS
+  'What sync_payload(tbl, from_version) answers: Version to store next, Type, ReasonCode, and the version its rows are read from.';
+
+-- The Data of a payload: one item per net change of one table in [since,
+-- until), in pk order, pageable like sync_changes_since (after_pk: the pk
+-- of the last item of the previous page). An item is the row (for a delete,
+-- its key) with "$operation" in front, spliced into the row's JSON text
+-- (tributary.payload_item): no jsonb round trip on a large download. The
+-- key "$operation" is the operation's: a column of that name is left out,
+-- as sync_payload always did (the table's items only go through jsonb).
+CREATE FUNCTION sync_payload_rows(tbl regclass, since bigint, until bigint, after_pk jsonb DEFAULT NULL,
+                                  page_size integer DEFAULT NULL)
+RETURNS TABLE (pk jsonb, item json)
+LANGUAGE sql STABLE
+AS $$
+    SELECT c.pk, tributary.payload_item(c.op,
+               CASE WHEN NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl
+                                        AND a.attname = '$operation' AND NOT a.attisdropped)
+                    THEN CASE WHEN c.op = 'D' THEN c.pk::json ELSE c.data END
+                    ELSE (CASE WHEN c.op = 'D' THEN c.pk ELSE c.data::jsonb END - '$operation')::json END)
+      FROM @extschema@.sync_changes_since(since, until, ARRAY[tbl], NULL, page_size,
+                                          CASE WHEN after_pk IS NOT NULL THEN tbl END, after_pk) AS c
+     ORDER BY c.pk
+$$;
+COMMENT ON FUNCTION sync_payload_rows(regclass, bigint, bigint, jsonb, integer) IS
+  'The Data items of a payload of one table for [since, until), in pk order; page with page_size and after_pk.';
+
+CREATE FUNCTION sync_payload(tbl regclass, from_version bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    w record;
+    rows jsonb;
+BEGIN
+    SELECT * INTO w FROM @extschema@.sync_payload_window(tbl, from_version);
+    SELECT coalesce(jsonb_agg(r.item::jsonb ORDER BY r.pk), '[]'::jsonb)
       INTO rows
-      FROM @extschema@.sync_changes_since(since, v, ARRAY[tbl]) AS c;
+      FROM @extschema@.sync_payload_rows(tbl, w.since, w.version) AS r;
     RETURN jsonb_build_object(
-        'Metadata', jsonb_build_object('Sync', jsonb_build_object('Version', v, 'Type', kind, 'ReasonCode', reason)),
+        'Metadata', jsonb_build_object('Sync', jsonb_build_object('Version', w.version, 'Type', w.type,
+                                                                  'ReasonCode', w.reason_code)),
         'Data', rows);
 END $$;
 COMMENT ON FUNCTION sync_payload(regclass, bigint) IS

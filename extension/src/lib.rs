@@ -18,7 +18,9 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod claims;
 mod engine;
+mod payload;
 mod privilege;
 mod release;
 
@@ -34,7 +36,11 @@ extension_sql_file!(
         api::tombstone::tributary::_on_delete
     ]
 );
-extension_sql_file!("../../sql/pull.sql", name = "pull", requires = ["tracking"]);
+extension_sql_file!(
+    "../../sql/pull.sql",
+    name = "pull",
+    requires = ["tracking", api::payload::tributary::payload_item]
+);
 extension_sql_file!(
     "../../sql/apply.sql",
     name = "apply",
@@ -49,6 +55,11 @@ extension_sql_file!(
     "../../sql/queue.sql",
     name = "queue",
     requires = ["tracking"]
+);
+extension_sql_file!(
+    "../../sql/gateway.sql",
+    name = "gateway",
+    requires = ["pull", "apply"]
 );
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use postgres::{Client, NoTls};
 
+pub mod certs;
+pub mod gateway;
 pub mod peer;
 pub mod worker;
 

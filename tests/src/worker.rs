@@ -115,6 +115,8 @@ pub fn config(cluster: &Cluster, db: &Db, slot: &str, destinations: &str) -> Str
 
 pub struct WorkerProc {
     child: Child,
+    /// `run`, or `gateway`.
+    subcommand: &'static str,
     pub log: PathBuf,
     pub config: PathBuf,
     _dir: tempfile::TempDir,
@@ -122,6 +124,15 @@ pub struct WorkerProc {
 
 impl WorkerProc {
     pub fn start(config: &str, env: &[(&str, &str)]) -> WorkerProc {
+        WorkerProc::start_command("run", config, env)
+    }
+
+    /// `tributary-worker <subcommand> --config <tmp>/worker.toml`.
+    pub fn start_command(
+        subcommand: &'static str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> WorkerProc {
         let dir = tempfile::Builder::new()
             .prefix("tributary-worker-")
             .tempdir()
@@ -131,6 +142,7 @@ impl WorkerProc {
         let log = dir.path().join("worker.log");
         let mut w = WorkerProc {
             child: Command::new("true").spawn().unwrap(),
+            subcommand,
             log,
             config: cfg,
             _dir: dir,
@@ -149,7 +161,7 @@ impl WorkerProc {
             .unwrap();
         writeln!(logf, "---- start ----").unwrap();
         let mut c = Command::new(worker_bin());
-        c.args(["run", "--config"])
+        c.args([self.subcommand, "--config"])
             .arg(&self.config)
             .env("TRIBUTARY_LOG", "tributary_worker=debug,info")
             .env_remove("TRIBUTARY_FAILPOINT")

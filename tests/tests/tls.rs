@@ -17,7 +17,6 @@
 //! and the certificates.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tributary_e2e::worker::*;
 use tributary_e2e::*;
@@ -40,52 +39,18 @@ struct Certs {
     server_key: Vec<u8>,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const CA_CNF: &str = "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = ext\n\
-    [dn]\nCN = Tributary test CA\n\
-    [ext]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
-    subjectKeyIdentifier = hash\n";
-const SERVER_EXT: &str = "subjectAltName = DNS:localhost\nbasicConstraints = CA:FALSE\n\
-    keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n";
-const EC: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-
 fn make_certs() -> Certs {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("certs \"q\" 'x' y");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("ca.cnf"), CA_CNF).unwrap();
-    std::fs::write(dir.join("server.ext"), SERVER_EXT).unwrap();
     for (name, subject) in [
         ("ca", "/CN=Tributary test CA"),
         ("impostor-ca", "/CN=Tributary test CA"),
         ("other-ca", "/CN=Another CA"),
     ] {
-        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
-        let mut args = vec!["req", "-x509", "-new", "-nodes", "-days", "2"];
-        args.extend(EC);
-        args.extend(["-config", "ca.cnf", "-subj", subject]);
-        args.extend(["-keyout", &key, "-out", &crt]);
-        openssl(&dir, &args);
+        certs::ca(&dir, name, subject);
     }
-    let mut args = vec!["req", "-new", "-nodes", "-subj", "/CN=localhost"];
-    args.extend(EC);
-    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    openssl(&dir, &args);
-    let sign = "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-                -extfile server.ext -out server.crt";
-    openssl(&dir, &sign.split_whitespace().collect::<Vec<_>>());
+    certs::server(&dir, "ca");
     Certs {
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other-ca.crt"),

@@ -21,6 +21,7 @@
 //! is refused here.
 
 use crate::error::Error;
+pub use crate::gateway::config::{AuthConfig, GatewayConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,6 +34,25 @@ pub struct Config {
     pub http: Http,
     #[serde(default, rename = "destination")]
     pub destinations: Vec<Destination>,
+    /// `run` also serves the gateway when this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// What `tributary-worker gateway` reads from the same file: `[source]`
+/// is optional there (`gateway.database_url` names the hub), and the
+/// destinations are not its business.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    source: Option<Source>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    http: Option<toml::Value>,
+    gateway: Option<GatewayConfig>,
+    #[serde(default, rename = "destination")]
+    #[allow(dead_code)]
+    destinations: Vec<toml::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -140,7 +160,34 @@ impl Config {
         }
         c.source.password = env("TRIBUTARY_SOURCE_PASSWORD");
         c.validate()?;
+        if let Some(g) = &mut c.gateway {
+            g.finish(Some(&c.source.url), c.source.password.as_deref(), &env)?;
+        }
         Ok(c)
+    }
+
+    /// The `[gateway]` section alone, for `tributary-worker gateway`.
+    pub fn load_gateway(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<GatewayConfig, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse_gateway(&text, env)
+    }
+
+    pub fn parse_gateway(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<GatewayConfig, Error> {
+        let f: GatewayFile = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let mut g = f
+            .gateway
+            .ok_or_else(|| Error::Config("the configuration has no [gateway] section".into()))?;
+        let url = env("TRIBUTARY_SOURCE_URL").or(f.source.map(|s| s.url));
+        let password = env("TRIBUTARY_SOURCE_PASSWORD");
+        g.finish(url.as_deref(), password.as_deref(), &env)?;
+        Ok(g)
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -236,6 +283,9 @@ impl Config {
         c.source.url = redact_url(&c.source.url);
         if c.source.password.is_some() {
             c.source.password = Some("<set by TRIBUTARY_SOURCE_PASSWORD>".into());
+        }
+        if let Some(g) = &mut c.gateway {
+            g.redact();
         }
         toml::to_string(&c).unwrap_or_default()
     }

@@ -14,6 +14,9 @@
 //!    a file below its record (restored from an older backup) is copied anew
 //!  any error ──> error::Cause ──> Retry | Detach | Stop          (error.rs: the one policy)
 //!  both hub connections: TLS as the URL's sslmode says           (tls.rs, rustls)
+//!
+//!  remote peers ──HTTPS + JWT──> gateway (gateway/: axum; each request acts as the peer's role)
+//!                                  ──> the hub's SQL API; long polls share one watcher
 //! ```
 //!
 //! `pipeline::run(config, metrics, shutdown)` is the whole worker; the
@@ -24,6 +27,7 @@
 pub mod config;
 pub mod error;
 mod failpoint;
+pub mod gateway;
 pub mod http;
 mod hub;
 pub mod lsn;

@@ -6,6 +6,12 @@
 //!   Only to a peer the session's role may speak for (see
 //!   `crate::privilege`): a check hook refuses any other with 42501, so a
 //!   local session cannot hide its writes from a peer by taking its name.
+//! - `tributary.claims`: the claims of the token the current request was
+//!   verified with, as a JSON object's text; empty (the default) means
+//!   none. `sync_act_for_peer` sets it for the request's transaction and
+//!   `sync_claim(name)` reads it (`crate::api::claims`). A check hook
+//!   refuses anything but an object with 22023. Any session may set its
+//!   own: claims are as trustworthy as the role that reads them.
 //! - `tributary.retention`: how long tombstones are kept by `sync_cleanup()`,
 //!   as an interval (default `7 days`).
 //! - `tributary.max_retries`: attempts before a parked change becomes a dead
@@ -19,6 +25,7 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 pub static ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CLAIMS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// Seconds.
 pub static MAX_CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(300);
@@ -37,6 +44,17 @@ pub fn init() {
             GucContext::Userset,
             GucFlags::default(),
             Some(check_origin),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"tributary.claims",
+            c"Claims of the verified token of the current request (a JSON object), read with sync_claim(name).",
+            c"Set by sync_act_for_peer for the request's transaction. Any session may set its own: claims are as trustworthy as the role.",
+            &CLAIMS,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_claims),
             None,
             None,
         );
@@ -120,6 +138,37 @@ unsafe extern "C-unwind" fn check_origin(
         pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
         pg_sys::GUC_check_errdetail_string = palloc_str(&detail);
         pg_sys::GUC_check_errhint_string = palloc_str(&hint);
+        false
+    }
+}
+
+/// The check hook of `tributary.claims`: empty, or a JSON object's text
+/// (see `crate::claims::check`).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_claims(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pgrx::pg_sys::GucSource::Type,
+) -> bool {
+    use pgrx::pg_sys;
+    // SAFETY: PostgreSQL passes a valid pointer to the new value (which may
+    // be NULL); the error strings are palloc'd as guc.c expects.
+    unsafe {
+        let v = *newval;
+        if v.is_null() {
+            return true;
+        }
+        let text = std::ffi::CStr::from_ptr(v).to_string_lossy();
+        let Err(bad) = crate::claims::check(&text) else {
+            return true;
+        };
+        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errdetail_string = palloc_str(&format!(
+            "tributary.claims must be empty or a JSON object; {bad}."
+        ));
+        pg_sys::GUC_check_errhint_string = palloc_str(
+            "Let sync_act_for_peer(peer, claims jsonb) set it, or SET tributary.claims = '{\"tenant\": \"t1\"}'; '' for none.",
+        );
         false
     }
 }

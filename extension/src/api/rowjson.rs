@@ -207,6 +207,29 @@ pub(crate) unsafe fn push_value(out: &mut Vec<u8>, col: &mut Col, value: pg_sys:
     }
 }
 
+/// `anyelement` takes any value: only a row may be read as a tuple. Checked
+/// on the first call of a query (the argument's type is the same for every
+/// call after it).
+unsafe fn refuse_non_row(flinfo: *mut pg_sys::FmgrInfo) {
+    let typid = unsafe { pg_sys::get_fn_expr_argtype(flinfo, 0) };
+    if typid == pg_sys::InvalidOid || !unsafe { pg_sys::type_is_rowtype(typid) } {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            "tributary.row_json takes a row",
+            "tributary.row_json",
+        )
+        .set_detail(if typid == pg_sys::InvalidOid {
+            "Its argument's type is unknown (a direct call).".to_string()
+        } else {
+            // SAFETY: format_type_be returns a palloc'd string for a valid type.
+            let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(typid)) };
+            format!("Its argument is of type {}.", name.to_string_lossy())
+        })
+        .set_hint("Pass a whole row, e.g. tributary.row_json(t.*) FROM some_table t.")
+        .report(PgLogLevel::ERROR);
+    }
+}
+
 #[pg_schema]
 pub mod tributary {
     use super::*;
@@ -225,12 +248,15 @@ STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'row_json_wrapper';
     )]
     fn row_json(row: pgrx::AnyElement, fcinfo: pg_sys::FunctionCallInfo) -> Vec<u8> {
         unsafe {
+            let flinfo = (*fcinfo).flinfo;
+            if (*flinfo).fn_extra.is_null() {
+                refuse_non_row(flinfo);
+            }
             let td =
                 pg_sys::pg_detoast_datum(row.datum().cast_mut_ptr()) as pg_sys::HeapTupleHeader;
             let typid = (*td).t_choice.t_datum.datum_typeid;
             let typmod = (*td).t_choice.t_datum.datum_typmod;
 
-            let flinfo = (*fcinfo).flinfo;
             let mut plan = (*flinfo).fn_extra as *mut Plan;
             if plan.is_null() || (*plan).typid != typid || (*plan).typmod != typmod {
                 let built = build_plan(typid, typmod, (*flinfo).fn_mcxt);

@@ -37,7 +37,7 @@ pub const APPLY_LOCK: &str = "SELECT pg_advisory_xact_lock(8315741522239766528 +
 
 /// What the load reads of a live row `r` (load::LiveRow).
 const LIVE_COLUMNS: &str = "\
-r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r)::text,
+r.sync_version, r.sync_origin, r.sync_colmeta, r.sync_created_xid, tributary.row_json(r.*)::text,
        r.ctid::text";
 
 /// $1 oid.

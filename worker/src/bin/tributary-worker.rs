@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tributary_worker::config::{Config, Kind};
+use tributary_worker::config::{Config, GatewayConfig, Kind};
 use tributary_worker::error::{Action, Error};
 use tributary_worker::metrics::Metrics;
 
@@ -38,7 +38,16 @@ enum Command {
         #[arg(long, env = "TRIBUTARY_CONFIG")]
         config: PathBuf,
     },
-    /// Stream the slot to the destinations until SIGTERM.
+    /// Serve the sync gateway alone (the [gateway] section) until SIGTERM.
+    /// Stateless: run as many as you like against one hub.
+    Gateway {
+        #[arg(long, env = "TRIBUTARY_CONFIG")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text", env = "TRIBUTARY_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Stream the slot to the destinations until SIGTERM; with a [gateway]
+    /// section, serve the gateway too.
     Run {
         #[arg(long, env = "TRIBUTARY_CONFIG")]
         config: PathBuf,
@@ -89,25 +98,71 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Error> {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            signals.cancel();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let gateway = config.gateway.clone().map(|g| {
+            std::thread::spawn({
+                let stop = shutdown.clone();
+                move || serve_gateway(g, stop)
+            })
         });
         let r = tributary_worker::pipeline::run(config, metrics, shutdown.clone()).await;
         shutdown.cancel();
+        if let Some(g) = gateway {
+            g.join()
+                .map_err(|_| Error::bug("the gateway thread panicked"))??;
+        }
         r
     })
+}
+
+/// Cancels `shutdown` at SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}
+
+/// The gateway on a runtime of its own: many connections in parallel,
+/// apart from the streaming pipeline's single thread.
+fn serve_gateway(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gateway")
+        .build()?;
+    rt.block_on(async move {
+        let r = tributary_worker::gateway::serve(config, shutdown.clone()).await;
+        if let Err(e) = &r {
+            // A gateway that cannot serve (its listener, its keys) is a
+            // configuration error: the whole process stops and says so.
+            tracing::error!(error = %e, "the gateway stopped");
+            shutdown.cancel();
+        }
+        r
+    })
+}
+
+fn gateway(config: GatewayConfig, log_format: LogFormat) -> Result<(), Error> {
+    init_logging(log_format);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cancel_on_signal(stop));
+        }
+    });
+    serve_gateway(config, shutdown)
 }
 
 fn try_main() -> Result<(), Error> {
@@ -116,6 +171,10 @@ fn try_main() -> Result<(), Error> {
             let c = Config::load(&config, |k| std::env::var(k).ok())?;
             print!("{}", c.redacted());
             Ok(())
+        }
+        Command::Gateway { config, log_format } => {
+            let c = Config::load_gateway(&config, |k| std::env::var(k).ok())?;
+            gateway(c, log_format)
         }
         Command::Run { config, log_format } => {
             let c = Config::load(&config, |k| std::env::var(k).ok())?;

@@ -1,0 +1,393 @@
+//! Reading: a table's payload (`GET /v1/tables/{table}/sync`) and the
+//! changes of all the peer's tables (`GET /v1/changes`, with long polls).
+//!
+//! ```text
+//!  /tables/{t}/sync?fromVersion=F ──sync_payload_window(t, F)──> Version, Type, ReasonCode, since
+//!       ──sync_payload_rows(t, since, Version, after, n+1)──> {"Data":[…],"Metadata":{"Sync":{…,"Next"}}}
+//!  /changes?since=S[&tables=…][&wait=W] ──sync_changes_since(S, v, tables, n+1, after…)──>
+//!       {"changes":[…],"version":v,"next"}      nothing yet and W > 0: wait on the watcher, then read
+//! ```
+//!
+//! Both stream their rows as the hub returns them and never echo-filter:
+//! a peer's own writes come back to it once, with the hub's revision.
+
+use super::error::ApiError;
+use super::pages::{page_size, streamed, Cursor, Out};
+use super::{Authed, Gateway};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::TryStreamExt;
+use std::sync::Arc;
+use tokio_postgres::types::ToSql;
+
+/// The query parameters of a request (a bad encoding is a JSON 400 too).
+pub struct Params(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Params, ApiError> {
+        axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map(|q| Params(q.0))
+            .map_err(|e| {
+                ApiError::bad_input("the query string cannot be read").detail(e.body_text())
+            })
+    }
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<T>().map(Some).map_err(|_| {
+                ApiError::bad_input(format!("{name} must be a whole number"))
+                    .detail(format!("{name} = {v:?}."))
+            }),
+        }
+    }
+}
+
+/// `fromVersion` from the header (as Azure SQL's Change Tracking sample
+/// sends it) or the query.
+fn from_version(headers: &HeaderMap, q: &Params) -> Result<Option<i64>, ApiError> {
+    if let Some(v) = headers.get("fromVersion") {
+        let s = v.to_str().unwrap_or("");
+        return s.trim().parse::<i64>().map(Some).map_err(|_| {
+            ApiError::bad_input("the fromVersion header must be a whole number")
+                .detail(format!("fromVersion: {s:?}."))
+        });
+    }
+    q.number("fromVersion")
+}
+
+pub async fn table_sync(
+    State(gw): State<Arc<Gateway>>,
+    auth: Authed,
+    Path(table): Path<String>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let size = page_size(
+        q.number("pageSize")?,
+        gw.config.default_page_size(),
+        gw.config.max_page_size,
+    )?;
+    let cursor = q.get("next").map(Cursor::decode).transpose()?;
+    let from = from_version(&headers, &q)?;
+    if cursor.is_none() && from.is_none() {
+        return Err(ApiError::bad_input("fromVersion is required")
+            .hint("Send fromVersion: 0 for a first sync, then the Version of your last payload (header or query parameter)."));
+    }
+    streamed("application/json", move |out| async move {
+        payload_page(&gw, &auth, &table, from.unwrap_or(0), cursor, size, out).await
+    })
+    .await
+}
+
+async fn payload_page(
+    gw: &Gateway,
+    auth: &Authed,
+    table: &str,
+    from: i64,
+    cursor: Option<Cursor>,
+    size: u32,
+    mut out: Out,
+) -> Result<Out, ApiError> {
+    let s = gw.hub.begin(&auth.peer).await?;
+    let window = match cursor {
+        Some(c) => c,
+        None => {
+            let r = s
+                .query_one(
+                    "SELECT version, type, reason_code, since FROM sync_payload_window($1::text::regclass, $2)",
+                    &[&table, &from],
+                )
+                .await?;
+            Cursor {
+                until: r.get(0),
+                kind: Some(r.get(1)),
+                reason: Some(r.get(2)),
+                since: r.get(3),
+                after_tbl: None,
+                after_pk: serde_json::Value::Null,
+            }
+        }
+    };
+    let after = (!window.after_pk.is_null()).then(|| window.after_pk.to_string());
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(table.to_string()),
+        Box::new(window.since),
+        Box::new(window.until),
+        Box::new(after),
+        Box::new(size as i32 + 1),
+    ];
+    let rows = s
+        .stream(
+            "SELECT pk::text, item::text FROM sync_payload_rows($1::text::regclass, $2, $3, $4::text::jsonb, $5)",
+            params,
+        )
+        .await?;
+    let mut rows = Box::pin(rows);
+    out.push("{\"Data\":[");
+    let mut n = 0u32;
+    let mut last_pk: Option<String> = None;
+    let mut more = false;
+    while let Some(row) = rows.try_next().await? {
+        if n == size {
+            more = true;
+            break;
+        }
+        if n > 0 {
+            out.push(",");
+        }
+        out.push(row.get::<_, &str>(1));
+        last_pk = Some(row.get(0));
+        n += 1;
+        if !out.flush_if_full().await {
+            return Err(ApiError::bad_input("the client went away"));
+        }
+    }
+    drop(rows);
+    s.commit().await?;
+    let mut sync = serde_json::json!({
+        "Version": window.until,
+        "Type": window.kind.as_deref().unwrap_or("Diff"),
+        "ReasonCode": window.reason.unwrap_or(0),
+    });
+    if let (true, Some(pk)) = (more, last_pk) {
+        let next = Cursor {
+            after_pk: serde_json::from_str(&pk).unwrap_or_default(),
+            ..window
+        };
+        sync["Next"] = next.encode().into();
+    }
+    out.push(&format!("],\"Metadata\":{{\"Sync\":{sync}}}}}"));
+    Ok(out)
+}
+
+/// Table names in `tables=a,b` (or repeated): a name holding a comma is
+/// quoted as SQL quotes it (`"a,b"`), so splitting respects quotes.
+fn table_list(q: &Params) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for v in q.all("tables") {
+        let mut cur = String::new();
+        let mut quoted = false;
+        for ch in v.chars() {
+            match ch {
+                '"' => {
+                    quoted = !quoted;
+                    cur.push(ch);
+                }
+                ',' if !quoted => names.push(std::mem::take(&mut cur)),
+                _ => cur.push(ch),
+            }
+        }
+        names.push(cur);
+    }
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// The peer's tables: those asked for, or every tracked table it may read.
+const TABLES_SQL: &str = "SELECT CASE WHEN $1::text[] IS NULL THEN
+       (SELECT coalesce(array_agg(relid::oid ORDER BY relid::oid), '{}') FROM tributary.tracked
+         WHERE active AND has_table_privilege(relid, 'SELECT'))
+     ELSE (SELECT array_agg(t::regclass::oid ORDER BY t::regclass::oid) FROM unnest($1::text[]) AS t) END";
+
+pub async fn changes(
+    State(gw): State<Arc<Gateway>>,
+    auth: Authed,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let size = page_size(
+        q.number("pageSize")?,
+        gw.config.default_page_size(),
+        gw.config.max_page_size,
+    )?;
+    let cursor = q.get("next").map(Cursor::decode).transpose()?;
+    let since: Option<i64> = q.number("since")?;
+    let wait: u64 = q.number("wait")?.unwrap_or(0);
+    if wait > gw.config.max_wait_s {
+        return Err(ApiError::bad_input(format!("wait {wait} is too long"))
+            .detail(format!(
+                "The longest wait is {} seconds.",
+                gw.config.max_wait_s
+            ))
+            .hint("Ask for a shorter wait and poll again."));
+    }
+    let tables = table_list(&q);
+    let Some(since) = cursor.as_ref().map(|c| c.since).or(since) else {
+        return Err(ApiError::bad_input("since is required")
+            .hint("Pass since=0 for a first sync, then the version of your last answer."));
+    };
+    if cursor.is_none() && wait > 0 {
+        long_poll(&gw, &auth, since, &tables, wait).await?;
+    }
+    streamed("application/json", move |out| async move {
+        changes_page(&gw, &auth, since, tables, cursor, size, out).await
+    })
+    .await
+}
+
+/// Waits until the peer's tables have a change after `since`, or `wait`
+/// seconds pass.
+async fn long_poll(
+    gw: &Gateway,
+    auth: &Authed,
+    since: i64,
+    tables: &Option<Vec<String>>,
+    wait: u64,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let s = gw.hub.begin(&auth.peer).await?;
+        let r = s
+            .query_one(
+                &format!(
+                    "WITH t(oids) AS ({TABLES_SQL}), v AS (SELECT sync_current_version() AS v)
+                     SELECT v.v, t.oids, EXISTS (SELECT 1 FROM sync_changes_since($2, v.v, t.oids::regclass[], NULL, 1))
+                       FROM t, v"
+                ),
+                &[tables, &since],
+            )
+            .await?;
+        s.commit().await?;
+        let (v, oids, any): (i64, Vec<u32>, bool) = (r.get(0), r.get(1), r.get(2));
+        if any || tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        let mut w = gw.watch.register(oids, v);
+        gw.metrics.waiting.store(
+            gw.watch.waiting() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let woken = tokio::select! {
+            w = w.until(deadline) => w,
+            _ = gw.shutdown.cancelled() => false,
+        };
+        drop(w);
+        gw.metrics.waiting.store(
+            gw.watch.waiting() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !woken {
+            return Ok(());
+        }
+    }
+}
+
+async fn changes_page(
+    gw: &Gateway,
+    auth: &Authed,
+    since: i64,
+    tables: Option<Vec<String>>,
+    cursor: Option<Cursor>,
+    size: u32,
+    mut out: Out,
+) -> Result<Out, ApiError> {
+    let s = gw.hub.begin(&auth.peer).await?;
+    let oids: Vec<u32> = s.query_one(TABLES_SQL, &[&tables]).await?.get(0);
+    let window = match cursor {
+        Some(c) => c,
+        None => Cursor {
+            since,
+            until: s
+                .query_one("SELECT sync_current_version()", &[])
+                .await?
+                .get(0),
+            ..Default::default()
+        },
+    };
+    let after = (!window.after_pk.is_null()).then(|| window.after_pk.to_string());
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(window.since),
+        Box::new(window.until),
+        Box::new(oids),
+        Box::new(size as i32 + 1),
+        Box::new(window.after_tbl.filter(|_| after.is_some())),
+        Box::new(after),
+    ];
+    let rows = s
+        .stream(
+            "SELECT c.tbl::oid, c.pk::text,
+                    json_build_object('table', c.tbl::text, 'op', c.op, 'pk', c.pk, 'data', c.data,
+                                      'row_version', c.row_version, 'origin', c.origin,
+                                      'changed_columns', c.changed_columns)::text
+               FROM sync_changes_since($1, $2, $3::oid[]::regclass[], NULL, $4, $5::oid::regclass, $6::text::jsonb) AS c",
+            params,
+        )
+        .await?;
+    let mut rows = Box::pin(rows);
+    out.push("{\"changes\":[");
+    let mut n = 0u32;
+    let mut last: Option<(u32, String)> = None;
+    let mut more = false;
+    while let Some(row) = rows.try_next().await? {
+        if n == size {
+            more = true;
+            break;
+        }
+        if n > 0 {
+            out.push(",");
+        }
+        out.push(row.get::<_, &str>(2));
+        last = Some((row.get(0), row.get(1)));
+        n += 1;
+        if !out.flush_if_full().await {
+            return Err(ApiError::bad_input("the client went away"));
+        }
+    }
+    drop(rows);
+    s.commit().await?;
+    out.push(&format!("],\"version\":{}", window.until));
+    if let (true, Some((tbl, pk))) = (more, last) {
+        let next = Cursor {
+            after_tbl: Some(tbl),
+            after_pk: serde_json::from_str(&pk).unwrap_or_default(),
+            ..window
+        };
+        out.push(&format!(",\"next\":\"{}\"", next.encode()));
+    }
+    out.push("}");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_split_on_commas_outside_quotes_and_may_repeat() {
+        let q = Params(vec![
+            ("tables".into(), "orders, public.\"a,b\"".into()),
+            ("tables".into(), "\"tab'le\"".into()),
+        ]);
+        assert_eq!(
+            table_list(&q).unwrap(),
+            vec!["orders", "public.\"a,b\"", "\"tab'le\""]
+        );
+        assert_eq!(table_list(&Params(vec![])), None);
+    }
+}
