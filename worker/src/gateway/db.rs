@@ -95,13 +95,17 @@ impl Hub {
         let mut s = Session {
             client: Some(client),
             open: true,
+            role: String::new(),
         };
         let c = s.client();
         let params: [&(dyn ToSql + Sync); 3] = [&peer.name, &claims, &timeout];
         // Pipelined: BEGIN and the switch go out together.
         let r = tokio::try_join!(c.batch_execute("BEGIN"), c.query_one(&act, &params));
         match r {
-            Ok(_) => Ok(s),
+            Ok((_, row)) => {
+                s.role = row.get(0);
+                Ok(s)
+            }
             Err(e) => {
                 s.rollback().await;
                 Err(e.into())
@@ -113,6 +117,8 @@ impl Hub {
 pub struct Session {
     client: Option<Object>,
     open: bool,
+    /// The peer's role, as the hub switched to it.
+    pub role: String,
 }
 
 impl Session {

@@ -273,12 +273,14 @@ async fn long_poll(
                 &[tables, &since],
             )
             .await?;
+        let role = s.role.clone();
         s.commit().await?;
         let (v, oids, any): (i64, Vec<u32>, bool) = (r.get(0), r.get(1), r.get(2));
         if any || tokio::time::Instant::now() >= deadline {
             return Ok(());
         }
-        let mut w = gw.watch.register(oids, v);
+        let claims = serde_json::Value::Object(auth.peer.claims.clone()).to_string();
+        let mut w = gw.watch.register(&role, &claims, oids, v);
         gw.metrics.waiting.store(
             gw.watch.waiting() as i64,
             std::sync::atomic::Ordering::Relaxed,

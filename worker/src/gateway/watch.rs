@@ -1,19 +1,26 @@
 //! One watcher per process for every waiting long poll.
 //!
 //! ```text
-//!  long poll: nothing new in [since, v) ──register(tables, v)──> waits (or its timeout)
+//!  long poll: nothing new in [since, v) ──register(role, claims, tables, v)──> waits (or its timeout)
 //!  watcher, every watch_interval_ms while anyone waits:
-//!    cur := sync_current_version()                    one query
-//!    cur > lowest v waiting?  sync_tables_changed(lowest v, cur)   one query
-//!    wake the waiters whose tables changed; the others now wait from cur
+//!    cur := sync_current_version()                                   one query
+//!    cur > lowest v waiting?  changed := sync_tables_changed(low, cur)  one query
+//!    per role among the waiters of changed tables:                     one query per role
+//!      sync_changed_for(low, cur, changed, their distinct claims)
+//!      = which claims would read a change (row filters, move-outs, deletes included)
+//!    wake those waiters; the others now wait from cur
 //! ```
 //!
-//! So the hub sees two small queries per interval however many clients
-//! wait, never one per waiting client per commit. A woken client reads its
-//! own changes, as its own role. A wake is a hint: a spurious one costs
-//! that client one read.
+//! So the hub sees a few small queries per interval however many clients
+//! wait, never one per waiting client per commit, and a commit of one
+//! tenant wakes only that tenant's clients. A woken client reads its own
+//! changes, as its own role. A wake is a hint: a spurious one costs that
+//! client one read, so when `sync_changed_for` cannot run the watcher
+//! wakes every waiter of a changed table instead.
 
 use super::db::Hub;
+use super::error::ApiError;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 struct Waiter {
     id: u64,
+    /// Who waits: the role it reads as and its claims (JSON text).
+    role: String,
+    claims: String,
     /// The tables it waits on (oids).
     tables: Vec<u32>,
     /// It has seen every change before this version.
@@ -35,6 +45,9 @@ pub struct Watcher {
     /// sync_tables_changed is not granted: every move of the version
     /// wakes everyone (correct, slower); warned about once.
     blind: AtomicBool,
+    /// sync_changed_for is missing or not granted: waiters wake by table
+    /// alone.
+    by_table: AtomicBool,
 }
 
 /// A registered wait; dropping it leaves the watcher's list.
@@ -61,18 +74,28 @@ impl Drop for Wait<'_> {
     }
 }
 
+/// The waiters of one role that a window may concern: their distinct
+/// claims, and the tables they wait on.
+#[derive(Default)]
+struct RoleAsk {
+    claims: Vec<String>,
+    tables: BTreeSet<u32>,
+}
+
 impl Watcher {
     pub fn waiting(&self) -> usize {
         self.waiters.lock().expect("watcher lock").1.len()
     }
 
-    pub fn register(&self, tables: Vec<u32>, checked: i64) -> Wait<'_> {
+    pub fn register(&self, role: &str, claims: &str, tables: Vec<u32>, checked: i64) -> Wait<'_> {
         let (tx, rx) = oneshot::channel();
         let mut w = self.waiters.lock().expect("watcher lock");
         w.0 += 1;
         let id = w.0;
         w.1.push(Waiter {
             id,
+            role: role.to_string(),
+            claims: claims.to_string(),
             tables,
             checked,
             wake: Some(tx),
@@ -93,26 +116,46 @@ impl Watcher {
             .min()
     }
 
-    /// Wakes the waiters of the changed tables (all, when `changed` is
-    /// None); the others have now checked up to `cur`.
-    fn wake(&self, changed: Option<&[u32]>, cur: i64) -> usize {
+    /// Per role, what to ask about the waiters of the changed tables.
+    fn asks(&self, changed: &[u32], cur: i64) -> BTreeMap<String, RoleAsk> {
+        let w = self.waiters.lock().expect("watcher lock");
+        let mut asks: BTreeMap<String, RoleAsk> = BTreeMap::new();
+        for x in w.1.iter().filter(|x| x.wake.is_some() && x.checked < cur) {
+            let hit: Vec<u32> = x
+                .tables
+                .iter()
+                .copied()
+                .filter(|t| changed.contains(t))
+                .collect();
+            if hit.is_empty() {
+                continue;
+            }
+            let a = asks.entry(x.role.clone()).or_default();
+            if !a.claims.contains(&x.claims) {
+                a.claims.push(x.claims.clone());
+            }
+            a.tables.extend(hit);
+        }
+        asks
+    }
+
+    /// Wakes the waiters `woken` says would read a change; the others of
+    /// the window have now checked up to `cur`. `woken(role, claims,
+    /// table)`.
+    fn wake(&self, cur: i64, woken: impl Fn(&str, &str, u32) -> bool) -> usize {
         let mut w = self.waiters.lock().expect("watcher lock");
-        let mut woken = 0;
+        let mut n = 0;
         for x in w.1.iter_mut().filter(|x| x.checked < cur) {
-            let hit = match changed {
-                None => true,
-                Some(c) => x.tables.iter().any(|t| c.contains(t)),
-            };
-            if hit {
+            if x.tables.iter().any(|t| woken(&x.role, &x.claims, *t)) {
                 if let Some(tx) = x.wake.take() {
                     let _ = tx.send(());
-                    woken += 1;
+                    n += 1;
                 }
             } else {
                 x.checked = cur;
             }
         }
-        woken
+        n
     }
 
     pub async fn run(&self, hub: &Hub, interval: Duration, shutdown: CancellationToken) {
@@ -130,7 +173,7 @@ impl Watcher {
         }
     }
 
-    async fn once(&self, hub: &Hub, low: i64) -> Result<(), super::error::ApiError> {
+    async fn once(&self, hub: &Hub, low: i64) -> Result<(), ApiError> {
         let c = hub.own().await?;
         let cur: i64 = c
             .query_one("SELECT sync_current_version()", &[])
@@ -140,28 +183,84 @@ impl Watcher {
             return Ok(());
         }
         if self.blind.load(Ordering::Relaxed) {
-            self.wake(None, cur);
+            self.wake(cur, |_, _, _| true);
             return Ok(());
         }
         let st = c
             .prepare_cached("SELECT t::oid FROM sync_tables_changed($1, $2) AS t")
             .await?;
-        match c.query(&st, &[&low, &cur]).await {
-            Ok(rows) => {
-                let changed: Vec<u32> = rows.iter().map(|r| r.get(0)).collect();
-                self.wake(Some(&changed), cur);
-            }
+        let changed: Vec<u32> = match c.query(&st, &[&low, &cur]).await {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
             Err(e) if e.code().map(|c| c.code()) == Some("42501") => {
                 tracing::warn!(
                     "the gateway's role may not run sync_tables_changed, so every long poll wakes at every commit; run SELECT sync_gateway_grant('<gateway role>') on the hub"
                 );
                 self.blind.store(true, Ordering::Relaxed);
-                self.wake(None, cur);
+                self.wake(cur, |_, _, _| true);
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
+        };
+        if changed.is_empty() || self.by_table.load(Ordering::Relaxed) {
+            self.wake(cur, |_, _, t| changed.contains(&t));
+            return Ok(());
         }
+        let mut hits: BTreeSet<(String, String, u32)> = BTreeSet::new();
+        for (role, ask) in self.asks(&changed, cur) {
+            match changed_for(&c, &role, &ask, low, cur).await {
+                Ok(found) => hits.extend(found.into_iter().map(|(cl, t)| (role.clone(), cl, t))),
+                Err(e) => {
+                    // Missing or not granted: for good (said once); anything
+                    // else: for this window.
+                    if matches!(e.sqlstate.as_str(), "42883" | "42501") {
+                        tracing::warn!(sqlstate = %e.sqlstate, message = %e.message,
+                            "sync_changed_for cannot run: long polls now wake for any change of their tables");
+                        self.by_table.store(true, Ordering::Relaxed);
+                    }
+                    self.wake(cur, |_, _, t| changed.contains(&t));
+                    return Ok(());
+                }
+            }
+        }
+        self.wake(cur, |role, claims, t| {
+            hits.contains(&(role.to_string(), claims.to_string(), t))
+        });
         Ok(())
     }
+}
+
+/// As `role`, which (claims, table) pairs of `ask` would read a change in
+/// `[low, cur)`.
+async fn changed_for(
+    c: &deadpool_postgres::Object,
+    role: &str,
+    ask: &RoleAsk,
+    low: i64,
+    cur: i64,
+) -> Result<Vec<(String, u32)>, ApiError> {
+    let tables: Vec<u32> = ask.tables.iter().copied().collect();
+    let st = c
+        .prepare_cached(
+            "SELECT f.claims_index, f.tbl::oid FROM sync_changed_for($1, $2, $3::oid[]::regclass[], $4::text[]::jsonb[]) AS f",
+        )
+        .await?;
+    c.batch_execute("BEGIN").await?;
+    let r = async {
+        c.query("SELECT set_config('role', $1, true)", &[&role])
+            .await?;
+        c.query(&st, &[&low, &cur, &tables, &ask.claims]).await
+    }
+    .await;
+    let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    c.batch_execute(end).await?;
+    Ok(r?
+        .iter()
+        .filter_map(|row| {
+            let i: i32 = row.get(0);
+            let t: u32 = row.get(1);
+            ask.claims.get((i - 1) as usize).map(|cl| (cl.clone(), t))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -169,20 +268,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_waiters_of_a_changed_table_wake_and_the_others_move_on() {
+    fn only_the_waiters_a_change_concerns_wake_and_the_others_move_on() {
         let w = Watcher::default();
-        let mut a = w.register(vec![1, 2], 10);
-        let mut b = w.register(vec![3], 10);
-        let mut late = w.register(vec![3], 20);
+        let mut a = w.register("device", "{\"tenant\":\"a\"}", vec![1, 2], 10);
+        let mut b = w.register("device", "{\"tenant\":\"b\"}", vec![2], 10);
+        let mut c = w.register("clerk", "{}", vec![3], 10);
+        let mut late = w.register("device", "{\"tenant\":\"b\"}", vec![2], 20);
         assert_eq!(w.lowest(), Some(10));
-        assert_eq!(w.wake(Some(&[2]), 15), 1);
+        let asks = w.asks(&[2], 15);
+        assert_eq!(asks.len(), 1, "only device waits on table 2 below 15");
+        assert_eq!(asks["device"].claims.len(), 2);
+        // Table 2 changed, for tenant a only.
+        assert_eq!(w.wake(15, |_, cl, t| cl.contains("\"a\"") && t == 2), 1);
         assert!(a.rx.try_recv().is_ok());
-        assert!(b.rx.try_recv().is_err());
-        // b has now checked up to 15; late (at 20) was not looked at.
+        assert!(b.rx.try_recv().is_err() && c.rx.try_recv().is_err());
+        // b and c have now checked up to 15; late (at 20) was not looked at.
         assert_eq!(w.lowest(), Some(15));
-        assert_eq!(w.wake(None, 25), 2);
-        assert!(b.rx.try_recv().is_ok() && late.rx.try_recv().is_ok());
-        drop((a, b, late));
+        assert_eq!(w.wake(25, |_, _, _| true), 3);
+        assert!(b.rx.try_recv().is_ok() && c.rx.try_recv().is_ok() && late.rx.try_recv().is_ok());
+        drop((a, b, c, late));
         assert_eq!(w.waiting(), 0);
     }
 }
