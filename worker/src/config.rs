@@ -364,6 +364,74 @@ path = "/var/lib/tributary/edge1.db"
     }
 
     #[test]
+    fn the_gateway_section_takes_its_secrets_from_the_environment_and_checks_its_limits() {
+        let secret = |k: &str| (k == "TRIBUTARY_GATEWAY_JWT_SECRET").then(|| "s".repeat(32));
+        let text = format!("{GOOD}\n[gateway]\nlisten = \"127.0.0.1:8080\"\n");
+        let c = Config::parse(&text, secret).unwrap();
+        let g = c.gateway.as_ref().unwrap();
+        assert_eq!(
+            g.database_url.as_deref(),
+            Some("postgres://app:s3cret@127.0.0.1:5432/hub")
+        );
+        assert_eq!(g.default_page_size(), 1000);
+        assert!(!c.redacted().contains(&"s".repeat(32)));
+        // `gateway` alone: no [source] needed when database_url is set.
+        let alone = "[gateway]\nlisten = \"127.0.0.1:8080\"\ndatabase_url = \"postgres://gw@h/db\"\nmax_page_size = 50\n";
+        assert_eq!(
+            Config::parse_gateway(alone, secret)
+                .unwrap()
+                .default_page_size(),
+            50
+        );
+        let cases = [
+            (
+                alone.to_string(),
+                no_env as fn(&str) -> Option<String>,
+                "a way to verify tokens",
+            ),
+            (
+                format!("{alone}tls_cert = \"/c.pem\"\n"),
+                secret,
+                "go together",
+            ),
+            (
+                format!("{alone}page_size = 51\n"),
+                secret,
+                "gateway.page_size must be 1 to 50",
+            ),
+            (
+                format!("{alone}pool_size = 0\n"),
+                secret,
+                "gateway.pool_size",
+            ),
+            (
+                alone.replace("127.0.0.1:8080", "nowhere"),
+                secret,
+                "gateway.listen",
+            ),
+            (
+                "[gateway]\nlisten = \"127.0.0.1:1\"\n".to_string(),
+                secret,
+                "database_url is required",
+            ),
+            (
+                "[http]\nlisten = \"x\"\n".to_string(),
+                secret,
+                "no [gateway] section",
+            ),
+        ];
+        for (text, env, want) in cases {
+            let e = Config::parse_gateway(&text, env).unwrap_err().to_string();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+        }
+        let short = |k: &str| (k == "TRIBUTARY_GATEWAY_JWT_SECRET").then(|| "short".to_string());
+        assert!(Config::parse_gateway(alone, short)
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes"));
+    }
+
+    #[test]
     fn mistakes_are_refused_with_the_reason() {
         let cases = [
             (
