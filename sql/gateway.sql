@@ -74,6 +74,7 @@ COMMENT ON FUNCTION sync_act_for_peer(text, jsonb) IS
 
 -- One row by primary key, as the caller (privileges and row-level security
 -- apply), shaped as sync_changes_since's data, with its revision (the ETag).
+-- A scoped session gets no row its table's row filter does not admit.
 -- VOLATILE: with lock, the row is locked FOR UPDATE (an If-Match check
 -- followed by sync_apply in the same transaction).
 CREATE FUNCTION sync_row(tbl regclass, pk jsonb, lock boolean DEFAULT false)
@@ -85,6 +86,7 @@ DECLARE
     key_list text := array_to_string(t.pk_columns, ', ');
     bad text;
     cond text;
+    f tributary.filters;
 BEGIN
     IF pk IS NULL OR jsonb_typeof(pk) <> 'object' THEN
         PERFORM tributary._raise('22023', 'pk must be a JSON object of the primary key columns',
@@ -109,12 +111,16 @@ BEGIN
             format('Pass every primary key column of %s: %s.', tbl, key_list));
     END IF;
     SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') INTO cond FROM unnest(t.pk_columns) AS c;
+    IF tributary._scoped() THEN
+        SELECT * INTO f FROM tributary.filters x WHERE x.relid = tbl AND x.filter IS NOT NULL;
+    END IF;
     -- t.*: a whole-row reference even when the table has a column named t.
     RETURN QUERY EXECUTE format(
         'SELECT tributary.row_json(t.*), t.sync_version
            FROM %1$s AS t, jsonb_populate_record(NULL::%1$s, $1) AS k
-          WHERE %2$s%3$s',
-        tbl, cond, CASE WHEN lock THEN ' FOR UPDATE OF t' ELSE '' END)
+          WHERE %2$s%3$s%4$s',
+        tbl, cond, CASE WHEN f.filter IS NOT NULL THEN ' AND ' || tributary._admits(f, '(SELECT t.*)') ELSE '' END,
+        CASE WHEN lock THEN ' FOR UPDATE OF t' ELSE '' END)
         USING pk;
 END $$;
 COMMENT ON FUNCTION sync_row(regclass, jsonb, boolean) IS
@@ -204,6 +210,60 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION sync_tables_changed(bigint, bigint) IS
   'The tracked tables with a change in [since, until), for the gateway''s shared watcher. Not granted to PUBLIC.';
+
+-- For the gateway's one shared long-poll watcher, when tables have row
+-- filters: for each claims object (1-based index) and table, whether a
+-- session scoped with those claims reads at least one change of that table
+-- in [since, until), by the rules of sync_changes_since (and a change of the
+-- table's filter since `since`, which such a reader is told to resync for).
+-- As the caller: privileges and row-level security apply. The work is
+-- Rust (tributary._changed_for, extension/src/watch.rs): each table's query
+-- is built and prepared once, then run once per claims set with
+-- tributary.claims set to it; the setting is restored at the end.
+CREATE FUNCTION sync_changed_for(since bigint, until bigint, tables regclass[], claims jsonb[])
+RETURNS TABLE (claims_index integer, tbl regclass)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    cur bigint := @extschema@.sync_current_version();
+    off bigint := tributary._version_offset();
+    t regclass;
+    bad integer;
+BEGIN
+    IF since IS NULL OR until IS NULL OR tables IS NULL OR claims IS NULL THEN
+        PERFORM tributary._raise('22004', 'since, until, tables and claims must not be NULL',
+            format('since = %s, until = %s, tables = %s, claims = %s.', coalesce(since::text, 'NULL'),
+                   coalesce(until::text, 'NULL'), coalesce(tables::text, 'NULL'),
+                   coalesce(left(claims::text, 200), 'NULL')),
+            'Pass the window the watcher looks at, the tables polled, and one claims object per waiting request.');
+    END IF;
+    IF since < 0 OR until < since THEN
+        PERFORM tributary._raise('22023', 'not a window of versions',
+            format('since = %s, until = %s.', since, until), 'Pass 0 <= since <= until.');
+    END IF;
+    IF until > cur THEN
+        PERFORM tributary._raise('TB001', 'version is from the future',
+            format('Asked for [%s, %s) but the current version is %s.', since, until, cur),
+            'Pass until = sync_current_version() taken in this transaction or before.');
+    END IF;
+    FOREACH t IN ARRAY tables LOOP
+        PERFORM tributary._tracked(t);
+    END LOOP;
+    SELECT c.n::integer INTO bad FROM unnest(claims) WITH ORDINALITY AS c(v, n)
+     WHERE c.v IS NULL OR jsonb_typeof(c.v) <> 'object' LIMIT 1;
+    IF bad IS NOT NULL THEN
+        PERFORM tributary._raise('22023', format('claims[%s] is not a JSON object', bad),
+            format('claims[%s] = %s.', bad, coalesce(left(claims[bad]::text, 200), 'NULL')),
+            'Pass each request''s verified claims as a jsonb object, ''{}'' for none.');
+    END IF;
+    RETURN QUERY
+        SELECT r.claims_index, r.tbl::regclass
+          FROM tributary._changed_for(greatest(since - off, 0), until - off, since > 0,
+                                      tables::oid[], claims::text[]) AS r
+         ORDER BY 1, 2;
+END $$;
+COMMENT ON FUNCTION sync_changed_for(bigint, bigint, regclass[], jsonb[]) IS
+  'For the gateway''s shared watcher: which claims sets (1-based) would read a change of which tables in [since, until). As the caller.';
 
 -- Grants a gateway's login role what it needs that PUBLIC lacks: the
 -- shared watcher's sync_tables_changed. Everything else it does as a

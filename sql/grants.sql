@@ -16,6 +16,8 @@ REVOKE ALL ON FUNCTION @extschema@.sync_set_peer(text, integer, regrole) FROM PU
 REVOKE ALL ON FUNCTION @extschema@.sync_resolve_conflict(bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_retry_pending(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_set_policy(regclass, text, regprocedure) FROM PUBLIC;
+-- A row filter is set by its table's owner (sync_set_filter checks it too).
+REVOKE ALL ON FUNCTION @extschema@.sync_set_filter(regclass, text) FROM PUBLIC;
 -- Queues: creating and consuming are granted explicitly (to the worker's
 -- and the consumers' roles), with the queue tables themselves.
 REVOKE ALL ON FUNCTION @extschema@.sync_queue_create(text, integer) FROM PUBLIC;
@@ -33,6 +35,7 @@ GRANT SELECT ON @extschema@.sync_policies TO PUBLIC;
 GRANT SELECT ON @extschema@.sync_conflicts, @extschema@.sync_pending TO PUBLIC;
 GRANT SELECT ON tributary.dead_letters, @extschema@.sync_dead_letters TO PUBLIC;  -- row-level security applies
 GRANT SELECT ON tributary.pending TO PUBLIC;  -- row-level security applies
+GRANT SELECT ON tributary.filters, tributary.moves, @extschema@.sync_filters TO PUBLIC;  -- row-level security applies
 -- Nobody but the owner writes tombstones, conflicts or parked changes: the
 -- engine, the delete trigger and _close_conflict switch to the owner for
 -- those writes alone, after checking the caller (extension/src/privilege.rs).
@@ -40,7 +43,16 @@ GRANT EXECUTE ON FUNCTION
     tributary._raise(text, text, text, text),
     tributary._tracked(regclass),
     tributary._window_tables(bigint, bigint, regclass[]),
-    tributary._changes_query(oid, bigint, boolean),
+    tributary._changes_query(oid, bigint, boolean, boolean),
+    tributary._scoped(),                         -- row filters: the SQL the pull API builds
+    tributary._admits(tributary.filters, text),
+    tributary._admits_image(tributary.filters, text),
+    tributary._seen_images(tributary.filters, text),
+    tributary._seen(tributary.filters, text),
+    tributary._changed_images(oid, bigint),
+    tributary._changed_for(bigint, bigint, boolean, oid[], text[]),  -- sync_changed_for, as the caller
+    tributary._check_filter_text(text),
+    tributary._store_filter(regclass, text, text[]),  -- acts only for callers of sync_set_filter who own the table
     tributary.changed_columns(bytea, bigint, bigint, smallint[], text[]),
     tributary.colmeta_entries(bytea),
     tributary.row_json(anyelement),
@@ -65,7 +77,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.sync_payload_window(regclass, bigint),
     @extschema@.sync_payload_rows(regclass, bigint, bigint, jsonb, integer),
     @extschema@.sync_row(regclass, jsonb, boolean),
-    @extschema@.sync_schema()
+    @extschema@.sync_schema(),
+    @extschema@.sync_changed_for(bigint, bigint, regclass[], jsonb[])  -- as the caller: privileges and RLS apply
   TO PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_tables_changed(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.sync_gateway_grant(regrole) FROM PUBLIC;

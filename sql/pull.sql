@@ -8,7 +8,8 @@
 
 -- Checks a window (in versions, as readers hold them) and the tables it
 -- covers; returns the tables, oldest oid first. Errors carry a SQLSTATE, a
--- DETAIL and a HINT.
+-- DETAIL and a HINT. A scoped session (tributary.claims set) older than a
+-- change of a table's row filter must resync that table in full.
 CREATE FUNCTION tributary._window_tables(since bigint, until bigint, tables regclass[])
 RETURNS SETOF oid
 LANGUAGE plpgsql STABLE
@@ -17,8 +18,10 @@ DECLARE
     cur bigint := @extschema@.sync_current_version();
     off bigint := tributary._version_offset();
     live text := tributary._hub_identity();
+    scoped boolean := tributary._scoped();
     t regclass;
     tr tributary.tracked;
+    f tributary.filters;
 BEGIN
     IF since IS NULL THEN
         PERFORM tributary._raise('22004', 'since must not be NULL',
@@ -62,23 +65,53 @@ BEGIN
                 format('Resync the table in full: sync_changes_since(0, tables => ARRAY[%L::regclass]) or sync_payload(%L, 0).',
                        tr.relid::regclass::text, tr.relid::regclass::text));
         END IF;
+        IF scoped AND since > 0 THEN
+            SELECT * INTO f FROM tributary.filters x WHERE x.relid = tr.relid AND since - off <= x.since_xid;
+            IF FOUND THEN
+                PERFORM tributary._raise('TB002',
+                    format('version %s is too old for table %s under its row filter', since, tr.relid::regclass),
+                    format('The row filter of %s was %s at version %s; what a scoped reader older than that holds was chosen by the filter before.',
+                           tr.relid::regclass,
+                           CASE WHEN f.filter IS NULL THEN 'removed' ELSE format('set to %L', f.filter) END,
+                           f.since_xid + off),
+                    format('Resync the table in full: sync_changes_since(0, tables => ARRAY[%L::regclass]) or sync_payload(%L, 0).',
+                           tr.relid::regclass::text, tr.relid::regclass::text));
+            END IF;
+        END IF;
         RETURN NEXT tr.relid;
     END LOOP;
 END $$;
 
 -- The SQL that reads the net changes of one table in a window.
 -- $1 since, $2 until (as xids: a version less the offset), $3 skip_origin,
--- $4 after_pk, $5 limit.
-CREATE FUNCTION tributary._changes_query(rel oid, since bigint, paged boolean) RETURNS text
+-- $4 after_pk, $5 limit. `scoped`: read as a scoped session does (the
+-- caller passes tributary._scoped(); sync_changed_for builds the scoped
+-- form for each claims set). Scoped, a table with a row filter reads
+-- exactly (see docs/architecture.md, "Row filters"):
+--   a live row the filter admits .............. I/U, whole, as unscoped
+--   a live row it does not admit ............... D (data NULL) when the reader
+--       could have seen the row (tributary._seen), in a diff; else nothing
+--   a tombstone ................................ D only when the reader could
+--       have seen the row: its image, or an earlier one, admitted
+CREATE FUNCTION tributary._changes_query(rel oid, since bigint, paged boolean, scoped boolean) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
     pk text[] := (SELECT pk_columns FROM tributary.tracked WHERE relid = rel);
     meta text[] := '{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}';  -- never in data
+    f tributary.filters;
     attnums int2[];
     names text[];
     pk_expr text;
     pk_match text;
+    op text := $e$CASE WHEN t.sync_created_xid >= $1 THEN 'I' ELSE 'U' END$e$;
+    data text := 'tributary.row_json(t.*)';  -- t.*: the row even if a column is named t
+    changed text := 'CASE WHEN t.sync_created_xid >= $1 THEN %1$L::text[]
+                    ELSE tributary.changed_columns(t.sync_colmeta, t.sync_created_xid, $1, %2$L::int2[], %1$L::text[])
+               END';
+    rows_from text := '';
+    rows_where text := '';
+    deletes_where text := '';
     q text;
 BEGIN
     SELECT array_agg(a.attnum ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum)
@@ -88,21 +121,32 @@ BEGIN
     SELECT 'jsonb_build_object(' || string_agg(format('%L, t.%I', c, c), ', ') || ')',
            string_agg(format('t.%1$I = k.%1$I', c), ' AND ')
       INTO pk_expr, pk_match FROM unnest(pk) c;
+    changed := format(changed, names, attnums);
+    IF scoped THEN
+        SELECT * INTO f FROM tributary.filters x WHERE x.relid = rel AND x.filter IS NOT NULL;
+    END IF;
+    IF f.filter IS NOT NULL THEN
+        op := 'CASE WHEN NOT w.adm THEN ''D'' ELSE ' || op || ' END';
+        data := 'CASE WHEN w.adm THEN ' || data || ' END';
+        changed := 'CASE WHEN w.adm THEN ' || changed || ' END';
+        rows_from := format(' CROSS JOIN LATERAL (SELECT %s AS adm) AS w', tributary._admits(f, NULL));
+        rows_where := CASE WHEN since > 0 THEN format(' AND (w.adm OR %s)', tributary._seen(f, pk_expr))
+                           ELSE ' AND w.adm' END;
+        deletes_where := ' AND ' || tributary._seen(f, 'd.pk');
+    END IF;
 
     q := format($q$
         SELECT %1$s::oid::regclass AS tbl,
-               CASE WHEN t.sync_created_xid >= $1 THEN 'I' ELSE 'U' END AS op,
-               %2$s AS pk,
-               tributary.row_json(t.*) AS data,  -- t.*: the row even if a column is named t
+               %2$s AS op,
+               %3$s AS pk,
+               %4$s AS data,
                t.sync_version AS row_version,
                t.sync_origin AS origin,
-               CASE WHEN t.sync_created_xid >= $1 THEN %4$L::text[]
-                    ELSE tributary.changed_columns(t.sync_colmeta, t.sync_created_xid, $1, %5$L::int2[], %4$L::text[])
-               END AS changed_columns
-          FROM %6$s AS t
+               %5$s AS changed_columns
+          FROM %6$s AS t%7$s
          WHERE t.sync_xid >= $1 AND t.sync_xid < $2
-           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)$q$,
-        rel, pk_expr, NULL, names, attnums, rel::regclass);
+           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)%8$s$q$,
+        rel, op, pk_expr, data, changed, rel::regclass, rows_from, rows_where);
     -- Deletes: not owed to a first (full) sync, and superseded when the key
     -- is live again (the live row is delivered instead).
     IF since > 0 THEN
@@ -113,8 +157,8 @@ BEGIN
          WHERE d.relid = %1$s AND d.xid >= $1 AND d.xid < $2
            AND ($3::text IS NULL OR d.origin IS DISTINCT FROM $3)
            AND NOT EXISTS (SELECT 1 FROM jsonb_populate_record(NULL::%2$s, d.pk) AS k
-                           JOIN %2$s AS t ON %3$s)$q$,
-            rel, rel::regclass, pk_match);
+                           JOIN %2$s AS t ON %3$s)%4$s$q$,
+            rel, rel::regclass, pk_match, deletes_where);
     END IF;
     IF paged THEN
         q := 'SELECT * FROM (' || q || ') AS w WHERE $4::jsonb IS NULL OR w.pk > $4 ORDER BY w.pk LIMIT $5';
@@ -137,6 +181,7 @@ AS $$
 DECLARE
     upto bigint := coalesce(until, @extschema@.sync_current_version());
     off bigint := tributary._version_offset();
+    scoped boolean := tributary._scoped();
     rel oid;
     left_rows bigint := page_size;
     got bigint;
@@ -157,10 +202,10 @@ BEGIN
     FOR rel IN SELECT * FROM tributary._window_tables(since, upto, tables) LOOP
         CONTINUE WHEN after_tbl IS NOT NULL AND rel < after_tbl::oid;
         IF page_size IS NULL THEN
-            RETURN QUERY EXECUTE tributary._changes_query(rel, since, false)
+            RETURN QUERY EXECUTE tributary._changes_query(rel, since, false, scoped)
                 USING greatest(since - off, 0), upto - off, skip_origin, NULL::jsonb, NULL::bigint;
         ELSE
-            RETURN QUERY EXECUTE tributary._changes_query(rel, since, true)
+            RETURN QUERY EXECUTE tributary._changes_query(rel, since, true, scoped)
                 USING greatest(since - off, 0), upto - off, skip_origin,
                       CASE WHEN rel = after_tbl::oid THEN after_pk END, left_rows;
             GET DIAGNOSTICS got = ROW_COUNT;
@@ -170,13 +215,14 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION sync_changes_since(bigint, bigint, regclass[], text, integer, regclass, jsonb) IS
-  'Net changes stamped in [since, until). Protocol: v := sync_current_version(); read sync_changes_since(last, v); last := v.';
+  'Net changes stamped in [since, until). Protocol: v := sync_current_version(); read sync_changes_since(last, v); last := v. Scoped sessions read through row filters.';
 
 -- What a payload of one table from from_version is: the version the client
 -- stores next (taken in this snapshot), Diff or Full with its reason code,
 -- and the version its rows are read from (0 for a Full). Defined once, for
 -- sync_payload and for the gateway, which pages the rows itself with
--- sync_payload_rows(tbl, since, version, ...).
+-- sync_payload_rows(tbl, since, version, ...). A scoped session older than
+-- a change of the table's row filter gets a Full (ReasonCode 6).
 CREATE FUNCTION sync_payload_window(tbl regclass, from_version bigint)
 RETURNS TABLE (version bigint, type text, reason_code integer, since bigint)
 LANGUAGE plpgsql STABLE
@@ -199,6 +245,12 @@ BEGIN
         type := 'Full';
         reason_code := CASE t.min_valid_reason WHEN 'retention' THEN 2 WHEN 'truncate' THEN 3 WHEN 'retrack' THEN 4
                                                WHEN 'restore' THEN 5 ELSE 2 END;
+        since := 0;
+    ELSIF from_version > 0 AND from_version <= v AND tributary._scoped()
+          AND EXISTS (SELECT 1 FROM tributary.filters f
+                       WHERE f.relid = tbl AND from_version - tributary._version_offset() <= f.since_xid) THEN
+        type := 'Full';
+        reason_code := 6;
         since := 0;
     END IF;
     -- The errors reading the window gives (a negative version, one from the
@@ -250,4 +302,4 @@ BEGIN
         'Data', rows);
 END $$;
 COMMENT ON FUNCTION sync_payload(regclass, bigint) IS
-  'Offline-client payload. ReasonCode: 0 diff, 1 first sync, 2 older than retention, 3 truncated, 4 re-tracked, 5 restored.';
+  'Offline-client payload. ReasonCode: 0 diff, 1 first sync, 2 older than retention, 3 truncated, 4 re-tracked, 5 restored, 6 row filter changed.';

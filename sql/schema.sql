@@ -102,7 +102,8 @@ CREATE TABLE tributary.pending (
     status        text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'dead')),
     created_at    timestamptz NOT NULL DEFAULT now(),
     last_try_at   timestamptz NOT NULL DEFAULT now(),
-    parked_by     regrole                    -- the role its replay acts as (NULL: unknown, never replayed)
+    parked_by     regrole,                   -- the role its replay acts as (NULL: unknown, never replayed)
+    claims        text                       -- the parker's tributary.claims, its replay's too ('' or NULL: none)
 );
 CREATE INDEX pending_by_parent ON tributary.pending (parent_relid) WHERE status = 'pending';
 ALTER TABLE tributary.pending ENABLE ROW LEVEL SECURITY;
@@ -142,6 +143,42 @@ CREATE TABLE tributary.policies (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Row filters (partial sync): a table's filter is a boolean SQL expression
+-- over its columns (bare names) that may call sync_claim(). It applies to
+-- scoped sessions (tributary.claims set, as the gateway sets it). The row
+-- stays when the filter is removed (filter NULL), so that since_xid records
+-- every change: a scoped reader older than it resyncs the table in full.
+-- Written by the extension's owner only, through sync_set_filter.
+CREATE TABLE tributary.filters (
+    relid      regclass PRIMARY KEY,
+    filter     text,                    -- NULL once removed
+    columns    text[],                  -- the columns it reads (pg_depend of a probe view)
+    since_xid  bigint NOT NULL,         -- the top-level xid of the transaction that last set or removed it
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE tributary.filters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY filters_readable ON tributary.filters
+    FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
+
+-- Where rows were, so that a row leaving a peer's filter reaches it as a
+-- delete, and a delete reaches only the peers that could see the row: for
+-- each row of a filtered table, the values its filter columns had before
+-- each transaction that changed them (the first such update in the
+-- transaction: tributary._on_move), and the image of a tombstone that a
+-- later delete of the key overwrote (tributary._on_delete). Purged with the
+-- tombstones by sync_cleanup, which raises min_valid past them.
+CREATE TABLE tributary.moves (
+    relid    regclass NOT NULL,
+    pk       jsonb NOT NULL,
+    xid      bigint NOT NULL,           -- the transaction whose change the image precedes
+    before   jsonb NOT NULL,            -- the filter columns' values before it
+    moved_at timestamptz NOT NULL DEFAULT now(),  -- for tributary.retention
+    PRIMARY KEY (relid, pk, xid)
+);
+ALTER TABLE tributary.moves ENABLE ROW LEVEL SECURITY;
+CREATE POLICY moves_readable ON tributary.moves
+    FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
+
 -- Restores adopted by sync_restored(): versions handed to readers are the
 -- xid horizon plus the latest version_offset, chosen so that every version
 -- of this cluster is above every version the cluster it was restored from
@@ -168,3 +205,5 @@ SELECT pg_catalog.pg_extension_config_dump('tributary.pending_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('tributary.policies', '');
 SELECT pg_catalog.pg_extension_config_dump('tributary.restores', '');
 SELECT pg_catalog.pg_extension_config_dump('tributary.restores_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.filters', '');
+SELECT pg_catalog.pg_extension_config_dump('tributary.moves', '');

@@ -109,12 +109,17 @@ END $$;
 
 -- The tracking triggers of a table, for its primary key `pk`: dropped and
 -- made again, so that a changed key (or a renamed key column) is picked up.
--- Run by sync_track, and by the DDL event trigger after an ALTER TABLE.
+-- Run by sync_track, by sync_set_filter, and by the DDL event trigger after
+-- an ALTER TABLE. A table with a row filter also gets zzz_tributary_moves,
+-- and its delete trigger keeps the image of a tombstone it overwrites (the
+-- argument '' after the key columns): see tributary.moves.
 CREATE FUNCTION tributary._install_triggers(tbl regclass, pk text[]) RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     pk_cond text;
+    f tributary.filters;
+    keys text := (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c);
 BEGIN
     -- Triggers: dropped and recreated so that a changed key is picked up.
     -- The row trigger is named to fire after the application's own BEFORE
@@ -125,18 +130,21 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_moves ON %s', tbl);
+    SELECT * INTO f FROM tributary.filters x WHERE x.relid = tbl AND x.filter IS NOT NULL;
+    IF f.filter IS NOT NULL THEN
+        keys := keys || ', ''''';
+    END IF;
     -- Tables with the last_writer_wins policy stamp a clock on local writes.
     EXECUTE format('CREATE TRIGGER zzz_tributary_track BEFORE INSERT OR UPDATE ON %s
                     FOR EACH ROW EXECUTE FUNCTION tributary.row_trigger(%s)', tbl,
                    CASE WHEN EXISTS (SELECT 1 FROM tributary.policies p WHERE p.relid = tbl AND p.policy = 'last_writer_wins')
                         THEN '''lww''' ELSE '' END);
     EXECUTE format('CREATE TRIGGER zzz_tributary_delete BEFORE DELETE ON %s
-                    FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)',
-                   tbl, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+                    FOR EACH ROW EXECUTE FUNCTION tributary._on_delete(%s)', tbl, keys);
     SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') INTO pk_cond FROM unnest(pk) c;
     EXECUTE format('CREATE TRIGGER zzz_tributary_rekey BEFORE UPDATE ON %s
-                    FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)',
-                   tbl, pk_cond, (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c));
+                    FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_delete(%s)', tbl, pk_cond, keys);
     EXECUTE format('CREATE TRIGGER zzz_tributary_truncate BEFORE TRUNCATE ON %s
                     FOR EACH STATEMENT EXECUTE FUNCTION tributary._on_truncate()', tbl);
     EXECUTE format('CREATE TRIGGER zzz_tributary_origin_on BEFORE DELETE ON %s
@@ -151,6 +159,19 @@ BEGIN
                                    ENABLE ALWAYS TRIGGER zzz_tributary_truncate,
                                    ENABLE ALWAYS TRIGGER zzz_tributary_origin_on,
                                    ENABLE ALWAYS TRIGGER zzz_tributary_origin_off', tbl);
+    -- Where rows were: an update that changes what the filter reads records
+    -- the values before it (tributary._on_move: the number of key columns,
+    -- the key columns, the filter's columns). Only on filtered tables, so
+    -- that the others' writes cost what they did.
+    IF f.filter IS NOT NULL AND cardinality(f.columns) > 0 THEN
+        EXECUTE format('CREATE TRIGGER zzz_tributary_moves AFTER UPDATE OF %s ON %s
+                        FOR EACH ROW WHEN (%s) EXECUTE FUNCTION tributary._on_move(%L, %s, %s)',
+                       (SELECT string_agg(quote_ident(c), ', ') FROM unnest(f.columns) c), tbl,
+                       (SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') FROM unnest(f.columns) c),
+                       cardinality(pk), (SELECT string_agg(quote_literal(c), ', ') FROM unnest(pk) c),
+                       (SELECT string_agg(quote_literal(c), ', ') FROM unnest(f.columns) c));
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_tributary_moves', tbl);
+    END IF;
 END $$;
 
 CREATE FUNCTION sync_track(tbl regclass) RETURNS void
@@ -256,6 +277,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_truncate ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_on ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_origin_off ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS zzz_tributary_moves ON %s', tbl);
     IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                WHERE p.pubname = 'tributary' AND pr.prrelid = tbl) THEN
         EXECUTE format('ALTER PUBLICATION tributary DROP TABLE %s', tbl);
@@ -269,6 +291,8 @@ BEGIN
                         DROP COLUMN IF EXISTS sync_colmeta', tbl);
     END IF;
     DELETE FROM tributary.tombstones WHERE relid = tbl;
+    DELETE FROM tributary.moves WHERE relid = tbl;
+    DELETE FROM tributary.filters WHERE relid = tbl;
 END $$;
 COMMENT ON FUNCTION sync_untrack(regclass, boolean) IS
   'Stop change tracking. Readers of the table must resync in full if it is tracked again.';
@@ -301,6 +325,8 @@ BEGIN
         DELETE FROM tributary.policies WHERE relid = o.objid;
         DELETE FROM tributary.pending WHERE relid = o.objid;
         DELETE FROM tributary.schema_changes WHERE relid = o.objid;
+        DELETE FROM tributary.filters WHERE relid = o.objid;
+        DELETE FROM tributary.moves WHERE relid = o.objid;
     END LOOP;
 END $$;
 CREATE EVENT TRIGGER tributary_sql_drop ON sql_drop EXECUTE FUNCTION tributary._on_sql_drop();
@@ -364,6 +390,9 @@ DECLARE
     retyped text[];
     rekeyed boolean;
     moved boolean;
+    f tributary.filters;
+    gone text;
+    became text;
     refill boolean;
     change_id bigint;
 BEGIN
@@ -411,6 +440,23 @@ BEGIN
            (SELECT coalesce(array_agg(w.name ORDER BY w.n), '{}') FROM w WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.n = w.n)),
            (SELECT coalesce(array_agg(w.name ORDER BY w.n), '{}') FROM o JOIN w USING (n) WHERE o.type <> w.type)
       INTO renamed, dropped, added, retyped;
+    -- A filter names its columns: renaming or dropping one (a drop needs
+    -- CASCADE, past zzz_tributary_moves) would leave it naming nothing.
+    SELECT * INTO f FROM tributary.filters x WHERE x.relid = rel AND x.filter IS NOT NULL;
+    SELECT r ->> 0, r ->> 1 INTO gone, became
+      FROM jsonb_array_elements(renamed) r WHERE r ->> 0 = ANY (f.columns) LIMIT 1;
+    IF gone IS NULL THEN
+        SELECT c INTO gone FROM unnest(dropped) c WHERE c = ANY (f.columns) LIMIT 1;
+    END IF;
+    IF gone IS NOT NULL THEN
+        PERFORM tributary._raise('TB007',
+            format('column %I of %s is read by its row filter', gone, rel::regclass),
+            format('The filter of %s (%s) reads %I: %s would leave it naming a column that is not there. The change was refused.',
+                   rel::regclass, f.filter, gone,
+                   CASE WHEN became IS NOT NULL THEN format('renaming it to %I', became) ELSE 'dropping it' END),
+            format('Change the filter first, e.g. SELECT sync_set_filter(%L, <a filter without %I>), or remove it with sync_set_filter(%L, NULL); then alter the table.',
+                   rel::regclass::text, gone, rel::regclass::text));
+    END IF;
     rekeyed := was -> 'key' IS DISTINCT FROM now_ -> 'key';
     moved := (was ->> 'schema', was ->> 'table') IS DISTINCT FROM (now_ ->> 'schema', now_ ->> 'table');
     refill := rekeyed OR cardinality(retyped) > 0;
@@ -465,9 +511,11 @@ END $$;
 CREATE EVENT TRIGGER tributary_ddl_end ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION tributary._on_ddl_end();
 
--- Retention: purge tombstones older than tributary.retention and raise each
--- table's minimum valid version past the newest purged one, so no reader is
--- ever handed a diff with a hole in it.
+-- Retention: purge tombstones and moves (tributary.moves, of filtered
+-- tables) older than tributary.retention and raise each table's minimum
+-- valid version past the newest purged one, so no reader is ever handed a
+-- diff with a hole in it, nor a scoped reader one without the deletes it
+-- is owed.
 CREATE FUNCTION sync_cleanup() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -490,9 +538,17 @@ BEGIN
             format('tributary.retention = %L.', keep), 'Use a positive interval, e.g. ''7 days''.');
     END IF;
     cutoff := now() - keep;
-    FOR r IN SELECT ts.relid, max(ts.xid) + 1 AS horizon
-             FROM tributary.tombstones ts WHERE ts.deleted_at < cutoff GROUP BY ts.relid LOOP
+    FOR r IN SELECT h.relid, max(h.horizon) AS horizon
+               FROM (SELECT ts.relid, max(ts.xid) + 1 AS horizon
+                       FROM tributary.tombstones ts WHERE ts.deleted_at < cutoff GROUP BY ts.relid
+                     UNION ALL
+                     SELECT m.relid, max(m.xid) + 1
+                       FROM tributary.moves m WHERE m.moved_at < cutoff GROUP BY m.relid) AS h
+              GROUP BY h.relid LOOP
         DELETE FROM tributary.tombstones WHERE relid = r.relid AND xid < r.horizon;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        purged := purged + n;
+        DELETE FROM tributary.moves WHERE relid = r.relid AND xid < r.horizon;
         GET DIAGNOSTICS n = ROW_COUNT;
         purged := purged + n;
         UPDATE tributary.tracked
@@ -502,7 +558,7 @@ BEGIN
     RETURN purged;
 END $$;
 COMMENT ON FUNCTION sync_cleanup() IS
-  'Purge tombstones older than tributary.retention; returns rows purged and raises min valid versions.';
+  'Purge tombstones and moves older than tributary.retention; returns rows purged and raises min valid versions.';
 
 -- What holds the version back: every transaction that has an xid, oldest
 -- first. The first row is the one the current version waits for.
@@ -544,6 +600,9 @@ COMMENT ON FUNCTION sync_version_lag() IS
 --     (no user trigger fires, no revision moves);
 --   * raises every restored table's min_valid past that xid (reason
 --     'restore'), so a reader's next diff is a full resync;
+--   * for a table with a row filter: the filter's stamp likewise, and its
+--     moves dropped (they tell where rows were before the restore, which
+--     every reader resyncs past);
 --   * records an offset that puts every version of this cluster above every
 --     version the old one handed out: the highest restored stamp + 2^40
 --     (the old cluster would have to run 2^40 more transactions before its
@@ -580,6 +639,8 @@ BEGIN
         SELECT max(xid) INTO stamp FROM tributary.tombstones WHERE relid = t.relid;
         highest := greatest(highest, coalesce(stamp, 0));
         UPDATE tributary.tombstones SET xid = now_xid WHERE relid = t.relid AND xid > now_xid;
+        UPDATE tributary.filters SET since_xid = now_xid WHERE relid = t.relid AND since_xid > now_xid;
+        DELETE FROM tributary.moves WHERE relid = t.relid;
         UPDATE tributary.tracked
            SET hub = live, min_valid = now_xid + 1, min_valid_reason = 'restore'
          WHERE relid = t.relid;

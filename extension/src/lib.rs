@@ -4,6 +4,7 @@
 //!  INSERT/UPDATE ──> zzz_tributary_track (Rust, BEFORE ROW) ── stamps sync_version, sync_xid,
 //!                                                             per-column versions, origin
 //!  DELETE / key change ──> tributary._on_delete (Rust, BEFORE ROW) ──> tributary.tombstones
+//!  UPDATE of a filtered table's filter columns ──> tributary._on_move ──> tributary.moves
 //!  TRUNCATE ──> tributary._on_truncate ──> raises tributary.tracked.min_valid
 //!
 //!  reader: v := sync_current_version()            -- xmin horizon of its snapshot
@@ -20,9 +21,11 @@ use pgrx::prelude::*;
 mod api;
 mod claims;
 mod engine;
+mod filter;
 mod payload;
 mod privilege;
 mod release;
+mod watch;
 
 // Order of the install script: schema and tables first, then the Rust
 // functions pgrx generates, then the SQL API that refers to them.
@@ -60,6 +63,17 @@ extension_sql_file!(
     "../../sql/gateway.sql",
     name = "gateway",
     requires = ["pull", "apply"]
+);
+extension_sql_file!(
+    "../../sql/filter.sql",
+    name = "filter",
+    requires = [
+        "gateway",
+        api::filter::tributary::_check_filter_text,
+        api::filter::tributary::_store_filter,
+        api::moves::tributary::_on_move,
+        api::watch::tributary::_changed_for
+    ]
 );
 extension_sql_file!("../../sql/grants.sql", name = "grants", finalize);
 

@@ -745,3 +745,303 @@ fn run_serves_the_gateway_beside_the_stream() {
     });
     assert!(w.sigterm(Duration::from_secs(30)).success());
 }
+
+/// orders filtered by tenant; peers a1 (tenant a) and b1 (tenant b).
+fn filtered_hub(cluster: &Cluster) -> Db<'_> {
+    let db = hub(cluster);
+    db.connect()
+        .batch_execute(
+            "INSERT INTO orders SELECT g, g, g FROM generate_series(1, 10) g;
+             ALTER TABLE orders ADD COLUMN tenant text;
+             UPDATE orders SET tenant = CASE WHEN id % 2 = 0 THEN 'a' ELSE 'b' END;
+             SELECT sync_set_filter('orders', $$tenant = sync_claim('tenant')$$);",
+        )
+        .unwrap();
+    add_peer(&db, "a1", "device", &["customers", "orders"]);
+    add_peer(&db, "b1", "device", &["customers", "orders"]);
+    db
+}
+
+fn ids(items: &[Value]) -> Vec<i64> {
+    let mut v: Vec<i64> = items.iter().map(|i| i["id"].as_i64().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn row_filters_scope_each_tenant_exactly_through_http() {
+    let cluster = Cluster::start();
+    let db = filtered_hub(&cluster);
+    let g = GatewayProc::start(&cluster, &db, "");
+    let a = token("a1", json!({"tenant": "a"}), 300);
+    let b = token("b1", json!({"tenant": "b"}), 300);
+    let (full_a, va, _) = all_pages(&[&g], "orders", 0, 3, &a);
+    let (full_b, vb, _) = all_pages(&[&g], "orders", 0, 3, &b);
+    assert_eq!(ids(&full_a), vec![2, 4, 6, 8, 10]);
+    assert_eq!(ids(&full_b), vec![1, 3, 5, 7, 9]);
+    let mut c = db.connect();
+    // A move from b to a, a move from a to b, and a delete of one of b's rows.
+    c.batch_execute(
+        "UPDATE orders SET tenant = 'a' WHERE id = 1;
+         UPDATE orders SET tenant = 'b' WHERE id = 2;
+         DELETE FROM orders WHERE id = 3;",
+    )
+    .unwrap();
+    let (diff_a, _, _) = all_pages(&[&g], "orders", va[0], 100, &a);
+    let (diff_b, _, _) = all_pages(&[&g], "orders", vb[0], 100, &b);
+    let ops = |d: &[Value]| -> BTreeMap<i64, String> {
+        d.iter()
+            .map(|i| {
+                (
+                    i["id"].as_i64().unwrap(),
+                    i["$operation"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    // a: row 1 moved in (whole), row 2 moved out (D); never b's deleted key 3.
+    assert_eq!(
+        ops(&diff_a),
+        BTreeMap::from([(1, "U".into()), (2, "D".into())]),
+        "{diff_a:?}"
+    );
+    assert_eq!(diff_a.iter().find(|i| i["id"] == 1).unwrap()["amount"], 1);
+    // b: row 1 moved out, row 2 moved in, its own row 3 deleted.
+    assert_eq!(
+        ops(&diff_b),
+        BTreeMap::from([(1, "D".into()), (2, "U".into()), (3, "D".into())]),
+        "{diff_b:?}"
+    );
+    // Writes outside the filter are refused whole (403), nothing applied.
+    let before = scalar(&mut c, "SELECT count(*) FROM orders");
+    g.call(
+        "POST",
+        "/v1/tables/orders/changes",
+        Some(&a),
+        Some(&json!([
+            {"op": "I", "pk": {"id": 40}, "data": {"customer_id": 1, "tenant": "a"}, "version": 1},
+            {"op": "I", "pk": {"id": 41}, "data": {"customer_id": 1, "tenant": "b"}, "version": 1}
+        ])),
+        &[],
+    )
+    .expect_error(403, "42501");
+    assert_eq!(scalar(&mut c, "SELECT count(*) FROM orders"), before);
+    // b's row is not there for a, and a cannot write it or move its own out.
+    g.get("/v1/tables/orders/rows/5", &a)
+        .expect_error(404, "P0002");
+    g.call(
+        "PUT",
+        "/v1/tables/orders/rows/5",
+        Some(&a),
+        Some(&json!({"amount": 0})),
+        &[],
+    )
+    .expect_error(403, "42501");
+    g.call(
+        "PUT",
+        "/v1/tables/orders/rows/4",
+        Some(&a),
+        Some(&json!({"tenant": "b"})),
+        &[],
+    )
+    .expect_error(403, "42501");
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM orders WHERE tenant = 'b' AND id = 4"
+        ),
+        0
+    );
+    // A changed filter: older versions resync in full (ReasonCode 6).
+    c.batch_execute(
+        "SELECT sync_set_filter('orders', $$tenant = sync_claim('tenant') AND amount > 0$$)",
+    )
+    .unwrap();
+    let p = g
+        .get(&format!("/v1/tables/orders/sync?fromVersion={}", va[0]), &a)
+        .expect(200)
+        .clone();
+    assert_eq!(p["Metadata"]["Sync"]["Type"], "Full");
+    assert_eq!(p["Metadata"]["Sync"]["ReasonCode"], 6);
+    g.get(&format!("/v1/changes?since={}&tables=orders", va[0]), &a)
+        .expect_error(410, "TB002");
+}
+
+#[test]
+fn a_long_poll_wakes_only_for_changes_its_tenant_may_read() {
+    let cluster = Cluster::start();
+    let db = filtered_hub(&cluster);
+    let g = GatewayProc::start(&cluster, &db, "");
+    let a = token("a1", json!({"tenant": "a"}), 300);
+    let b = token("b1", json!({"tenant": "b"}), 300);
+    let v = g.get("/v1/changes?since=0&tables=orders", &a).body["version"]
+        .as_i64()
+        .unwrap();
+    let poll = |t: String| {
+        let base = g.base.clone();
+        std::thread::spawn(move || {
+            let r: Value = reqwest::blocking::Client::new()
+                .get(format!("{base}/v1/changes?since={v}&tables=orders&wait=3"))
+                .bearer_auth(t)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            (r, Instant::now())
+        })
+    };
+    let (pa, pb) = (poll(a), poll(b));
+    std::thread::sleep(Duration::from_millis(500));
+    let committed = Instant::now();
+    db.connect()
+        .batch_execute("UPDATE orders SET amount = 99 WHERE id = 5")
+        .unwrap();
+    let (rb, tb) = pb.join().unwrap();
+    let (ra, ta) = pa.join().unwrap();
+    assert_eq!(rb["changes"].as_array().unwrap().len(), 1, "{rb:#}");
+    assert!(tb.duration_since(committed) < Duration::from_secs(2));
+    assert!(ra["changes"].as_array().unwrap().is_empty(), "{ra:#}");
+    assert!(
+        ta.duration_since(committed) > Duration::from_secs(2),
+        "tenant a answered at the timeout, not at b's commit"
+    );
+}
+
+/// base64url without padding.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn tokens_signed_with_a_jwks_key_are_accepted_and_others_are_not() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // An ES256 key and an Ed25519 key; the JWKS holds their public halves.
+    certs::openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.pem",
+        ],
+    );
+    certs::openssl(
+        d,
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "ec.pem", "-out", "ec8.pem",
+        ],
+    );
+    certs::openssl(
+        d,
+        &[
+            "ec", "-in", "ec.pem", "-pubout", "-outform", "DER", "-out", "ec.der",
+        ],
+    );
+    certs::openssl(d, &["genpkey", "-algorithm", "ed25519", "-out", "ed.pem"]);
+    certs::openssl(
+        d,
+        &[
+            "pkey", "-in", "ed.pem", "-pubout", "-outform", "DER", "-out", "ed.der",
+        ],
+    );
+    let ec = std::fs::read(d.join("ec.der")).unwrap();
+    let point = &ec[ec.len() - 64..];
+    let ed = std::fs::read(d.join("ed.der")).unwrap();
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "ec1",
+         "x": b64url(&point[..32]), "y": b64url(&point[32..])},
+        {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "ed1",
+         "x": b64url(&ed[ed.len() - 32..])}
+    ]});
+    std::fs::write(d.join("jwks.json"), jwks.to_string()).unwrap();
+    let g = GatewayProc::start(
+        &cluster,
+        &db,
+        &format!(
+            "[gateway.auth]\njwt_public_keys = \"{}\"",
+            d.join("jwks.json").display()
+        ),
+    );
+    let sign = |alg: jsonwebtoken::Algorithm, kid: &str, key: jsonwebtoken::EncodingKey| {
+        let mut h = jsonwebtoken::Header::new(alg);
+        h.kid = Some(kid.into());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        jsonwebtoken::encode(&h, &json!({"sub": "kiosk-1", "exp": exp}), &key).unwrap()
+    };
+    let ec_key = || {
+        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(d.join("ec8.pem")).unwrap()).unwrap()
+    };
+    let ed_key = || {
+        jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(d.join("ed.pem")).unwrap()).unwrap()
+    };
+    g.get(
+        "/v1/schema",
+        &sign(jsonwebtoken::Algorithm::ES256, "ec1", ec_key()),
+    )
+    .expect(200);
+    g.get(
+        "/v1/schema",
+        &sign(jsonwebtoken::Algorithm::EdDSA, "ed1", ed_key()),
+    )
+    .expect(200);
+    // A key the JWKS does not hold under that kid, or not at all.
+    g.get(
+        "/v1/schema",
+        &sign(jsonwebtoken::Algorithm::ES256, "ed1", ec_key()),
+    )
+    .expect_error(401, "28000");
+    certs::openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "other.pem",
+        ],
+    );
+    certs::openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "other.pem",
+            "-out",
+            "other8.pem",
+        ],
+    );
+    let other =
+        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(d.join("other8.pem")).unwrap())
+            .unwrap();
+    g.get(
+        "/v1/schema",
+        &sign(jsonwebtoken::Algorithm::ES256, "ec1", other),
+    )
+    .expect_error(401, "28000");
+}

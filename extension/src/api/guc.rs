@@ -178,3 +178,69 @@ unsafe fn palloc_str(s: &str) -> *mut std::ffi::c_char {
     // SAFETY: copies into the current memory context.
     unsafe { pgrx::pg_sys::pstrdup(c.as_ptr()) }
 }
+
+/// The session's `tributary.claims` now ('' for none).
+pub fn claims() -> String {
+    CLAIMS
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// While alive, `tributary.claims` may be given other values; dropping it
+/// restores the one it had, as a function's `SET` clause does (a GUC nest
+/// level). An error unwinding past it leaves that to the (sub)transaction's
+/// abort, which pops the level itself.
+pub struct ClaimsSetting {
+    level: i32,
+}
+
+impl ClaimsSetting {
+    pub fn enter() -> ClaimsSetting {
+        // SAFETY: opens a GUC nest level, closed by Drop or by the abort.
+        ClaimsSetting {
+            level: unsafe { pgrx::pg_sys::NewGUCNestLevel() },
+        }
+    }
+
+    /// Sets the claims (checked by the setting's hook: 22023 for anything
+    /// but '' or a JSON object).
+    pub fn set(&self, claims: &str) {
+        self.set_option(c"tributary.claims", claims)
+    }
+
+    /// Until the drop, statements prepared in this backend run their
+    /// generic plan: one prepared for many claims sets is not planned again
+    /// for each (a custom plan would be).
+    pub fn generic_plans(&self) {
+        self.set_option(c"plan_cache_mode", "force_generic_plan")
+    }
+
+    fn set_option(&self, name: &std::ffi::CStr, value: &str) {
+        use pgrx::pg_sys;
+        let value = CString::new(value.replace('\0', "")).unwrap_or_default();
+        // SAFETY: both strings are NUL-terminated for the call; an error
+        // is raised as an ERROR (elevel 0 with a session source).
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+}
+
+impl Drop for ClaimsSetting {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: closes the level opened by enter, restoring the value.
+            unsafe { pgrx::pg_sys::AtEOXact_GUC(true, self.level) };
+        }
+    }
+}

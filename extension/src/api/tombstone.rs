@@ -1,13 +1,17 @@
 //! The delete path: `tributary._on_delete`, a BEFORE row trigger that keeps
 //! a tombstone for a deleted row, and for the old key of a row whose key
-//! changed. TG_ARGV holds the primary key column names.
+//! changed. TG_ARGV holds the primary key column names, then, on a table
+//! with a row filter, an empty string: before a tombstone of the key is
+//! overwritten, its image goes to tributary.moves (`tributary._keep_tombstones`),
+//! so that where the key's earlier incarnation was stays known.
 //!
 //! ```text
 //!  as the caller:       the row's image, key and stamps (to_jsonb may run the
 //!                       casts of the table's own types: the deleter's code, run
 //!                       with the deleter's privileges, as any trigger of theirs)
 //!  as the state owner:  the upsert into tributary.tombstones, of those values,
-//!                       bound (crate::privilege): nobody else may write it
+//!                       bound (crate::privilege): nobody else may write it;
+//!                       with a row filter, the overwritten image kept first
 //! ```
 //!
 //! A BEFORE row trigger, fired inside the statement that deletes: one that
@@ -73,6 +77,10 @@ ON CONFLICT (relid, pk) DO UPDATE
         deleted_at = excluded.deleted_at, data = excluded.data, colmeta = excluded.colmeta,
         row_origin = excluded.row_origin, created_xid = excluded.created_xid";
 
+/// $1 relid, $2 key. Run as the state owner, before STORE, on a table
+/// with a row filter.
+const KEEP: &str = "SELECT tributary._keep_tombstones($1, ARRAY[$2])";
+
 /// The statements' plans, kept for the backend: parsing and planning two
 /// statements per deleted row cost five times the old PL/pgSQL trigger
 /// (bench/delete_overhead). IMAGE takes the table's row type, so it has a
@@ -80,6 +88,7 @@ ON CONFLICT (relid, pk) DO UPDATE
 #[derive(Default)]
 struct Plans {
     store: Option<Rc<OwnedPreparedStatement>>,
+    keep: Option<Rc<OwnedPreparedStatement>>,
     images: HashMap<pg_sys::Oid, Rc<OwnedPreparedStatement>>,
 }
 
@@ -122,13 +131,29 @@ fn store_plan(
     Ok(plan)
 }
 
+fn keep_plan(
+    client: &pgrx::spi::SpiClient<'_>,
+) -> pgrx::spi::SpiResult<Rc<OwnedPreparedStatement>> {
+    if let Some(p) = PLANS.with(|p| p.borrow().keep.clone()) {
+        return Ok(p);
+    }
+    let args = [pg_sys::OIDOID, pg_sys::JSONBOID].map(PgOid::from);
+    let plan = Rc::new(client.prepare_mut(KEEP, &args)?.keep());
+    PLANS.with(|p| p.borrow_mut().keep = Some(plan.clone()));
+    Ok(plan)
+}
+
 fn tombstone(trigger: &pgrx::PgTrigger<'_>) -> Result<(), TombstoneError> {
     if !matches!(trigger.when()?, pgrx::PgTriggerWhen::Before)
         || !matches!(trigger.level(), pgrx::PgTriggerLevel::Row)
     {
         return Err(TombstoneError::WrongEvent);
     }
-    let keys = trigger.extra_args()?;
+    let mut keys = trigger.extra_args()?;
+    let filtered = keys.last().is_some_and(|k| k.is_empty());
+    if filtered {
+        keys.pop();
+    }
     let td = trigger.trigger_data();
     // SAFETY: called by the executor as a row trigger: the relation and the
     // old tuple are valid for the call; the copy is palloc'd.
@@ -167,7 +192,20 @@ fn tombstone(trigger: &pgrx::PgTrigger<'_>) -> Result<(), TombstoneError> {
             datum(6, pg_sys::INT8OID)?,
         ];
         let store_plan = store_plan(client)?;
-        crate::privilege::as_state_owner(|| client.update(&*store_plan, None, &store))?;
+        let keep = if filtered {
+            Some((
+                keep_plan(client)?,
+                [relid.into(), datum(1, pg_sys::JSONBOID)?],
+            ))
+        } else {
+            None
+        };
+        crate::privilege::as_state_owner(|| {
+            if let Some((plan, args)) = &keep {
+                client.update(&**plan, None, args)?;
+            }
+            client.update(&*store_plan, None, &store)
+        })?;
         Ok::<_, pgrx::spi::SpiError>(())
     })
     .unwrap_or_else(|e| pgrx::error!("tributary: storing a tombstone failed: {e}"));

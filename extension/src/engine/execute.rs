@@ -13,8 +13,10 @@
 //!              tag it for the worker's echo guard)
 //!    tombstones
 //!  conflicts   logged; their ids go into the outcomes
-//!  retry       the changes parked for want of a row of this table
 //! ```
+//!
+//! (The changes parked for want of a row of this table are retried after
+//! the scope check, by `super::apply`.)
 
 use super::decide::ConflictRow;
 use super::plan::{Rows, WritePlan};
@@ -40,6 +42,7 @@ pub fn execute(
             req.tbl.into(),
             req.origin.clone().into(),
             privilege::caller().into(),
+            req.claims.clone().into(),
         ];
         as_state_owner(|| or_raise(client.update(sql::PARK, None, &args)));
     }
@@ -53,15 +56,15 @@ pub fn execute(
             format!("[{}]", plan.tombstones.join(",")).into(),
             req.tbl.into(),
         ];
-        as_state_owner(|| or_raise(client.update(sql::STORE_TOMBSTONES, None, &args)));
+        as_state_owner(|| {
+            or_raise(client.update(sql::KEEP_TOMBSTONES, None, &args));
+            or_raise(client.update(sql::STORE_TOMBSTONES, None, &args))
+        });
     }
     drop(apply_mode);
     clock.tick("deleted");
     let mut outcomes = plan.outcomes;
     log_conflicts(client, req, &plan.conflicts, &mut outcomes);
-    if !req.retrying {
-        super::replay::replay(client, Some(req.tbl), true);
-    }
     outcomes
 }
 

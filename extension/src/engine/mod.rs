@@ -15,12 +15,17 @@
 //!   │ park::orphans     keys whose parent row is missing: DEFERRED, kept as loaded
 //!   ▼
 //!  Decisions
+//!   │ scope::check_*    a scoped session (tributary.claims set) on a table with a
+//!   │                   row filter: the keys' rows (after load), the parked rows
+//!   │                   (after park) and the written rows (after execute) must
+//!   │                   be admitted, or 42501 and nothing applied
 //!   │ plan::plan        what changed, as statement parameters: one text array
 //!   ▼                   per column, stamps, colmeta; deletes, tombstones, conflicts
 //!  WritePlan
 //!   │ execute::execute  park; in apply mode: INSERT new keys (subtransaction:
 //!   │                   a key inserted meanwhile is 40001), UPDATE by ctid,
-//!   │                   DELETE, tombstones; log conflicts; retry parked changes
+//!   │                   DELETE, tombstones; log conflicts
+//!   │ replay::replay    retry the changes parked for want of a row of this table
 //!   ▼
 //!  Applied: one OutcomeRow per change, and the keys' texts
 //! ```
@@ -39,6 +44,7 @@ mod park;
 mod plan;
 pub mod replay;
 mod request;
+mod scope;
 mod sql;
 mod state;
 
@@ -83,13 +89,25 @@ pub fn apply(
     clock.tick("typed");
     let loaded = load::load(client, &req, &clock);
     clock.tick("loaded");
+    if let Some(s) = &req.scope {
+        scope::check_current(client, &req, &loaded, s);
+    }
     let mut decisions = decide::decide(client, &req, &loaded);
     clock.tick("decided");
     park::orphans(client, &req, &loaded, &mut decisions);
     clock.tick("fk");
+    if let Some(s) = &req.scope {
+        scope::check_parked(client, &req, &loaded, &decisions, s);
+    }
     let plan = plan::plan(&req, &loaded, decisions);
     clock.tick("built");
     let outcomes = execute::execute(client, &req, plan, &clock);
+    if let Some(s) = &req.scope {
+        scope::check_written(client, &req, s);
+    }
+    if !req.retrying {
+        replay::replay(client, Some(req.tbl), true);
+    }
     clock.tick("done");
     Applied {
         outcomes,

@@ -4,7 +4,8 @@
 //! ```text
 //!  lock   the pending rows, oldest first, as the state owner (SKIP LOCKED:
 //!         a concurrent replay takes the others)
-//!  each   in a subtransaction of its own, acting as the role that parked it:
+//!  each   in a subtransaction of its own, acting as the role that parked it,
+//!         with the claims it had (tributary.claims: its row filter applies):
 //!         the engine again, for that one change, under its origin
 //!           DEFERRED ....... one more attempt; tributary.max_retries make it dead
 //!           any outcome .... done: the row goes
@@ -67,6 +68,8 @@ struct Parked {
     change: String,
     parker: Option<pg_sys::Oid>,
     attempts: i32,
+    /// The parker's tributary.claims ('' for none).
+    claims: String,
 }
 
 /// Replays the parked changes of `tbl` and of the tables waiting for it
@@ -101,6 +104,7 @@ pub fn replay(
                 change: or_raise(r.get(5)).unwrap_or_default(),
                 parker: or_raise(r.get(6)),
                 attempts: or_raise(r.get(7)).unwrap_or(1),
+                claims: or_raise(r.get(8)).unwrap_or_default(),
             })
             .collect::<Vec<_>>()
     });
@@ -148,6 +152,8 @@ fn replay_one(client: &mut SpiClient<'_>, p: &Parked) -> (String, Option<String>
         p.origin.clone().into(),
     ];
     let run = std::panic::AssertUnwindSafe(|| {
+        let claims = crate::api::guc::ClaimsSetting::enter();
+        claims.set(&p.claims);
         let _acting = privilege::act_as(parker);
         let r = or_raise(client.update(sql::REPLAY, Some(1), &args)).first();
         let outcome: Option<String> = or_raise(r.get(1));

@@ -7,7 +7,8 @@
 //!  origin: not NULL (22004), 1..255 bytes (22023), one the caller may
 //!    speak for (42501, crate::privilege); changes not NULL (22023)
 //!  the table's policy (a custom resolver its owner owns: 42501) and the
-//!    peers' priorities
+//!    peers' priorities; the session's claims, and the table's row filter
+//!    when they are set (scope.rs)
 //!  the batch, checked and typed in one pass (batch.rs: 22023, 42703, class 22)
 //!  keys numbered by first appearance: the engine's state lives in vectors
 //!  by that number, and rows are written in that order
@@ -41,6 +42,11 @@ pub struct Request {
     pub pk_columns: Vec<String>,
     /// The batch as sent, to print a parked change again.
     pub batch: batch::Batch,
+    /// The session's tributary.claims ('' for none): parked changes keep
+    /// them, and replay under them.
+    pub claims: String,
+    /// The table's row filter, when the session is scoped.
+    pub scope: Option<super::scope::Scope>,
     /// The changes, typed, in batch order.
     pub changes: Vec<Change>,
     pub keys: Keys,
@@ -102,6 +108,7 @@ pub fn read(
         )
     };
     let (prio, custom_fn) = load_priorities(client, tbl);
+    let scope = super::scope::read(client, tbl);
     let mut table = batch::Table::load(tbl, head.name, &head.pk_columns);
     let lww = prio.policy == Policy::LastWriterWins;
     let mut batch = type_batch(client, &mut table, changes, lww);
@@ -134,6 +141,8 @@ pub fn read(
         attnum,
         pk_columns: head.pk_columns,
         batch,
+        claims: crate::api::guc::claims(),
+        scope,
         changes,
         keys,
     }

@@ -30,6 +30,14 @@ SELECT p.policy, p.resolver::oid::regproc::text,
 
 pub const PEERS: &str = "SELECT name, priority FROM tributary.peers";
 
+/// $1 oid: the table's row filter as the engine evaluates it (scope.rs),
+/// built by tributary._admits: over a row image `x.img` (jsonb), and over
+/// a row `r` of the table. No row: the table has no filter. Read as the
+/// state owner (a caller must not escape a filter by not seeing it).
+pub const SCOPE: &str = "\
+SELECT tributary._admits_image(f, 'x.img::jsonb'), tributary._admits(f, '(SELECT r.*)')
+  FROM tributary.filters f WHERE f.relid = $1 AND f.filter IS NOT NULL";
+
 // ── load ──────────────────────────────────────────────────────────────────
 
 /// $1 oid: one applier per table at a time.
@@ -58,11 +66,11 @@ SELECT c.conname::text, c.confrelid::regclass::text, c.confrelid::bigint,
 // ── execute ───────────────────────────────────────────────────────────────
 
 /// $1 the parked changes ({pk, change, parent, why} objects), $2 oid,
-/// $3 origin, $4 the parker's role (oid).
+/// $3 origin, $4 the parker's role (oid), $5 its claims ('' for none).
 pub const PARK: &str = "\
-INSERT INTO tributary.pending (relid, pk, origin, change, parent_relid, last_error, parked_by)
+INSERT INTO tributary.pending (relid, pk, origin, change, parent_relid, last_error, parked_by, claims)
 SELECT $2, (x.e ->> 'pk')::jsonb, $3, (x.e ->> 'change')::jsonb,
-       (x.e ->> 'parent')::bigint::oid, x.e ->> 'why', $4::oid
+       (x.e ->> 'parent')::bigint::oid, x.e ->> 'why', $4::oid, nullif($5, '')
   FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS x(e, n)
  ORDER BY x.n";
 
@@ -72,6 +80,12 @@ pub const SWAP_ORIGIN: &str = "SELECT coalesce(current_setting('tributary.origin
 
 /// $1 the caller's tributary.origin.
 pub const RESTORE_ORIGIN: &str = "SELECT set_config('tributary.origin', $1, true)";
+
+/// $1 the tombstones (plan::WritePlan::tombstones), $2 oid: before they
+/// are overwritten, a filtered table keeps the old images
+/// (tributary._keep_tombstones; nothing for a table without a filter).
+pub const KEEP_TOMBSTONES: &str = "\
+SELECT tributary._keep_tombstones($2, ARRAY(SELECT x.e -> 'pk' FROM jsonb_array_elements($1::text::jsonb) AS x(e)))";
 
 /// $1 the tombstones (plan::WritePlan::tombstones), $2 oid.
 pub const STORE_TOMBSTONES: &str = "\
@@ -107,7 +121,8 @@ SELECT EXISTS (SELECT 1 FROM tributary.pending q WHERE q.parent_relid = $1 AND q
 /// $1 oid or NULL (all): the parked changes of the table and of those
 /// waiting for it, oldest first, locked (replay::Parked).
 pub const LOCK_PARKED: &str = "\
-SELECT q.id, q.relid::oid, q.pk::text, q.origin, q.change::text, q.parked_by::oid, q.attempts
+SELECT q.id, q.relid::oid, q.pk::text, q.origin, q.change::text, q.parked_by::oid, q.attempts,
+       coalesce(q.claims, '')
   FROM tributary.pending q
  WHERE q.status = 'pending' AND ($1::oid IS NULL OR q.relid::oid = $1 OR q.parent_relid::oid = $1)
  ORDER BY q.id
@@ -155,6 +170,21 @@ fn value_expr(t: &batch::Table, col: usize, expr: &str) -> String {
     }
 }
 
+/// The join of the table's rows `r` with the keys `u.c1..`.
+fn key_matches(t: &batch::Table) -> String {
+    t.pk.iter()
+        .enumerate()
+        .map(|(n, c)| {
+            format!(
+                "r.{} = {}",
+                ident(&t.columns[*c].name),
+                value_expr(t, *c, &format!("u.c{}", n + 1))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// The rows of the table with the given keys (one text array per key
 /// column, cast by the statement), optionally locked.
 fn by_keys(t: &batch::Table, select: &str, lock: bool) -> String {
@@ -168,18 +198,37 @@ fn by_keys(t: &batch::Table, select: &str, lock: bool) -> String {
             .map(|i| format!("c{i}"))
             .collect::<Vec<_>>()
             .join(", "),
-        matches =
-            t.pk.iter()
-                .enumerate()
-                .map(|(n, c)| format!(
-                    "r.{} = {}",
-                    ident(&t.columns[*c].name),
-                    value_expr(t, *c, &format!("u.c{}", n + 1))
-                ))
-                .collect::<Vec<_>>()
-                .join(" AND "),
+        matches = key_matches(t),
         tbl = t.name,
         lock = if lock { " FOR UPDATE OF r" } else { "" },
+    )
+}
+
+/// The number (1-based) of the first of the keys (one text array per key
+/// column) whose row the filter does not admit (`admits_row`, over `r`).
+pub fn rows_outside(t: &batch::Table, admits_row: &str) -> String {
+    format!(
+        "SELECT u.n FROM unnest({args}) WITH ORDINALITY AS u({names}, n) JOIN {tbl} AS r ON {matches}
+          WHERE NOT {admits_row} ORDER BY u.n LIMIT 1",
+        args = (1..=t.pk.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        names = (1..=t.pk.len())
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        tbl = t.name,
+        matches = key_matches(t),
+    )
+}
+
+/// $1 row images (text[] of JSON objects): the number (1-based) of the
+/// first the filter does not admit (`admits_image`, over `x.img`).
+pub fn images_outside(admits_image: &str) -> String {
+    format!(
+        "SELECT x.n FROM unnest($1::text[]) WITH ORDINALITY AS x(img, n) WHERE NOT {admits_image}
+          ORDER BY x.n LIMIT 1"
     )
 }
 
