@@ -145,6 +145,15 @@ DECLARE
     rows_from text := '';
     rows_where text := '';
     deletes_where text := '';
+    -- Paged reads order by the typed key (so the primary key's index
+    -- serves a page without reading the whole window) and continue after
+    -- the typed value of after_pk ($4).
+    key_out text := '';
+    key_after text := '';
+    key_order text;
+    key_cols text;
+    key_out_kk text;
+    key_cols_kk text;
     q text;
 BEGIN
     SELECT array_agg(a.attnum ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum)
@@ -155,6 +164,16 @@ BEGIN
            string_agg(format('t.%1$I = k.%1$I', c), ' AND ')
       INTO pk_expr, pk_match FROM unnest(pk) c;
     changed := format(changed, names, attnums);
+    IF paged THEN
+        SELECT string_agg(format(', t.%I AS _k%s', c, i), '' ORDER BY i),
+               string_agg(format(', kk.%I AS _k%s', c, i), '' ORDER BY i),
+               string_agg(format('(SELECT a.%I FROM jsonb_populate_record(NULL::%s, $4) AS a)', c, rel::regclass), ', ' ORDER BY i),
+               string_agg(format('w._k%s', i), ', ' ORDER BY i),
+               string_agg(format('t.%I', c), ', ' ORDER BY i),
+               string_agg(format('kk.%I', c), ', ' ORDER BY i)
+          INTO key_out, key_out_kk, key_after, key_order, key_cols, key_cols_kk
+          FROM unnest(pk) WITH ORDINALITY AS u(c, i);
+    END IF;
     IF scoped THEN
         SELECT * INTO f FROM tributary.filters x WHERE x.relid = rel AND x.filter IS NOT NULL;
     END IF;
@@ -175,26 +194,32 @@ BEGIN
                %4$s AS data,
                t.sync_version AS row_version,
                t.sync_origin AS origin,
-               %5$s AS changed_columns
+               %5$s AS changed_columns%9$s
           FROM %6$s AS t%7$s
          WHERE t.sync_xid >= $1 AND t.sync_xid < $2
-           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)%8$s$q$,
-        rel, op, pk_expr, data, changed, rel::regclass, rows_from, rows_where);
+           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)%8$s%10$s$q$,
+        rel, op, pk_expr, data, changed, rel::regclass, rows_from, rows_where,
+        CASE WHEN paged THEN key_out ELSE '' END,
+        CASE WHEN paged THEN format(' AND ($4::jsonb IS NULL OR (%s) > (%s))', key_cols, key_after) ELSE '' END);
     -- Deletes: not owed to a first (full) sync, and superseded when the key
     -- is live again (the live row is delivered instead).
     IF since > 0 THEN
         q := q || format($q$
         UNION ALL
-        SELECT %1$s::oid::regclass, 'D', d.pk, NULL::json, d.version, d.origin, NULL::text[]
-          FROM tributary.tombstones d
+        SELECT %1$s::oid::regclass, 'D', d.pk, NULL::json, d.version, d.origin, NULL::text[]%5$s
+          FROM tributary.tombstones d%6$s
          WHERE d.relid = %1$s AND d.xid >= $1 AND d.xid < $2
            AND ($3::text IS NULL OR d.origin IS DISTINCT FROM $3)
            AND NOT EXISTS (SELECT 1 FROM jsonb_populate_record(NULL::%2$s, d.pk) AS k
-                           JOIN %2$s AS t ON %3$s)%4$s$q$,
-            rel, rel::regclass, pk_match, deletes_where);
+                           JOIN %2$s AS t ON %3$s)%4$s%7$s$q$,
+            rel, rel::regclass, pk_match, deletes_where,
+            CASE WHEN paged THEN key_out_kk ELSE '' END,
+            CASE WHEN paged THEN format(' CROSS JOIN LATERAL jsonb_populate_record(NULL::%s, d.pk) AS kk', rel::regclass) ELSE '' END,
+            CASE WHEN paged THEN format(' AND ($4::jsonb IS NULL OR (%s) > (%s))', key_cols_kk, key_after) ELSE '' END);
     END IF;
     IF paged THEN
-        q := 'SELECT * FROM (' || q || ') AS w WHERE $4::jsonb IS NULL OR w.pk > $4 ORDER BY w.pk LIMIT $5';
+        q := 'SELECT w.tbl, w.op, w.pk, w.data, w.row_version, w.origin, w.changed_columns FROM ('
+             || q || ') AS w ORDER BY ' || key_order || ' LIMIT $5';
     END IF;
     RETURN q;
 END $$;
