@@ -145,34 +145,15 @@ async fn payload_page(
             params,
         )
         .await?;
-    let mut rows = Box::pin(rows);
     out.push("{\"Data\":[");
-    let mut n = 0u32;
-    let mut last_pk: Option<String> = None;
-    let mut more = false;
-    while let Some(row) = rows.try_next().await? {
-        if n == size {
-            more = true;
-            break;
-        }
-        if n > 0 {
-            out.push(",");
-        }
-        out.push(row.get::<_, &str>(1));
-        last_pk = Some(row.get(0));
-        n += 1;
-        if !out.flush_if_full().await {
-            return Err(ApiError::bad_input("the client went away"));
-        }
-    }
-    drop(rows);
+    let last = write_items(rows, &mut out, size, 1, |r| (None, r.get(0))).await?;
     s.commit().await?;
     let mut sync = serde_json::json!({
         "Version": window.until,
         "Type": window.kind.as_deref().unwrap_or("Diff"),
         "ReasonCode": window.reason.unwrap_or(0),
     });
-    if let (true, Some(pk)) = (more, last_pk) {
+    if let Some((_, pk)) = last {
         let next = Cursor {
             after_pk: serde_json::from_str(&pk).unwrap_or_default(),
             ..window
@@ -181,6 +162,36 @@ async fn payload_page(
     }
     out.push(&format!("],\"Metadata\":{{\"Sync\":{sync}}}}}"));
     Ok(out)
+}
+
+/// Writes up to `size` rows' column `item` as the elements of a JSON
+/// array. When the hub had one more row (more pages follow), returns the
+/// key (`key`: table oid, pk text) of the last one written.
+async fn write_items(
+    rows: tokio_postgres::RowStream,
+    out: &mut Out,
+    size: u32,
+    item: usize,
+    key: impl Fn(&tokio_postgres::Row) -> (Option<u32>, String),
+) -> Result<Option<(Option<u32>, String)>, ApiError> {
+    let mut rows = Box::pin(rows);
+    let mut n = 0u32;
+    let mut last = None;
+    while let Some(row) = rows.try_next().await? {
+        if n == size {
+            return Ok(last);
+        }
+        if n > 0 {
+            out.push(",");
+        }
+        out.push(row.get::<_, &str>(item));
+        last = Some(key(&row));
+        n += 1;
+        if !out.flush_if_full().await {
+            return Err(ApiError::bad_input("the client went away"));
+        }
+    }
+    Ok(None)
 }
 
 /// Table names in `tables=a,b` (or repeated): a name holding a comma is
@@ -341,32 +352,13 @@ async fn changes_page(
             params,
         )
         .await?;
-    let mut rows = Box::pin(rows);
     out.push("{\"changes\":[");
-    let mut n = 0u32;
-    let mut last: Option<(u32, String)> = None;
-    let mut more = false;
-    while let Some(row) = rows.try_next().await? {
-        if n == size {
-            more = true;
-            break;
-        }
-        if n > 0 {
-            out.push(",");
-        }
-        out.push(row.get::<_, &str>(2));
-        last = Some((row.get(0), row.get(1)));
-        n += 1;
-        if !out.flush_if_full().await {
-            return Err(ApiError::bad_input("the client went away"));
-        }
-    }
-    drop(rows);
+    let last = write_items(rows, &mut out, size, 2, |r| (Some(r.get(0)), r.get(1))).await?;
     s.commit().await?;
     out.push(&format!("],\"version\":{}", window.until));
-    if let (true, Some((tbl, pk))) = (more, last) {
+    if let Some((tbl, pk)) = last {
         let next = Cursor {
-            after_tbl: Some(tbl),
+            after_tbl: tbl,
             after_pk: serde_json::from_str(&pk).unwrap_or_default(),
             ..window
         };
