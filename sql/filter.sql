@@ -44,21 +44,26 @@ CREATE FUNCTION tributary._admits_image(f tributary.filters, img text) RETURNS t
 LANGUAGE sql STABLE
 AS $$ SELECT tributary._admits(f, format('jsonb_populate_record(NULL::%s, %s)', f.relid, img)) $$;
 
--- The SQL of the images a key had since the filter was set, other than its
--- current row: (pk, img) rows, for the keys matching `key_cond` (e.g. '=
--- d.pk'). The values its filter columns had before each transaction that
--- changed them (tributary.moves), and its tombstone's image, unless the
--- deleted row was created in the deleting transaction (nobody saw it).
+-- The SQL of the images a key had in the window from $1 (an xid: the
+-- query's first parameter) on, other than its current row: (pk, img) rows,
+-- for the keys matching `key_cond` (e.g. '= d.pk'; NULL: every key). The
+-- values its filter columns had before each transaction that changed them
+-- (tributary.moves), and its tombstone's image, unless the deleted row was
+-- created in the deleting transaction (nobody saw it). A reader at $1 holds
+-- a key exactly when the key's state at $1 was admitted: the first of these
+-- images, or the current row when there is none (nothing changed what the
+-- filter reads). Images from before $1 are older than what it holds.
 CREATE FUNCTION tributary._seen_images(f tributary.filters, key_cond text) RETURNS text
 LANGUAGE sql STABLE
 AS $$
     SELECT format($q$SELECT m.pk, m.before AS img FROM tributary.moves m
-                      WHERE m.relid = %1$s AND m.pk %2$s AND m.xid >= %3$s
+                      WHERE m.relid = %1$s%2$s AND m.xid >= %3$s AND m.xid >= $1
                      UNION ALL
                      SELECT s.pk, coalesce(s.data, '{}') || s.pk FROM tributary.tombstones s
-                      WHERE s.relid = %1$s AND s.pk %2$s AND s.xid >= %3$s
+                      WHERE s.relid = %1$s%4$s AND s.xid >= %3$s AND s.xid >= $1
                         AND s.created_xid IS DISTINCT FROM s.xid$q$,
-                  f.relid::oid, key_cond, f.since_xid)
+                  f.relid::oid, coalesce(' AND m.pk ' || key_cond, ''), f.since_xid,
+                  coalesce(' AND s.pk ' || key_cond, ''))
 $$;
 
 -- The SQL of "a reader could have seen the key `pk`" (a jsonb expression):

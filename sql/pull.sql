@@ -90,9 +90,14 @@ END $$;
 -- exactly (see docs/architecture.md, "Row filters"):
 --   a live row the filter admits .............. I/U, whole, as unscoped
 --   a live row it does not admit ............... D (data NULL) when the reader
---       could have seen the row (tributary._seen), in a diff; else nothing
+--       could hold the row (tributary._seen), in a diff; else nothing
 --   a tombstone ................................ D only when the reader could
---       have seen the row: its image, or an earlier one, admitted
+--       hold the row: its image, or an earlier one in the window, admitted
+-- Each is its own branch, so that indexes serve them: the admitted rows
+-- are read with the filter itself in the WHERE clause (an index on what
+-- it reads, e.g. tenant, serves it), and the rows that left it are found
+-- from the keys with images in the window (few), not by trying every
+-- other reader's row of the window.
 CREATE FUNCTION tributary._changes_query(rel oid, since bigint, paged boolean, scoped boolean) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $$
@@ -109,9 +114,9 @@ DECLARE
     changed text := 'CASE WHEN t.sync_created_xid >= $1 THEN %1$L::text[]
                     ELSE tributary.changed_columns(t.sync_colmeta, t.sync_created_xid, $1, %2$L::int2[], %1$L::text[])
                END';
-    rows_from text := '';
     rows_where text := '';
     deletes_where text := '';
+    left_q text := '';
     -- Paged reads order by the typed key (so the primary key's index
     -- serves a page without reading the whole window) and continue after
     -- the typed value of after_pk ($4).
@@ -145,13 +150,27 @@ BEGIN
         SELECT * INTO f FROM tributary.filters x WHERE x.relid = rel AND x.filter IS NOT NULL;
     END IF;
     IF f.filter IS NOT NULL THEN
-        op := 'CASE WHEN NOT w.adm THEN ''D'' ELSE ' || op || ' END';
-        data := 'CASE WHEN w.adm THEN ' || data || ' END';
-        changed := 'CASE WHEN w.adm THEN ' || changed || ' END';
-        rows_from := format(' CROSS JOIN LATERAL (SELECT %s AS adm) AS w', tributary._admits(f, NULL));
-        rows_where := CASE WHEN since > 0 THEN format(' AND (w.adm OR %s)', tributary._seen(f, pk_expr))
-                           ELSE ' AND w.adm' END;
+        -- The filter as written (NULL does not admit, in a WHERE clause).
+        rows_where := format(' AND ((%s)::boolean)', f.filter);
         deletes_where := ' AND ' || tributary._seen(f, 'd.pk');
+        IF since > 0 THEN
+            -- Live rows that left the filter: only keys with an image in
+            -- the window can have been held and no longer be admitted.
+            left_q := format($q$
+        UNION ALL
+        SELECT %1$s::oid::regclass, 'D', %2$s, NULL::json, t.sync_version, t.sync_origin, NULL::text[]%3$s
+          FROM %4$s AS t
+         WHERE t.sync_xid >= $1 AND t.sync_xid < $2
+           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)
+           AND (%5$s) IN (SELECT %6$s FROM (SELECT DISTINCT h.pk FROM (%7$s) AS h) AS hk
+                           CROSS JOIN LATERAL jsonb_populate_record(NULL::%4$s, hk.pk) AS kk)
+           AND NOT %8$s AND %9$s%10$s$q$,
+                rel, pk_expr, CASE WHEN paged THEN key_out ELSE '' END, rel::regclass,
+                (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(pk) c),
+                (SELECT string_agg(format('kk.%I', c), ', ') FROM unnest(pk) c),
+                tributary._seen_images(f, NULL), tributary._admits(f, NULL), tributary._seen(f, pk_expr),
+                CASE WHEN paged THEN format(' AND ($4::jsonb IS NULL OR (%s) > (%s))', key_cols, key_after) ELSE '' END);
+        END IF;
     END IF;
 
     q := format($q$
@@ -161,13 +180,14 @@ BEGIN
                %4$s AS data,
                t.sync_version AS row_version,
                t.sync_origin AS origin,
-               %5$s AS changed_columns%9$s
-          FROM %6$s AS t%7$s
+               %5$s AS changed_columns%8$s
+          FROM %6$s AS t
          WHERE t.sync_xid >= $1 AND t.sync_xid < $2
-           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)%8$s%10$s$q$,
-        rel, op, pk_expr, data, changed, rel::regclass, rows_from, rows_where,
+           AND ($3::text IS NULL OR t.sync_origin IS DISTINCT FROM $3)%7$s%9$s$q$,
+        rel, op, pk_expr, data, changed, rel::regclass, rows_where,
         CASE WHEN paged THEN key_out ELSE '' END,
-        CASE WHEN paged THEN format(' AND ($4::jsonb IS NULL OR (%s) > (%s))', key_cols, key_after) ELSE '' END);
+        CASE WHEN paged THEN format(' AND ($4::jsonb IS NULL OR (%s) > (%s))', key_cols, key_after) ELSE '' END)
+        || left_q;
     -- Deletes: not owed to a first (full) sync, and superseded when the key
     -- is live again (the live row is delivered instead).
     IF since > 0 THEN

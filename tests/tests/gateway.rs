@@ -891,7 +891,7 @@ fn a_long_poll_wakes_only_for_changes_its_tenant_may_read() {
             (r, Instant::now())
         })
     };
-    let (pa, pb) = (poll(a), poll(b));
+    let (pa, pb) = (poll(a.clone()), poll(b));
     std::thread::sleep(Duration::from_millis(500));
     let committed = Instant::now();
     db.connect()
@@ -906,6 +906,71 @@ fn a_long_poll_wakes_only_for_changes_its_tenant_may_read() {
         ta.duration_since(committed) > Duration::from_secs(2),
         "tenant a answered at the timeout, not at b's commit"
     );
+    // A's answer carries the version the watcher checked up to for it:
+    // past b's commit, which it may not read.
+    let va = ra["version"].as_i64().unwrap();
+    assert!(va >= rb["version"].as_i64().unwrap(), "{ra:#} {rb:#}");
+    assert!(g
+        .get(&format!("/v1/changes?since={v}&tables=orders"), &a)
+        .body["changes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Polling again with the version a read just gave starts waiting
+    // without a read (nothing later was current), and still wakes for A's
+    // own change.
+    let without_read = || {
+        let m = g.call("GET", "/metrics", None, None, &[]);
+        m.body
+            .as_str()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("tributary_gateway_long_polls_without_read_total "))
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let before = without_read();
+    let va = g
+        .get(&format!("/v1/changes?since={va}&tables=orders"), &a)
+        .body["version"]
+        .as_i64()
+        .unwrap();
+    let base = g.base.clone();
+    let pa = std::thread::spawn(move || {
+        let r: Value = reqwest::blocking::Client::new()
+            .get(format!(
+                "{base}/v1/changes?since={va}&tables=orders&wait=10"
+            ))
+            .bearer_auth(a)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (r, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let committed = Instant::now();
+    db.connect()
+        .batch_execute("UPDATE orders SET amount = 7 WHERE id = 2")
+        .unwrap();
+    let (ra, ta) = pa.join().unwrap();
+    assert!(
+        ta.duration_since(committed) < Duration::from_secs(5),
+        "woken by the commit, not at the 10 s deadline"
+    );
+    assert_eq!(
+        ra["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["pk"]["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [2],
+        "{ra:#}"
+    );
+    assert_eq!(without_read(), before + 1);
 }
 
 /// base64url without padding.

@@ -452,7 +452,10 @@ fn a_peer_edit_reaches_the_hub_and_the_other_peer_and_is_never_echoed() {
         peer_rows(&e1, "SELECT id, v, coalesce(n, '∅') FROM items ORDER BY id"),
         want
     );
-    assert_eq!(outbox_len(&e1), 0, "the outbox is emptied once applied");
+    // Emptied once applied: the pull clears it after the hub's commit.
+    w.until(T, "the outbox emptied once applied", || {
+        outbox_len(&e1) == 0
+    });
     // The hub tagged them with edge1: the queue shows it, and edge1's own
     // changes did not come back to edge1's outbox as new local edits.
     // (Within one sync_apply batch the hub writes set-based: no order.)
@@ -1158,11 +1161,14 @@ fn a_peer_file_holding_another_hubs_position_is_copied_anew_with_its_unsent_edit
     assert_eq!(outbox_len(&path), 1);
 
     let mut w = WorkerProc::start(&config(&cb, &dbb, "w", &dest), &[]);
+    // The pull clears its outbox row only after the hub committed the
+    // edit: wait for both.
     w.until(T, "B's rows and the offline edit at B", || {
         scalar(
             &mut b,
             "SELECT count(*) FROM items WHERE v = 'offline edit'",
         ) == 1
+            && outbox_len(&path) == 0
     });
     caught_up(&mut w, &mut b, &path);
     assert_eq!(

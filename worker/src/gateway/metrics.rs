@@ -24,6 +24,8 @@ pub struct GatewayMetrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     pub waiting: AtomicI64,
+    /// Long polls that began waiting without a read (see `watch`).
+    pub waited_without_read: AtomicI64,
 }
 
 impl GatewayMetrics {
@@ -86,6 +88,11 @@ impl GatewayMetrics {
             s,
             "# HELP tributary_gateway_long_polls_waiting Long polls waiting for a change now.\n# TYPE tributary_gateway_long_polls_waiting gauge\ntributary_gateway_long_polls_waiting {}",
             self.waiting.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP tributary_gateway_long_polls_without_read_total Long polls that began waiting without a read: they came back with the version just given, and the watcher had seen no later one.\n# TYPE tributary_gateway_long_polls_without_read_total counter\ntributary_gateway_long_polls_without_read_total {}",
+            self.waited_without_read.load(Ordering::Relaxed)
         );
         s
     }

@@ -109,6 +109,12 @@ impl Out {
 
     /// Hands over what was gathered once it is large enough. False when
     /// the client has gone away.
+    /// Forgets what was pushed and not yet sent (nothing was sent).
+    pub fn clear(&mut self) {
+        debug_assert!(!self.started, "a started answer cannot be taken back");
+        self.buf.clear();
+    }
+
     pub async fn flush_if_full(&mut self) -> bool {
         if self.buf.len() < CHUNK {
             return true;

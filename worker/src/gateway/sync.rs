@@ -5,7 +5,7 @@
 //!  /tables/{t}/sync?fromVersion=F ──sync_payload_window(t, F)──> Version, Type, ReasonCode, since
 //!       ──sync_payload_rows(t, since, Version, after, n+1)──> {"Data":[…],"Metadata":{"Sync":{…,"Next"}}}
 //!  /changes?since=S[&tables=…][&wait=W] ──sync_changes_since(S, v, tables, n+1, after…)──>
-//!       {"changes":[…],"version":v,"next"}      nothing yet and W > 0: wait on the watcher, then read
+//!       {"changes":[…],"version":v,"next"}      nothing yet and W > 0: wait on the watcher, then read again
 //! ```
 //!
 //! Both stream their rows as the hub returns them and never echo-filter:
@@ -146,7 +146,9 @@ async fn payload_page(
         )
         .await?;
     out.push("{\"Data\":[");
-    let last = write_items(rows, &mut out, size, 1, |r| (None, r.get(0))).await?;
+    let last = write_items(rows, &mut out, size, 1, |r| (None, r.get(0)))
+        .await?
+        .more_after;
     s.commit().await?;
     let mut sync = serde_json::json!({
         "Version": window.until,
@@ -164,22 +166,32 @@ async fn payload_page(
     Ok(out)
 }
 
+/// What [`write_items`] wrote: how many items and, when the hub had one
+/// more row (more pages follow), the key (table oid, pk text) of the last
+/// one written.
+struct Written {
+    n: u32,
+    more_after: Option<(Option<u32>, String)>,
+}
+
 /// Writes up to `size` rows' column `item` as the elements of a JSON
-/// array. When the hub had one more row (more pages follow), returns the
-/// key (`key`: table oid, pk text) of the last one written.
+/// array; `key` gives a row's key (table oid, pk text).
 async fn write_items(
     rows: tokio_postgres::RowStream,
     out: &mut Out,
     size: u32,
     item: usize,
     key: impl Fn(&tokio_postgres::Row) -> (Option<u32>, String),
-) -> Result<Option<(Option<u32>, String)>, ApiError> {
+) -> Result<Written, ApiError> {
     let mut rows = Box::pin(rows);
     let mut n = 0u32;
     let mut last = None;
     while let Some(row) = rows.try_next().await? {
         if n == size {
-            return Ok(last);
+            return Ok(Written {
+                n,
+                more_after: last,
+            });
         }
         if n > 0 {
             out.push(",");
@@ -191,7 +203,10 @@ async fn write_items(
             return Err(ApiError::bad_input("the client went away"));
         }
     }
-    Ok(None)
+    Ok(Written {
+        n,
+        more_after: None,
+    })
 }
 
 /// Table names in `tables=a,b` (or repeated): a name holding a comma is
@@ -253,64 +268,24 @@ pub async fn changes(
         return Err(ApiError::bad_input("since is required")
             .hint("Pass since=0 for a first sync, then the version of your last answer."));
     };
-    if cursor.is_none() && wait > 0 {
-        long_poll(&gw, &auth, since, &tables, wait).await?;
-    }
+    // A long poll: the first page of a window, with a wait.
+    let deadline = (cursor.is_none() && wait > 0)
+        .then(|| tokio::time::Instant::now() + std::time::Duration::from_secs(wait));
     streamed("application/json", move |out| async move {
-        changes_page(&gw, &auth, since, tables, cursor, size, out).await
+        changes_page(&gw, &auth, since, tables, cursor, size, deadline, out).await
     })
     .await
 }
 
-/// Waits until the peer's tables have a change after `since`, or `wait`
-/// seconds pass.
-async fn long_poll(
-    gw: &Gateway,
-    auth: &Authed,
-    since: i64,
-    tables: &Option<Vec<String>>,
-    wait: u64,
-) -> Result<(), ApiError> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-    loop {
-        let s = gw.hub.begin(&auth.peer).await?;
-        let r = s
-            .query_one(
-                &format!(
-                    "WITH t(oids) AS ({TABLES_SQL}), v AS (SELECT sync_current_version() AS v)
-                     SELECT v.v, t.oids, EXISTS (SELECT 1 FROM sync_changes_since($2, v.v, t.oids::regclass[], NULL, 1))
-                       FROM t, v"
-                ),
-                &[tables, &since],
-            )
-            .await?;
-        let role = s.role.clone();
-        s.commit().await?;
-        let (v, oids, any): (i64, Vec<u32>, bool) = (r.get(0), r.get(1), r.get(2));
-        if any || tokio::time::Instant::now() >= deadline {
-            return Ok(());
-        }
-        let claims = serde_json::Value::Object(auth.peer.claims.clone()).to_string();
-        let mut w = gw.watch.register(&role, &claims, oids, v);
-        gw.metrics.waiting.store(
-            gw.watch.waiting() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let woken = tokio::select! {
-            w = w.until(deadline) => w,
-            _ = gw.shutdown.cancelled() => false,
-        };
-        drop(w);
-        gw.metrics.waiting.store(
-            gw.watch.waiting() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        if !woken {
-            return Ok(());
-        }
-    }
-}
-
+/// One page of changes. With a `deadline` (a long poll), an empty first
+/// page is not sent: the request waits on the watcher until a change it
+/// may read is committed (then reads the page again, in a new
+/// transaction) or the deadline passes (then answers no changes, with the
+/// version up to which the watcher found none). So a woken poll costs the
+/// hub one transaction, which both checks and reads; and a poll that comes
+/// back with the version it was just given, while the watcher saw nothing
+/// later, starts waiting without one (see `watch`).
+#[allow(clippy::too_many_arguments)]
 async fn changes_page(
     gw: &Gateway,
     auth: &Authed,
@@ -318,54 +293,117 @@ async fn changes_page(
     tables: Option<Vec<String>>,
     cursor: Option<Cursor>,
     size: u32,
+    deadline: Option<tokio::time::Instant>,
     mut out: Out,
 ) -> Result<Out, ApiError> {
-    let s = gw.hub.begin(&auth.peer).await?;
-    let oids: Vec<u32> = s.query_one(TABLES_SQL, &[&tables]).await?.get(0);
-    let window = match cursor {
-        Some(c) => c,
-        None => Cursor {
-            since,
-            until: s
-                .query_one("SELECT sync_current_version()", &[])
-                .await?
-                .get(0),
-            ..Default::default()
-        },
-    };
-    let after = (!window.after_pk.is_null()).then(|| window.after_pk.to_string());
-    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-        Box::new(window.since),
-        Box::new(window.until),
-        Box::new(oids),
-        Box::new(size as i32 + 1),
-        Box::new(window.after_tbl.filter(|_| after.is_some())),
-        Box::new(after),
-    ];
-    let rows = s
-        .stream(
-            "SELECT c.tbl::oid, c.pk::text,
-                    json_build_object('table', c.tbl::text, 'op', c.op, 'pk', c.pk, 'data', c.data,
-                                      'row_version', c.row_version, 'origin', c.origin,
-                                      'changed_columns', c.changed_columns)::text
-               FROM sync_changes_since($1, $2, $3::oid[]::regclass[], NULL, $4, $5::oid::regclass, $6::text::jsonb) AS c",
-            params,
-        )
-        .await?;
-    out.push("{\"changes\":[");
-    let last = write_items(rows, &mut out, size, 2, |r| (Some(r.get(0)), r.get(1))).await?;
-    s.commit().await?;
-    out.push(&format!("],\"version\":{}", window.until));
-    if let Some((tbl, pk)) = last {
-        let next = Cursor {
-            after_tbl: tbl,
-            after_pk: serde_json::from_str(&pk).unwrap_or_default(),
-            ..window
-        };
-        out.push(&format!(",\"next\":\"{}\"", next.encode()));
+    let claims = serde_json::Value::Object(auth.peer.claims.clone()).to_string();
+    let key = (auth.peer.name.clone(), tables.clone());
+    // (role, tables, checked) to wait with, before reading.
+    let mut wait: Option<(String, Vec<u32>, i64)> = None;
+    if deadline.is_some()
+        && gw
+            .watch
+            .recent_version(std::time::Duration::from_millis(
+                gw.config.watch_interval_ms * 4 + 100,
+            ))
+            .is_some_and(|v| since >= v)
+    {
+        wait = gw.watch.seen(&key).map(|(role, oids)| (role, oids, since));
+        if wait.is_some() {
+            gw.metrics
+                .waited_without_read
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
-    out.push("}");
-    Ok(out)
+    loop {
+        if let Some((role, oids, checked)) = wait.take() {
+            let deadline = deadline.expect("waits only with a deadline");
+            let mut w = gw.watch.register(&role, &claims, oids, checked);
+            gw.metrics.waiting.store(
+                gw.watch.waiting() as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let woken = tokio::select! {
+                w = w.until(deadline) => w,
+                _ = gw.shutdown.cancelled() => false,
+            };
+            let checked = w.checked();
+            drop(w);
+            gw.metrics.waiting.store(
+                gw.watch.waiting() as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if !woken {
+                out.clear();
+                out.push(&format!("{{\"changes\":[],\"version\":{checked}}}"));
+                return Ok(out);
+            }
+            out.clear();
+        }
+        let s = gw.hub.begin(&auth.peer).await?;
+        let (oids, window): (Vec<u32>, Cursor) = match &cursor {
+            Some(c) => (s.query_one(TABLES_SQL, &[&tables]).await?.get(0), c.clone()),
+            None => {
+                let r = s
+                    .query_one(
+                        &format!("SELECT ({TABLES_SQL}), sync_current_version()"),
+                        &[&tables],
+                    )
+                    .await?;
+                let window = Cursor {
+                    since,
+                    until: r.get(1),
+                    ..Default::default()
+                };
+                (r.get(0), window)
+            }
+        };
+        let after = (!window.after_pk.is_null()).then(|| window.after_pk.to_string());
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(window.since),
+            Box::new(window.until),
+            Box::new(oids.clone()),
+            Box::new(size as i32 + 1),
+            Box::new(window.after_tbl.filter(|_| after.is_some())),
+            Box::new(after),
+        ];
+        let rows = s
+            .stream(
+                "SELECT c.tbl::oid, c.pk::text,
+                        json_build_object('table', c.tbl::text, 'op', c.op, 'pk', c.pk, 'data', c.data,
+                                          'row_version', c.row_version, 'origin', c.origin,
+                                          'changed_columns', c.changed_columns)::text
+                   FROM sync_changes_since($1, $2, $3::oid[]::regclass[], NULL, $4, $5::oid::regclass, $6::text::jsonb) AS c",
+                params,
+            )
+            .await?;
+        out.push("{\"changes\":[");
+        let written = write_items(rows, &mut out, size, 2, |r| (Some(r.get(0)), r.get(1))).await?;
+        let role = s.role.clone();
+        s.commit().await?;
+        if cursor.is_none() {
+            gw.watch.note_version(window.until);
+        }
+        out.push(&format!("],\"version\":{}", window.until));
+        if let Some((tbl, pk)) = written.more_after {
+            let next = Cursor {
+                after_tbl: tbl,
+                after_pk: serde_json::from_str(&pk).unwrap_or_default(),
+                ..window
+            };
+            out.push(&format!(",\"next\":\"{}\"", next.encode()));
+        }
+        out.push("}");
+        if deadline.is_none() {
+            return Ok(out);
+        }
+        gw.watch.saw(key.clone(), &role, &oids);
+        if written.n > 0 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Ok(out);
+        }
+        // Nothing yet: wait for a change of these tables this peer may read.
+        wait = Some((role, oids, window.until));
+    }
 }
 
 #[cfg(test)]

@@ -17,13 +17,26 @@
 //! changes, as its own role. A wake is a hint: a spurious one costs that
 //! client one read, so when `sync_changed_for` cannot run the watcher
 //! wakes every waiter of a changed table instead.
+//!
+//! A tick judges only the waiters that were there when it took its window
+//! (their `checked` is at or above its start); one that came later waits
+//! for the next tick. So a waiter's `checked` is exact: it may read no
+//! change before it, and a poll that times out answers with it as its
+//! version, without a read.
+//!
+//! A poll that comes back with the version it was just given (the usual
+//! re-poll) need not read at all when no later version was current in the
+//! last moments (the watcher's or a read's): it waits from its `since`
+//! with the role and tables its previous read found (kept [`SEEN_FOR`]).
+//! Only wakes depend on them: every read is still a transaction as the
+//! peer's role.
 
 use super::db::Hub;
 use super::error::ApiError;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -39,9 +52,25 @@ struct Waiter {
     wake: Option<oneshot::Sender<()>>,
 }
 
+/// How long a peer's role and tables, as a read found them, serve its
+/// next long polls without a read (see the module's notes).
+pub const SEEN_FOR: Duration = Duration::from_secs(5);
+
+/// What a long poll asks for: the peer and the tables it named (None: all
+/// it may read). Its role and tables depend on nothing else; its claims
+/// are the request's own.
+pub type PollKey = (String, Option<Vec<String>>);
+
+/// What a read of a poll key found: the role and table oids, and when.
+type Found = (String, Vec<u32>, Instant);
+
 #[derive(Default)]
 pub struct Watcher {
     waiters: Mutex<(u64, Vec<Waiter>)>,
+    /// The last version the watcher read, and when.
+    last: Mutex<Option<(i64, Instant)>>,
+    /// Per poll key: the role and table oids its last read found, and when.
+    seen: Mutex<HashMap<PollKey, Found>>,
     /// sync_tables_changed is not granted: every move of the version
     /// wakes everyone (correct, slower); warned about once.
     blind: AtomicBool,
@@ -64,6 +93,16 @@ impl Wait<'_> {
             tokio::time::timeout_at(deadline, &mut self.rx).await,
             Ok(Ok(()))
         )
+    }
+
+    /// The version up to which the watcher found nothing this waiter may
+    /// read.
+    pub fn checked(&self) -> i64 {
+        let w = self.watcher.waiters.lock().expect("watcher lock");
+        w.1.iter()
+            .find(|x| x.id == self.id)
+            .map(|x| x.checked)
+            .expect("a wait is listed until dropped")
     }
 }
 
@@ -107,20 +146,53 @@ impl Watcher {
         }
     }
 
-    /// The lowest version a waiter has checked up to, if anyone waits.
-    fn lowest(&self) -> Option<i64> {
-        let w = self.waiters.lock().expect("watcher lock");
-        w.1.iter()
-            .filter(|x| x.wake.is_some())
-            .map(|x| x.checked)
-            .min()
+    /// A version current now (the watcher's or a read's).
+    pub fn note_version(&self, v: i64) {
+        let mut l = self.last.lock().expect("watcher lock");
+        let v = l.map_or(v, |(old, _)| old.max(v));
+        *l = Some((v, Instant::now()));
     }
 
-    /// Per role, what to ask about the waiters of the changed tables.
-    fn asks(&self, changed: &[u32], cur: i64) -> BTreeMap<String, RoleAsk> {
+    /// The latest version current in the last `within`, if any.
+    pub fn recent_version(&self, within: Duration) -> Option<i64> {
+        let l = self.last.lock().expect("watcher lock");
+        l.filter(|(_, at)| at.elapsed() <= within).map(|(v, _)| v)
+    }
+
+    /// The role and tables the last read of `key` found, if recent.
+    pub fn seen(&self, key: &PollKey) -> Option<(String, Vec<u32>)> {
+        let m = self.seen.lock().expect("watcher lock");
+        m.get(key)
+            .filter(|(_, _, at)| at.elapsed() <= SEEN_FOR)
+            .map(|(r, t, _)| (r.clone(), t.clone()))
+    }
+
+    /// Keeps what a read of `key` found.
+    pub fn saw(&self, key: PollKey, role: &str, tables: &[u32]) {
+        let mut m = self.seen.lock().expect("watcher lock");
+        if m.len() > 100_000 {
+            m.retain(|_, (_, _, at)| at.elapsed() <= SEEN_FOR);
+        }
+        m.insert(key, (role.to_string(), tables.to_vec(), Instant::now()));
+    }
+
+    /// A tick's window: the lowest version a waiter has checked up to, and
+    /// the waiters it judges (those waiting now), if anyone waits.
+    fn window(&self) -> Option<(i64, BTreeSet<u64>)> {
+        let w = self.waiters.lock().expect("watcher lock");
+        let live = w.1.iter().filter(|x| x.wake.is_some());
+        let low = live.clone().map(|x| x.checked).min()?;
+        Some((low, live.map(|x| x.id).collect()))
+    }
+
+    /// Per role, what to ask about the waiters `ids` of the changed tables.
+    fn asks(&self, ids: &BTreeSet<u64>, changed: &[u32], cur: i64) -> BTreeMap<String, RoleAsk> {
         let w = self.waiters.lock().expect("watcher lock");
         let mut asks: BTreeMap<String, RoleAsk> = BTreeMap::new();
-        for x in w.1.iter().filter(|x| x.wake.is_some() && x.checked < cur) {
+        for x in
+            w.1.iter()
+                .filter(|x| ids.contains(&x.id) && x.wake.is_some() && x.checked < cur)
+        {
             let hit: Vec<u32> = x
                 .tables
                 .iter()
@@ -139,13 +211,21 @@ impl Watcher {
         asks
     }
 
-    /// Wakes the waiters `woken` says would read a change; the others of
-    /// the window have now checked up to `cur`. `woken(role, claims,
+    /// Wakes the waiters of `ids` that `woken` says would read a change;
+    /// the others have now checked up to `cur`. `woken(role, claims,
     /// table)`.
-    fn wake(&self, cur: i64, woken: impl Fn(&str, &str, u32) -> bool) -> usize {
+    fn wake(
+        &self,
+        ids: &BTreeSet<u64>,
+        cur: i64,
+        woken: impl Fn(&str, &str, u32) -> bool,
+    ) -> usize {
         let mut w = self.waiters.lock().expect("watcher lock");
         let mut n = 0;
-        for x in w.1.iter_mut().filter(|x| x.checked < cur) {
+        for x in
+            w.1.iter_mut()
+                .filter(|x| ids.contains(&x.id) && x.checked < cur)
+        {
             if x.tables.iter().any(|t| woken(&x.role, &x.claims, *t)) {
                 if let Some(tx) = x.wake.take() {
                     let _ = tx.send(());
@@ -166,24 +246,27 @@ impl Watcher {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Some(low) = self.lowest() else { continue };
-            if let Err(e) = self.once(hub, low).await {
+            let Some((low, ids)) = self.window() else {
+                continue;
+            };
+            if let Err(e) = self.once(hub, low, &ids).await {
                 tracing::warn!(sqlstate = %e.sqlstate, message = %e.message, "the long-poll watcher cannot read the hub; retrying");
             }
         }
     }
 
-    async fn once(&self, hub: &Hub, low: i64) -> Result<(), ApiError> {
+    async fn once(&self, hub: &Hub, low: i64, ids: &BTreeSet<u64>) -> Result<(), ApiError> {
         let c = hub.own().await?;
         let cur: i64 = c
             .query_one("SELECT sync_current_version()", &[])
             .await?
             .get(0);
+        self.note_version(cur);
         if cur <= low {
             return Ok(());
         }
         if self.blind.load(Ordering::Relaxed) {
-            self.wake(cur, |_, _, _| true);
+            self.wake(ids, cur, |_, _, _| true);
             return Ok(());
         }
         let st = c
@@ -196,34 +279,40 @@ impl Watcher {
                     "the gateway's role may not run sync_tables_changed, so every long poll wakes at every commit; run SELECT sync_gateway_grant('<gateway role>') on the hub"
                 );
                 self.blind.store(true, Ordering::Relaxed);
-                self.wake(cur, |_, _, _| true);
+                self.wake(ids, cur, |_, _, _| true);
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
         if changed.is_empty() || self.by_table.load(Ordering::Relaxed) {
-            self.wake(cur, |_, _, t| changed.contains(&t));
+            self.wake(ids, cur, |_, _, t| changed.contains(&t));
             return Ok(());
         }
         let mut hits: BTreeSet<(String, String, u32)> = BTreeSet::new();
-        for (role, ask) in self.asks(&changed, cur) {
+        // Roles whose question failed: their waiters wake by table.
+        let mut by_table: BTreeSet<String> = BTreeSet::new();
+        for (role, ask) in self.asks(ids, &changed, cur) {
             match changed_for(&c, &role, &ask, low, cur).await {
                 Ok(found) => hits.extend(found.into_iter().map(|(cl, t)| (role.clone(), cl, t))),
                 Err(e) => {
-                    // Missing or not granted: for good (said once); anything
-                    // else: for this window.
-                    if matches!(e.sqlstate.as_str(), "42883" | "42501") {
+                    // Missing: for good (said once). Anything else (a role
+                    // that lost a privilege while its clients waited, a
+                    // timeout): this role, this window.
+                    if e.sqlstate == "42883" {
                         tracing::warn!(sqlstate = %e.sqlstate, message = %e.message,
                             "sync_changed_for cannot run: long polls now wake for any change of their tables");
                         self.by_table.store(true, Ordering::Relaxed);
+                    } else {
+                        tracing::debug!(role = %role, sqlstate = %e.sqlstate, message = %e.message,
+                            "sync_changed_for failed for a role: its long polls wake for any change of their tables");
                     }
-                    self.wake(cur, |_, _, t| changed.contains(&t));
-                    return Ok(());
+                    by_table.insert(role);
                 }
             }
         }
-        self.wake(cur, |role, claims, t| {
-            hits.contains(&(role.to_string(), claims.to_string(), t))
+        self.wake(ids, cur, |role, claims, t| {
+            (by_table.contains(role) && changed.contains(&t))
+                || hits.contains(&(role.to_string(), claims.to_string(), t))
         });
         Ok(())
     }
@@ -274,19 +363,34 @@ mod tests {
         let mut b = w.register("device", "{\"tenant\":\"b\"}", vec![2], 10);
         let mut c = w.register("clerk", "{}", vec![3], 10);
         let mut late = w.register("device", "{\"tenant\":\"b\"}", vec![2], 20);
-        assert_eq!(w.lowest(), Some(10));
-        let asks = w.asks(&[2], 15);
+        let (low, ids) = w.window().unwrap();
+        assert_eq!((low, ids.len()), (10, 4));
+        // One that comes after the window was taken is not judged by it,
+        // though its version is below the tick's.
+        let mut later = w.register("device", "{\"tenant\":\"a\"}", vec![2], 5);
+        let asks = w.asks(&ids, &[2], 15);
         assert_eq!(asks.len(), 1, "only device waits on table 2 below 15");
         assert_eq!(asks["device"].claims.len(), 2);
         // Table 2 changed, for tenant a only.
-        assert_eq!(w.wake(15, |_, cl, t| cl.contains("\"a\"") && t == 2), 1);
+        assert_eq!(
+            w.wake(&ids, 15, |_, cl, t| cl.contains("\"a\"") && t == 2),
+            1
+        );
         assert!(a.rx.try_recv().is_ok());
         assert!(b.rx.try_recv().is_err() && c.rx.try_recv().is_err());
-        // b and c have now checked up to 15; late (at 20) was not looked at.
-        assert_eq!(w.lowest(), Some(15));
-        assert_eq!(w.wake(25, |_, _, _| true), 3);
+        assert!(later.rx.try_recv().is_err());
+        // b and c have now checked up to 15; late (at 20) was not looked
+        // at, nor was later (still at 5).
+        assert_eq!(
+            (b.checked(), c.checked(), late.checked(), later.checked()),
+            (15, 15, 20, 5)
+        );
+        let (low, ids) = w.window().unwrap();
+        assert_eq!((low, ids.len()), (5, 4));
+        assert_eq!(w.wake(&ids, 25, |_, _, _| true), 4);
         assert!(b.rx.try_recv().is_ok() && c.rx.try_recv().is_ok() && late.rx.try_recv().is_ok());
-        drop((a, b, c, late));
+        assert!(later.rx.try_recv().is_ok());
+        drop((a, b, c, late, later));
         assert_eq!(w.waiting(), 0);
     }
 }
