@@ -46,5 +46,5 @@ cargo pgrx install --release -p tributary --pg-config "$PG_CONFIG" "${sudo_flag[
 # release and brought up to date with ALTER EXTENSION tributary UPDATE.
 as_root install -m 644 extension/sql/tributary--*.sql "$($PG_CONFIG --sharedir)/extension/"
 say "building the worker (release)"
-cargo build -q --release -p tributary-worker
+cargo build -q --release -p tributary-worker -p tributary-edge
 say "setup done"

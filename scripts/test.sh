@@ -28,7 +28,7 @@ fi
 ./scripts/setup.sh >/dev/null
 
 say "core, SQLite peer file and worker: unit and property tests"
-cargo test -p tributary-core -p tributary-sqlite -p tributary-worker 2>&1 | tee -a "$LOG"
+cargo test -p tributary-core -p tributary-sqlite -p tributary-worker -p tributary-edge 2>&1 | tee -a "$LOG"
 
 say "end-to-end tests and pg_regress (throwaway clusters)"
 cargo test -p tributary-e2e -- --test-threads=2 2>&1 | tee -a "$LOG"

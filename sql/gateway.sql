@@ -128,7 +128,9 @@ COMMENT ON FUNCTION sync_row(regclass, jsonb, boolean) IS
 
 -- The tracked tables the caller may read, as a client needs them to build
 -- its store: key, columns (those the caller may select, without Tributary's
--- own) and what it may write. Ordered by schema and name.
+-- own; each with its type's name and OID, which a SQLite peer maps as the
+-- stream's relation messages do) and what it may write. Ordered by schema
+-- and name.
 CREATE FUNCTION sync_schema() RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -143,6 +145,7 @@ AS $$
                 SELECT jsonb_agg(jsonb_build_object(
                            'name', a.attname,
                            'type', format_type(a.atttypid, a.atttypmod),
+                           'type_oid', a.atttypid::bigint,
                            'nullable', NOT a.attnotnull,
                            'generated', a.attgenerated <> '',
                            'has_default', (a.atthasdef AND a.attgenerated = '') OR a.attidentity <> '')

@@ -138,3 +138,43 @@ BEGIN
     END IF;
     RETURN q;
 END $$;
+
+
+-- 3. sync_schema gives each column's type OID (type_oid) beside its name,
+--    so that a remote SQLite peer (the edge client) maps it to the same
+--    SQLite type as a worker-attached one.
+CREATE OR REPLACE FUNCTION @extschema@.sync_schema() RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT jsonb_build_object('tables', coalesce(jsonb_agg(d.description ORDER BY d.nspname, d.relname), '[]'::jsonb))
+    FROM (
+        SELECT n.nspname COLLATE "C" AS nspname, c.relname COLLATE "C" AS relname, jsonb_build_object(
+            'table', t.relid::text,
+            'schema', n.nspname,
+            'name', c.relname,
+            'primary_key', to_jsonb(t.pk_columns),
+            'columns', coalesce((
+                SELECT jsonb_agg(jsonb_build_object(
+                           'name', a.attname,
+                           'type', format_type(a.atttypid, a.atttypmod),
+                           'type_oid', a.atttypid::bigint,
+                           'nullable', NOT a.attnotnull,
+                           'generated', a.attgenerated <> '',
+                           'has_default', (a.atthasdef AND a.attgenerated = '') OR a.attidentity <> '')
+                       ORDER BY a.attnum)
+                  FROM pg_attribute a
+                 WHERE a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attname <> ALL ('{sync_version,sync_xid,sync_created_xid,sync_origin,sync_colmeta}'::text[])
+                   AND has_column_privilege(t.relid, a.attnum, 'SELECT')), '[]'::jsonb),
+            'privileges', jsonb_build_object(
+                'insert', has_table_privilege(t.relid, 'INSERT'),
+                'update', has_table_privilege(t.relid, 'UPDATE'),
+                'delete', has_table_privilege(t.relid, 'DELETE'))) AS description
+        FROM tributary.tracked t
+        JOIN pg_class c ON c.oid = t.relid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE t.active AND has_any_column_privilege(t.relid, 'SELECT')
+    ) AS d
+$$;
+COMMENT ON FUNCTION @extschema@.sync_schema() IS
+  'The tracked tables the caller may read: key, columns it may select (without Tributary''s) and its write privileges.';

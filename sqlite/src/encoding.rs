@@ -20,9 +20,9 @@
 
 use crate::ColumnDef;
 use rusqlite::types::Value as V;
-use tributary_core::pgjson;
 use tributary_core::pgtype::{element_of, oid};
 use tributary_core::quote;
+use tributary_core::{jsontext, pgjson};
 
 /// The declared SQLite type of a hub column type.
 pub fn sqlite_type(type_oid: u32) -> &'static str {
@@ -73,12 +73,42 @@ fn unhex(h: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A hub value as the gateway's JSON gives it (`row_json`: the raw JSON
+/// text of one column) as the SQLite value stored for it: the same value
+/// [`sqlite_value`] stores for the text PostgreSQL prints, so a file filled
+/// over HTTP holds what a worker-attached one holds. JSON and arrays are
+/// kept as their JSON text; `null` is NULL.
+pub fn sqlite_value_json(type_oid: u32, raw: &str) -> V {
+    let raw = raw.trim();
+    if raw == "null" {
+        return V::Null;
+    }
+    if matches!(type_oid, oid::JSON | oid::JSONB) || raw.starts_with('[') || raw.starts_with('{') {
+        return V::Text(raw.to_string());
+    }
+    let text = match raw {
+        "true" => "t".to_string(),
+        "false" => "f".to_string(),
+        s if s.starts_with('"') => jsontext::unquote(s).unwrap_or_else(|| s.to_string()),
+        s => s.to_string(),
+    };
+    sqlite_value(type_oid, Some(text.as_bytes()))
+}
+
 /// A row's key as the file's triggers write it: `json_object` over the
 /// stored SQLite values, so that `_tributary_versions` and
 /// `_tributary_outbox` agree on it. None for a key of no columns.
 pub fn key_json<'a>(
     keys: impl IntoIterator<Item = (&'a ColumnDef, Option<&'a [u8]>)>,
 ) -> Option<String> {
+    key_json_of(
+        keys.into_iter()
+            .map(|(c, v)| (c, sqlite_value(c.type_oid, v))),
+    )
+}
+
+/// [`key_json`] over values already stored as SQLite's.
+pub fn key_json_of<'a>(keys: impl IntoIterator<Item = (&'a ColumnDef, V)>) -> Option<String> {
     let mut s = String::from("{");
     let mut any = false;
     for (col, v) in keys {
@@ -88,7 +118,7 @@ pub fn key_json<'a>(
         any = true;
         pgjson::push_str(&mut s, &col.name);
         s.push(':');
-        match sqlite_value(col.type_oid, v) {
+        match v {
             V::Null => s.push_str("null"),
             V::Integer(i) => s.push_str(&i.to_string()),
             V::Real(f) => s.push_str(&format!("{f:?}")),
@@ -154,6 +184,46 @@ mod tests {
             V::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into())
         );
         assert_eq!(sqlite_value(25, None), V::Null);
+    }
+
+    #[test]
+    fn a_value_from_the_gateways_json_is_stored_as_its_printed_text_is() {
+        // (type, what PostgreSQL prints): the JSON the gateway sends for
+        // it (pgjson, as row_json prints it) stores the same SQLite value.
+        let cases: &[(u32, &str)] = &[
+            (16, "t"),
+            (16, "f"),
+            (21, "-7"),
+            (20, "-9223372036854775808"),
+            (1700, "12345678901234567890.50"),
+            (1700, "NaN"),
+            (701, "1.5"),
+            (701, "-Infinity"),
+            (700, "1e-45"),
+            (17, "\\x00ff"),
+            (1184, "2024-01-02 03:04:05.25+00"),
+            (1114, "2024-01-02 03:04:05"),
+            (1082, "2024-01-02"),
+            (1007, "{1,NULL,3}"),
+            (1009, "{\"a b\",\"c,d\",NULL}"),
+            (3802, "{\"a\": [1, 2], \"b\": null}"),
+            (3802, "\"just a string\""),
+            (114, "[1, 2]"),
+            (25, "tab'le \" ] \\ \u{e9}\u{1F600}"),
+            (2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            (1186, "1 day 02:03:04"),
+        ];
+        for (t, text) in cases {
+            let mut raw = String::new();
+            pgjson::push_json(&mut raw, *t, text.as_bytes());
+            assert_eq!(
+                sqlite_value_json(*t, &raw),
+                sv(*t, text),
+                "type {t}: {text} as {raw}"
+            );
+        }
+        assert_eq!(sqlite_value_json(25, "null"), V::Null);
+        assert_eq!(sqlite_value_json(3802, " null "), V::Null);
     }
 
     #[test]

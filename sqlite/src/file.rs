@@ -8,8 +8,9 @@
 //!  commit(slot, position)  _tributary_state(slot) = position; applying = 0; COMMIT
 //! ```
 
-use crate::encoding::{key_json, sqlite_type, sqlite_value};
+use crate::encoding::{key_json_of, sqlite_type, sqlite_value};
 use crate::{schema, ColumnDef, Result, TableDef};
+use rusqlite::types::Value as V;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
@@ -129,6 +130,14 @@ impl PeerFile {
             .execute_batch("UPDATE _tributary_ctl SET applying = 0; COMMIT;")?)
     }
 
+    /// Commits a sync's transaction that reaches no stream position (the
+    /// edge client keeps its progress in `_tributary_pulls`).
+    pub fn end(&self) -> Result<()> {
+        Ok(self
+            .conn
+            .execute_batch("UPDATE _tributary_ctl SET applying = 0; COMMIT;")?)
+    }
+
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
@@ -230,6 +239,20 @@ impl PeerFile {
         cols: &[(&ColumnDef, Option<&[u8]>)],
         version: Option<i64>,
     ) -> Result<bool> {
+        let values: Vec<(&ColumnDef, V)> = cols
+            .iter()
+            .map(|(c, v)| (*c, sqlite_value(c.type_oid, *v)))
+            .collect();
+        self.upsert_values(m, &values, version)
+    }
+
+    /// [`PeerFile::upsert`] with the values as SQLite stores them.
+    pub fn upsert_values(
+        &self,
+        m: &Mapped,
+        cols: &[(&ColumnDef, V)],
+        version: Option<i64>,
+    ) -> Result<bool> {
         let names: Vec<String> = cols.iter().map(|(c, _)| ident(&c.name)).collect();
         let keys: Vec<&String> = cols
             .iter()
@@ -238,12 +261,15 @@ impl PeerFile {
             .map(|(_, n)| n)
             .collect();
         let sql = upsert_sql(&m.name, &names, &keys);
-        let values = cols.iter().map(|(c, v)| sqlite_value(c.type_oid, *v));
         let n = self
             .conn
             .prepare_cached(&sql)?
-            .execute(rusqlite::params_from_iter(values))?;
-        let key = key_json(cols.iter().filter(|(c, _)| c.key).map(|(c, v)| (*c, *v)));
+            .execute(rusqlite::params_from_iter(cols.iter().map(|(_, v)| v)))?;
+        let key = key_json_of(
+            cols.iter()
+                .filter(|(c, _)| c.key)
+                .map(|(c, v)| (*c, v.clone())),
+        );
         if let (Some(v), Some(pk)) = (version, key) {
             self.conn
                 .prepare_cached(
@@ -258,12 +284,20 @@ impl PeerFile {
     /// Deletes the row of `keys`, and its hub revision. Returns whether
     /// the file changed.
     pub fn delete(&self, m: &Mapped, keys: &[(&ColumnDef, Option<&[u8]>)]) -> Result<bool> {
+        let values: Vec<(&ColumnDef, V)> = keys
+            .iter()
+            .map(|(c, v)| (*c, sqlite_value(c.type_oid, *v)))
+            .collect();
+        self.delete_values(m, &values)
+    }
+
+    /// [`PeerFile::delete`] with the key's values as SQLite stores them.
+    pub fn delete_values(&self, m: &Mapped, keys: &[(&ColumnDef, V)]) -> Result<bool> {
         let cond: Vec<String> = keys
             .iter()
             .enumerate()
             .map(|(i, (c, _))| format!("{} IS ?{}", ident(&c.name), i + 1))
             .collect();
-        let values = keys.iter().map(|(c, v)| sqlite_value(c.type_oid, *v));
         let n = self
             .conn
             .prepare_cached(&format!(
@@ -271,8 +305,8 @@ impl PeerFile {
                 m.name,
                 cond.join(" AND ")
             ))?
-            .execute(rusqlite::params_from_iter(values))?;
-        if let Some(pk) = key_json(keys.iter().map(|(c, v)| (*c, *v))) {
+            .execute(rusqlite::params_from_iter(keys.iter().map(|(_, v)| v)))?;
+        if let Some(pk) = key_json_of(keys.iter().map(|(c, v)| (*c, v.clone()))) {
             self.conn
                 .prepare_cached("DELETE FROM _tributary_versions WHERE tbl = ?1 AND pk = ?2")?
                 .execute(params![m.plain, pk])?;

@@ -144,6 +144,34 @@ pub struct Entry {
     pub ts: i64,
 }
 
+impl Entry {
+    /// The edit as a change of `sync_apply`'s format: the row image, the
+    /// columns an update set, the revision after its base, and when it was
+    /// made. The worker's pull and the edge client's push send this.
+    pub fn change(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("op".into(), self.op.clone().into());
+        m.insert(
+            "pk".into(),
+            serde_json::from_str(&self.pk).unwrap_or(serde_json::Value::Null),
+        );
+        if let Some(d) = &self.data {
+            m.insert(
+                "data".into(),
+                serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        if let Some(ch) = self.changed.as_deref().filter(|_| self.op == "U") {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(ch) {
+                m.insert("changed".into(), v);
+            }
+        }
+        m.insert("version".into(), (self.base.unwrap_or(0) + 1).into());
+        m.insert("ts".into(), self.ts.into());
+        serde_json::Value::Object(m)
+    }
+}
+
 /// The oldest `limit` edits. A file without the outbox yet (before its
 /// first sync) has none.
 pub fn read(conn: &Connection, limit: usize) -> Result<Vec<Entry>> {

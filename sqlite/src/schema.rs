@@ -9,6 +9,8 @@
 //!  _tributary_tables    (tbl, hub, epoch)           file table -> hub table, and its copy's epoch
 //!  _tributary_outbox    (tbl, pk, op, data, ...)    the app's edits, one row per key
 //!  _tributary_errors    (tbl, pk, outcome, ...)     what the app must see: conflicts, refusals
+//!  _tributary_remote    (name, value)               over HTTP (the edge client): the gateway's URL
+//!  _tributary_pulls     (tbl, version, next, ...)   over HTTP: how far each table is pulled
 //! ```
 //!
 //! [`MIGRATIONS`] lists each layout version's DDL. [`ensure`] brings a file
@@ -21,7 +23,7 @@ use crate::{PeerError, Result};
 use rusqlite::{Connection, OptionalExtension};
 
 /// The layout version this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// Version 1: the layout of the first release.
 const V1: &str = "
@@ -77,10 +79,34 @@ const V2: &str = "
 ALTER TABLE _tributary_state ADD COLUMN hub TEXT;
 ";
 
+/// Version 3: what a file that syncs over HTTP (the edge client) keeps: the
+/// gateway it syncs with (`_tributary_remote`, name/value), and per table
+/// how far it has pulled (`_tributary_pulls`): `version`, the hub version
+/// the table is complete up to (NULL: never pulled); a pull under way's
+/// window (`since`, `until`) and continuation (`next`), so that a pull cut
+/// short resumes from its last committed page; rows applied in it
+/// (`rows_done`); and when the last pull ended. Every file has them, so a
+/// file can move between the worker and the edge client.
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS _tributary_remote (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS _tributary_pulls (
+    tbl TEXT PRIMARY KEY,
+    version INTEGER,
+    since INTEGER,
+    until INTEGER,
+    next TEXT,
+    rows_done INTEGER NOT NULL DEFAULT 0,
+    synced_at TEXT
+);
+";
+
 /// Each version's DDL, in order: `MIGRATIONS[i]` brings a file from
 /// version `i` to `i + 1`. A released entry is never edited; a change of
 /// layout is a new entry.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The layout version the file holds: 0 for a file without Tributary's
 /// tables.

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use postgres::{Client, NoTls};
 
 pub mod certs;
+pub mod edge;
 pub mod gateway;
 pub mod peer;
 pub mod worker;

@@ -19,55 +19,57 @@ use std::time::{Duration, Instant};
 pub fn worker_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        };
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.current_dir(&root).args([
-            "build",
-            "-q",
-            "-p",
+        // The fault tests' crash points.
+        built(
             "tributary-worker",
-            "--bin",
             "tributary-worker",
-            // The fault tests' crash points.
-            "--features",
-            "failpoints",
-        ]);
-        if profile == "release" {
-            c.arg("--release");
-        }
-        // What cargo sets for this test process, not for a build: a build
-        // script that tracks them (ring's does) would otherwise rebuild
-        // here, and again in the next top-level build.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || matches!(
-                    &*k,
-                    "CARGO_CRATE_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "OUT_DIR"
-                )
-            {
-                c.env_remove(&*k);
-            }
-        }
-        let st = c.status().expect("cargo build of tributary-worker");
-        assert!(st.success(), "building tributary-worker failed");
-        // Where cargo put it: CARGO_TARGET_DIR when set (relative to the
-        // workspace, where the build ran), else the workspace's target/.
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(|d| root.join(d))
-            .unwrap_or_else(|| root.join("target"));
-        target.join(profile).join("tributary-worker")
+            &["--features", "failpoints"],
+        )
     })
     .clone()
+}
+
+/// Builds the binary `bin` of `package` in this test process's profile
+/// (with `extra` cargo arguments), and returns its path.
+pub fn built(package: &str, bin: &str, extra: &[&str]) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(&root)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .args(extra);
+    if profile == "release" {
+        c.arg("--release");
+    }
+    // What cargo sets for this test process, not for a build: a build
+    // script that tracks them (ring's does) would otherwise rebuild
+    // here, and again in the next top-level build.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*k,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            c.env_remove(&*k);
+        }
+    }
+    let st = c
+        .status()
+        .unwrap_or_else(|e| panic!("cargo build of {bin}: {e}"));
+    assert!(st.success(), "building {bin} failed");
+    // Where cargo put it: CARGO_TARGET_DIR when set (relative to the
+    // workspace, where the build ran), else the workspace's target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"));
+    target.join(profile).join(bin)
 }
 
 /// Creates the role `worker` (LOGIN REPLICATION, not a superuser) if the

@@ -545,14 +545,14 @@ fn the_schema_lists_only_the_tables_and_columns_the_caller_may_select() {
     let want = serde_json::json!({"tables": [
         {"table": "b_items", "schema": "public", "name": "b_items", "primary_key": ["id"],
          "columns": [
-            {"name": "id", "type": "bigint", "nullable": false, "generated": false, "has_default": true},
-            {"name": "name", "type": "character varying(20)", "nullable": true, "generated": false, "has_default": false}],
+            {"name": "id", "type": "bigint", "type_oid": 20, "nullable": false, "generated": false, "has_default": true},
+            {"name": "name", "type": "character varying(20)", "type_oid": 1043, "nullable": true, "generated": false, "has_default": false}],
          "privileges": {"insert": false, "update": true, "delete": false}},
         {"table": "\"tab'le\"", "schema": "public", "name": "tab'le", "primary_key": ["\""],
          "columns": [
-            {"name": "\"", "type": "integer", "nullable": false, "generated": false, "has_default": false},
-            {"name": "gen", "type": "integer", "nullable": true, "generated": true, "has_default": false},
-            {"name": "made", "type": "timestamp with time zone", "nullable": false, "generated": false, "has_default": true}],
+            {"name": "\"", "type": "integer", "type_oid": 23, "nullable": false, "generated": false, "has_default": false},
+            {"name": "gen", "type": "integer", "type_oid": 23, "nullable": true, "generated": true, "has_default": false},
+            {"name": "made", "type": "timestamp with time zone", "type_oid": 1184, "nullable": false, "generated": false, "has_default": true}],
          "privileges": {"insert": false, "update": false, "delete": false}}
     ]});
     assert_eq!(s, want);

@@ -106,29 +106,6 @@ fn refused(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-fn change_json(e: &Entry) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    m.insert("op".into(), e.op.clone().into());
-    m.insert(
-        "pk".into(),
-        serde_json::from_str(&e.pk).unwrap_or(serde_json::Value::Null),
-    );
-    if let Some(d) = &e.data {
-        m.insert(
-            "data".into(),
-            serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
-        );
-    }
-    if let Some(ch) = e.changed.as_deref().filter(|_| e.op == "U") {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(ch) {
-            m.insert("changed".into(), v);
-        }
-    }
-    m.insert("version".into(), (e.base.unwrap_or(0) + 1).into());
-    m.insert("ts".into(), e.ts.into());
-    serde_json::Value::Object(m)
-}
-
 /// Every edit of `entries` refused, with the same reason.
 fn refuse_all(entries: Vec<Entry>, detail: &str) -> Vec<(Entry, Outcome)> {
     entries
@@ -223,7 +200,7 @@ impl Puller {
     ) -> Result<Result<Vec<Outcome>, tokio_postgres::Error>, Error> {
         let cols = self.columns(hub).await?;
         let changes =
-            serde_json::Value::Array(entries.iter().map(change_json).collect()).to_string();
+            serde_json::Value::Array(entries.iter().map(Entry::change).collect()).to_string();
         self.client
             .batch_execute("BEGIN")
             .await

@@ -1,0 +1,124 @@
+//! `tributary-edge`: the edge client's command line. It parses arguments,
+//! calls the library and prints; every error leaves with its exit code
+//! (see `tributary_edge::error`).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tributary_edge::{Edge, Error};
+
+#[derive(Parser)]
+#[command(
+    name = "tributary-edge",
+    version,
+    about = "A SQLite peer file that syncs with a Tributary hub over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Token {
+    /// A file holding the peer's token (else env TRIBUTARY_EDGE_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Makes FILE a peer of the gateway at URL: its tables come from the hub's schema.
+    Init {
+        #[arg(long)]
+        hub: String,
+        #[arg(long)]
+        db: PathBuf,
+        #[command(flatten)]
+        token: Token,
+    },
+    /// Unsent edits per table, each table's version and last sync, and open errors.
+    Status {
+        #[arg(long)]
+        db: PathBuf,
+        /// The gateway's URL, when it moved (default: the one init recorded).
+        #[arg(long)]
+        hub: Option<String>,
+        #[command(flatten)]
+        token: Token,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn token(t: &Token) -> Result<String, Error> {
+    match &t.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| Error::Usage(format!("cannot read the token file {}: {e}", f.display()))),
+        None => std::env::var("TRIBUTARY_EDGE_TOKEN").map_err(|_| {
+            Error::Usage("no token: pass --token-file FILE or set TRIBUTARY_EDGE_TOKEN".into())
+        }),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Init { hub, db, token: t } => {
+            let mut edge = Edge::init(&db, &hub, &token(&t)?)?;
+            let s = edge.status()?;
+            println!(
+                "{} is a peer of {}: {} tables",
+                db.display(),
+                s.hub,
+                s.tables.len()
+            );
+            for t in &s.tables {
+                println!("  {} <- {}", t.table, t.hub_table);
+            }
+        }
+        Command::Status {
+            db,
+            hub,
+            token: t,
+            json,
+        } => {
+            // Status reads the file alone: a token is needed only to sync.
+            let tok = token(&t).unwrap_or_else(|_| "-".into());
+            let mut edge = Edge::open(&db, hub.as_deref(), &tok)?;
+            let s = edge.status()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("status is JSON")
+                );
+            } else {
+                println!("hub: {}", s.hub);
+                println!(
+                    "{:<30} {:>8} {:>12}  last sync",
+                    "table", "unsent", "version"
+                );
+                for t in &s.tables {
+                    println!(
+                        "{:<30} {:>8} {:>12}  {}",
+                        t.table,
+                        t.unsent,
+                        t.version.map_or("-".into(), |v| v.to_string()),
+                        t.synced_at.as_deref().unwrap_or("never")
+                    );
+                }
+                println!("open errors: {}", s.errors);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tributary-edge: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The edge client (`tributary-edge`) against a real cluster, a real
+//! gateway and real files: `init` makes the file a worker-attached peer
+//! would have, `status` reads it, and each failure has its exit code.
+
+use serde_json::{json, Value};
+use std::path::Path;
+use tributary_e2e::edge::*;
+use tributary_e2e::gateway::*;
+use tributary_e2e::peer::*;
+use tributary_e2e::worker::*;
+use tributary_e2e::*;
+
+/// A hub with typed and hostile tables, its gateway role, and the peer
+/// `dev1` (role `device`) that may read all of them.
+fn hub(cluster: &Cluster) -> Db<'_> {
+    let db = cluster.db();
+    db.connect()
+        .batch_execute(
+            r#"CREATE TABLE items (id int PRIMARY KEY, v text, n numeric, at timestamptz, tags int[], doc jsonb,
+                                   ok boolean, raw bytea, f float8, twice int GENERATED ALWAYS AS (id * 2) STORED);
+               CREATE TABLE "tab'le" ("]" int PRIMARY KEY, """" text);
+               CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY, item int);
+               CREATE TABLE marker (id serial PRIMARY KEY);
+               SELECT sync_track('items'), sync_track('"tab''le"'), sync_track('sales.orders'), sync_track('marker');"#,
+        )
+        .unwrap();
+    setup_gateway_role(&db);
+    add_peer(
+        &db,
+        "dev1",
+        "device",
+        &["items", r#""tab'le""#, "sales.orders", "marker"],
+    );
+    db.connect()
+        .batch_execute("GRANT USAGE ON SCHEMA sales TO device")
+        .unwrap();
+    db
+}
+
+/// The file's tables, indexes and triggers, as SQLite keeps their DDL.
+fn layout(path: &Path) -> Vec<(String, String, Option<String>)> {
+    let c = lite(path);
+    let mut st = c
+        .prepare(
+            "SELECT type, name, sql FROM sqlite_master
+              WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+        )
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn status(path: &Path) -> Value {
+    let r = edge(&["status", "--db", path.to_str().unwrap(), "--json"], None);
+    assert_eq!(r.code, 0, "{r:?}");
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+#[test]
+fn init_makes_the_file_a_worker_attached_peer_has_and_status_reads_it() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 300);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    let r = edge(&["init", "--hub", &g.base, "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("4 tables"), "{}", r.stdout);
+
+    // A worker-attached peer of the same tables: the same layout, table
+    // for table, trigger for trigger (generated columns included).
+    let w = dir.path().join("attached.db");
+    setup_worker_role(&db, &[]);
+    let mut wp = WorkerProc::start(
+        &tributary_e2e::worker::config(&cluster, &db, "w", &sqlite_dest("w1", &w)),
+        &[],
+    );
+    caught_up(&mut wp, &mut db.connect(), &w);
+    wp.sigterm(std::time::Duration::from_secs(30));
+    assert_eq!(layout(&e), layout(&w));
+    assert!(layout(&e)
+        .iter()
+        .any(|(t, n, _)| t == "trigger" && n == "_tributary_i_tab'le"));
+
+    // status: nothing pulled or unsent yet; an app's edit is unsent.
+    let s = status(&e);
+    assert_eq!(s["hub"], g.base.as_str());
+    assert_eq!(s["errors"], 0);
+    let tables: Vec<(&str, &str)> = s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap(),
+                t["hub_table"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            ("items", "\"public\".\"items\""),
+            ("marker", "\"public\".\"marker\""),
+            ("sales.orders", "\"sales\".\"orders\""),
+            ("tab'le", "\"public\".\"tab'le\"")
+        ]
+    );
+    assert!(s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["unsent"] == 0 && t["version"].is_null() && t["synced_at"].is_null()));
+    lite(&e)
+        .execute(r#"INSERT INTO "tab'le" ("]", """") VALUES (1, 'x')"#, [])
+        .unwrap();
+    let s = status(&e);
+    assert_eq!(s["tables"][3]["unsent"], 1, "{s:#}");
+
+    // init again: the same file, nothing lost; the hub's new column added.
+    db.connect()
+        .batch_execute(r#"ALTER TABLE "tab'le" ADD COLUMN added int"#)
+        .unwrap();
+    let r = edge(&["init", "--hub", &g.base, "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    let cols: Vec<String> = rows(&e, r#"SELECT name FROM pragma_table_info('tab''le')"#)
+        .into_iter()
+        .map(|r| match &r[0] {
+            rusqlite::types::Value::Text(s) => s.clone(),
+            v => panic!("{v:?}"),
+        })
+        .collect();
+    assert_eq!(cols, ["]", "\"", "added"]);
+    assert_eq!(status(&e)["tables"][3]["unsent"], 1);
+    // The human form says the same.
+    let r = edge(&["status", "--db", es], None);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("tab'le") && r.stdout.contains("never"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn each_failure_has_its_words_and_exit_code() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let g = GatewayProc::start(&cluster, &db, "");
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    let init =
+        |hub: &str, path: &str, tok: Option<&str>| edge(&["init", "--hub", hub, "--db", path], tok);
+    let ok = token("dev1", json!({}), 300);
+
+    // 2: usage. No token; a hub that is not a URL.
+    let r = init(&g.base, es, None);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("TRIBUTARY_EDGE_TOKEN"), "{}", r.stderr);
+    assert_eq!(init("gw:1", es, Some(&ok)).code, 2);
+
+    // 3: the hub unreachable (nothing listens there), with a hint that the
+    // file keeps working.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let r = init(&closed, es, Some(&ok));
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("unreachable") && r.stderr.contains("HINT"),
+        "{}",
+        r.stderr
+    );
+
+    // 4: an expired token, one signed with another key, an unknown peer.
+    let expired = token("dev1", json!({}), -120);
+    let r = init(&g.base, es, Some(&expired));
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("HTTP 401") && r.stderr.contains("new token"),
+        "{}",
+        r.stderr
+    );
+    let forged = token_with(
+        json!({"sub": "dev1", "exp": 4_000_000_000u64}),
+        json!({}),
+        "another-secret-another-secret-another",
+    );
+    assert_eq!(init(&g.base, es, Some(&forged)).code, 4);
+    assert_eq!(
+        init(&g.base, es, Some(&token("nobody", json!({}), 300))).code,
+        4
+    );
+    assert!(!e.exists(), "no file is made before the hub answered");
+
+    // 5: not a Tributary peer: a text file, an app's own SQLite file that
+    // was never initialized, a file that is not there.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a database, it is a note ".repeat(100)).unwrap();
+    let r = init(&g.base, text.to_str().unwrap(), Some(&ok));
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains("not a SQLite database"), "{}", r.stderr);
+    let app = dir.path().join("app.db");
+    lite(&app)
+        .execute_batch("CREATE TABLE mine (a int)")
+        .unwrap();
+    for p in [&app, &dir.path().join("missing.db"), &text] {
+        let r = edge(&["status", "--db", p.to_str().unwrap()], None);
+        assert_eq!(r.code, 5, "{p:?}: {r:?}");
+        assert!(
+            r.stderr.contains("not a Tributary peer file"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(!dir.path().join("missing.db").exists());
+
+    // A file made for one gateway is not taken over by another (2).
+    assert_eq!(init(&g.base, es, Some(&ok)).code, 0);
+    let r = init("http://127.0.0.1:1", es, Some(&ok));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains(&g.base), "{}", r.stderr);
+}
