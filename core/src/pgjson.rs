@@ -30,7 +30,12 @@ pub fn push_json(out: &mut String, type_oid: u32, text: &[u8]) {
 
 fn push_json_str(out: &mut String, type_oid: u32, s: &str) {
     match type_oid {
-        oid::BOOL => out.push_str(if s == "t" { "true" } else { "false" }),
+        // The output function prints t/f; a cast to text, true/false.
+        oid::BOOL => out.push_str(if matches!(s, "t" | "true") {
+            "true"
+        } else {
+            "false"
+        }),
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => out.push_str(s),
         oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => {
             // NaN and the infinities have no JSON number.
@@ -174,6 +179,8 @@ mod tests {
     #[test]
     fn scalars_take_their_json_shapes() {
         assert_eq!(j(16, "t"), "true");
+        assert_eq!(j(16, "true"), "true", "bool::text prints true");
+        assert_eq!(j(16, "false"), "false");
         assert_eq!(j(16, "f"), "false");
         assert_eq!(j(20, "-9223372036854775808"), "-9223372036854775808");
         assert_eq!(

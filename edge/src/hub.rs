@@ -74,6 +74,29 @@ impl Hub {
         )
     }
 
+    /// GET a row (`/v1/tables/{t}/rows/{key}`): its JSON and revision (the
+    /// ETag), or None when the hub does not hold it.
+    pub fn get_row(&self, path: &str) -> Result<Option<(String, i64)>> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| self.unreachable(e))?;
+        let status = r.status().as_u16();
+        let etag = r
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_matches('"').parse::<i64>().ok());
+        let body = r.text().map_err(|e| self.unreachable(e))?;
+        match (status, etag) {
+            (200, Some(v)) => Ok(Some((body, v))),
+            (404, _) => Ok(None),
+            _ => Err(self.refused(status, &body)),
+        }
+    }
+
     fn send(&self, req: reqwest::blocking::RequestBuilder) -> Result<String> {
         let r = req
             .bearer_auth(&self.token)

@@ -9,19 +9,22 @@
 //!                                 them, with their capture triggers; the hub's URL and one
 //!                                 _tributary_pulls row per table (never pulled), in one transaction
 //!  Edge::open(file, hub?, token)  a file init made (else: not a Tributary peer, exit code 5)
+//!  push() / pull(tables) / sync() see `sync`
 //!  status()                       per table: unsent edits, version, last sync; open errors
 //! ```
 //!
-//! Built so far: `init` and `status`. Push, pull, purge, conflicts and the
+//! Built so far: init, push, pull, sync, status. Purge, conflicts and the
 //! daemon come next (issue #14).
 
 pub mod error;
 pub mod hub;
+pub mod sync;
 
 pub use error::{Error, HubError, Result};
 use hub::Hub;
 use rusqlite::OptionalExtension;
 use std::path::{Path, PathBuf};
+pub use sync::{Progress, Pulled, Pushed};
 use tributary_sqlite::{schema, PeerFile};
 
 /// The gateway a file records, if it is an edge client's file.

@@ -25,6 +25,58 @@ struct Token {
     token_file: Option<PathBuf>,
 }
 
+/// A file init made, and how to reach its hub.
+#[derive(clap::Args)]
+struct At {
+    #[arg(long)]
+    db: PathBuf,
+    /// The gateway's URL, when it moved (default: the one init recorded).
+    #[arg(long)]
+    hub: Option<String>,
+    #[command(flatten)]
+    token: Token,
+}
+
+impl At {
+    fn open(&self) -> Result<Edge, Error> {
+        Edge::open(&self.db, self.hub.as_deref(), &token(&self.token)?)
+    }
+}
+
+/// Progress lines on stderr: one per page of a full download, and one
+/// when a table is done.
+fn progress(p: &tributary_edge::Progress) {
+    if p.done || p.full {
+        eprintln!(
+            "{}: {} rows{} ({:.0} rows/s){}",
+            p.table,
+            p.rows_done,
+            if p.full { " of a full download" } else { "" },
+            p.rows_per_s,
+            if p.done { ", done" } else { "" }
+        );
+    }
+}
+
+fn print_pulled(pulled: &[tributary_edge::Pulled]) {
+    for p in pulled {
+        println!(
+            "pulled {}: {} changes, now at version {}{}",
+            p.table,
+            p.rows,
+            p.version,
+            if p.full { " (full)" } else { "" }
+        );
+    }
+}
+
+fn print_pushed(p: &tributary_edge::Pushed) {
+    println!(
+        "pushed {} edits; {} to look at in _tributary_errors",
+        p.sent, p.attention
+    );
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Makes FILE a peer of the gateway at URL: its tables come from the hub's schema.
@@ -35,6 +87,25 @@ enum Command {
         db: PathBuf,
         #[command(flatten)]
         token: Token,
+    },
+    /// Sends the app's edits to the hub.
+    Push {
+        #[command(flatten)]
+        at: At,
+    },
+    /// Brings tables (all, or each --table) up to the hub's version.
+    Pull {
+        #[command(flatten)]
+        at: At,
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+    /// Push, then pull.
+    Sync {
+        #[command(flatten)]
+        at: At,
+        #[arg(long = "table")]
+        tables: Vec<String>,
     },
     /// Unsent edits per table, each table's version and last sync, and open errors.
     Status {
@@ -75,6 +146,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             for t in &s.tables {
                 println!("  {} <- {}", t.table, t.hub_table);
             }
+        }
+        Command::Push { at } => print_pushed(&at.open()?.push()?),
+        Command::Pull { at, tables } => print_pulled(&at.open()?.pull(&tables, &mut progress)?),
+        Command::Sync { at, tables } => {
+            let (pushed, pulled) = at.open()?.sync(&tables, &mut progress)?;
+            print_pushed(&pushed);
+            print_pulled(&pulled);
         }
         Command::Status {
             db,

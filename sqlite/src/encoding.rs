@@ -41,7 +41,9 @@ pub fn sqlite_value(type_oid: u32, text: Option<&[u8]>) -> V {
     };
     let s = String::from_utf8_lossy(b);
     match type_oid {
-        oid::BOOL => V::Integer(i64::from(s == "t")),
+        // The output function (the stream) prints t/f; the initial copy's
+        // cast to text, true/false.
+        oid::BOOL => V::Integer(i64::from(matches!(&*s, "t" | "true"))),
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => {
             s.parse().map(V::Integer).unwrap_or(V::Text(s.into_owned()))
         }
@@ -166,6 +168,12 @@ mod tests {
     #[test]
     fn values_map_without_loss() {
         assert_eq!(sv(16, "t"), V::Integer(1));
+        assert_eq!(
+            sv(16, "true"),
+            V::Integer(1),
+            "bool::text, as the copy reads it"
+        );
+        assert_eq!(sv(16, "false"), V::Integer(0));
         assert_eq!(sv(20, "-9223372036854775808"), V::Integer(i64::MIN));
         assert_eq!(
             sv(1700, "12345678901234567890.50"),

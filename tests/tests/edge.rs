@@ -224,3 +224,220 @@ fn each_failure_has_its_words_and_exit_code() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains(&g.base), "{}", r.stderr);
 }
+
+/// Every row of `table` in a file, as SQLite holds it, by key.
+fn file_rows(path: &Path, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
+    rows(
+        path,
+        &format!(
+            "SELECT * FROM {} ORDER BY 1",
+            tributary_core::quote::ident(table)
+        ),
+    )
+}
+
+#[test]
+fn sync_brings_the_hubs_rows_as_the_worker_stores_them_and_sends_the_apps_edits_once() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"INSERT INTO items (id, v, n, at, tags, doc, ok, raw, f) VALUES
+             (1, 'plain', 12.50, '2024-01-02 03:04:05.25+00', '{1,NULL,3}', '{"a": [1, 2], "b": null}', true, '\x00ff', 1.5),
+             (2, 'tab''le " ] é😀', 'NaN', '2024-06-30 23:59:59+02', '{}', '"just a string"', false, NULL, '-Infinity'),
+             (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+           INSERT INTO "tab'le" VALUES (1, 'one'), (2, 'two');
+           INSERT INTO sales.orders SELECT g, g % 7 FROM generate_series(1, 2500) g;"#,
+    )
+    .unwrap();
+    let g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 300);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("pulled sales.orders: 2500 changes"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("of a full download"), "{}", r.stderr);
+
+    // A worker-attached peer of the same hub holds the same values, row
+    // for row, type for type.
+    let w = dir.path().join("attached.db");
+    setup_worker_role(&db, &[]);
+    let mut wp = WorkerProc::start(
+        &tributary_e2e::worker::config(&cluster, &db, "w", &sqlite_dest("w1", &w)),
+        &[],
+    );
+    caught_up(&mut wp, &mut c, &w);
+    for t in ["items", "tab'le", "sales.orders"] {
+        assert_eq!(file_rows(&e, t), file_rows(&w, t), "{t}");
+    }
+    assert_eq!(file_rows(&e, "sales.orders").len(), 2500);
+    // (The worker's initial copy once stored every true as 0: it reads
+    // bool::text, which prints true, not t.)
+    assert_eq!(
+        rows(&w, "SELECT ok FROM items WHERE id = 1"),
+        [[rusqlite::types::Value::Integer(1)]]
+    );
+    let revisions = |p: &Path| {
+        rows(
+            p,
+            "SELECT tbl, pk, version FROM _tributary_versions WHERE tbl <> 'marker' ORDER BY 1, 2",
+        )
+    };
+    assert_eq!(revisions(&e), revisions(&w));
+
+    // The app's edits reach the hub, tagged with the peer, once.
+    lite(&e)
+        .execute_batch(
+            r#"UPDATE items SET v = 'edited at the edge' WHERE id = 1;
+               DELETE FROM "tab'le" WHERE "]" = 2;
+               INSERT INTO "tab'le" ("]", """") VALUES (3, 'new at the edge');"#,
+        )
+        .unwrap();
+    let r = edge(&["push", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("pushed 3 edits; 0 to look at"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(outbox_len(&e), 0);
+    let hub_rows = |c: &mut Client| -> Vec<(i32, String, Option<String>)> {
+        c.query(
+            r#"SELECT "]", """", sync_origin FROM "tab'le" ORDER BY 1"#,
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    assert_eq!(
+        hub_rows(&mut c),
+        [
+            (1, "one".to_string(), None),
+            (3, "new at the edge".to_string(), Some("dev1".to_string()))
+        ]
+    );
+    let v1: String = c
+        .query_one("SELECT v FROM items WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v1, "edited at the edge");
+    // Pushing again sends nothing; the hub's own change comes with a pull,
+    // and the peer's own edits come back once with the hub's revision.
+    let r = edge(&["push", "--db", es], Some(&tok));
+    assert!(r.stdout.contains("pushed 0 edits"), "{r:?}");
+    c.batch_execute("UPDATE sales.orders SET item = 99 WHERE id = 2500")
+        .unwrap();
+    let r = edge(&["pull", "--db", es, "--table", "sales.orders"], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("pulled sales.orders: 1 changes"),
+        "{}",
+        r.stdout
+    );
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    caught_up(&mut wp, &mut c, &w);
+    for t in ["items", "tab'le", "sales.orders"] {
+        assert_eq!(file_rows(&e, t), file_rows(&w, t), "{t}");
+    }
+    assert_eq!(outbox_len(&e), 0, "what came back made no new edits");
+    let s = status(&e);
+    assert!(s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["version"].is_i64() && t["synced_at"].is_string() && t["unsent"] == 0));
+    let r = edge(&["pull", "--db", es, "--table", "nope"], Some(&tok));
+    assert_eq!(r.code, 2, "{r:?}");
+}
+
+#[test]
+fn an_edge_file_holds_only_its_tenants_rows_and_a_refused_edit_is_set_aside() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, tenant text NOT NULL, amount int CHECK (amount >= 0));
+         CREATE INDEX ON orders (tenant);
+         SELECT sync_track('orders');
+         SELECT sync_set_filter('orders', $$tenant = sync_claim('tenant')$$);
+         GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO device;
+         INSERT INTO orders VALUES (1, 'a', 10), (2, 'b', 20), (3, 'a', 30);",
+    )
+    .unwrap();
+    let g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({"tenant": "a"}), 300);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    let ids = || -> Vec<i64> {
+        rows(&e, "SELECT id FROM orders ORDER BY id")
+            .into_iter()
+            .map(|r| match r[0] {
+                rusqlite::types::Value::Integer(i) => i,
+                ref v => panic!("{v:?}"),
+            })
+            .collect()
+    };
+    let sync = || {
+        let r = edge(&["sync", "--db", es], Some(&tok));
+        assert_eq!(r.code, 0, "{r:?}");
+        r
+    };
+    sync();
+    assert_eq!(ids(), [1, 3]);
+    // A move out of the filter removes the row from the file; a move in
+    // brings it whole.
+    c.batch_execute(
+        "UPDATE orders SET tenant = 'b' WHERE id = 3; UPDATE orders SET tenant = 'a' WHERE id = 2",
+    )
+    .unwrap();
+    sync();
+    assert_eq!(ids(), [1, 2]);
+    // An edit the hub refuses (a CHECK) is set aside with its SQLSTATE and
+    // the hub's row written back; the good edit of the same push lands.
+    lite(&e)
+        .execute_batch("UPDATE orders SET amount = -5 WHERE id = 1; UPDATE orders SET amount = 21 WHERE id = 2;")
+        .unwrap();
+    let r = sync();
+    assert!(
+        r.stdout.contains("pushed 2 edits; 1 to look at"),
+        "{}",
+        r.stdout
+    );
+    let amount = |c: &mut Client, id: i32| -> i32 {
+        c.query_one("SELECT amount FROM orders WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!((amount(&mut c, 1), amount(&mut c, 2)), (10, 21));
+    let errs = rows(&e, "SELECT tbl, outcome, detail FROM _tributary_errors");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0][1], rusqlite::types::Value::Text("REJECTED".into()));
+    match &errs[0][2] {
+        rusqlite::types::Value::Text(d) => assert!(d.contains("23514"), "{d}"),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(
+        rows(&e, "SELECT amount FROM orders WHERE id = 1"),
+        [[rusqlite::types::Value::Integer(10)]],
+        "the hub's row is written back"
+    );
+    assert_eq!(status(&e)["errors"], 1);
+}
