@@ -9,6 +9,8 @@
 //!  pgjson     a value as PostgreSQL prints it -> the JSON to_jsonb gives
 //!  quote      SQL identifiers and literals (PostgreSQL, SQLite)
 //!  pgtype     built-in PostgreSQL type OIDs the peers map
+//!  failpoint  crash points for the fault tests (feature `failpoints`; the
+//!             one piece that reads the environment, and only when built so)
 //! ```
 //!
 //! `extension/` (pgrx) and `worker/` (tokio) both depend on this crate;
@@ -16,6 +18,7 @@
 //! names and lists.
 
 pub mod colvers;
+pub mod failpoint;
 pub mod jsontext;
 pub mod pgjson;
 pub mod pgtype;

@@ -275,6 +275,7 @@ impl Edge {
                 return Err(e.into());
             }
             self.file.end()?;
+            tributary_core::failpoint::hit("edge.pull.after_page");
             let secs = started.elapsed().as_secs_f64().max(1e-6);
             progress(&Progress {
                 table: m.plain.clone(),
@@ -399,6 +400,7 @@ impl Edge {
                 }
             }
             total.sent += sent.len();
+            tributary_core::failpoint::hit("edge.push.after_hub");
             outbox::finish(self.file.conn(), &sent)?;
             self.write_back(&back)?;
             if entries.len() < BATCH {

@@ -441,3 +441,100 @@ fn an_edge_file_holds_only_its_tenants_rows_and_a_refused_edit_is_set_aside() {
     );
     assert_eq!(status(&e)["errors"], 1);
 }
+
+#[test]
+fn a_crash_mid_pull_resumes_from_its_last_page_and_a_repeated_push_has_no_second_effect() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute("INSERT INTO sales.orders SELECT g, g % 7 FROM generate_series(1, 2500) g")
+        .unwrap();
+    let g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 300);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    let pull = ["pull", "--db", es, "--table", "sales.orders"];
+    // Killed (abort, as kill -9) after its first page committed.
+    let r = edge_with(
+        &pull,
+        Some(&tok),
+        &[("TRIBUTARY_FAILPOINT", "edge.pull.after_page:1")],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("failpoint"), "{}", r.stderr);
+    let state = rows(
+        &e,
+        "SELECT version IS NULL, next IS NOT NULL, rows_done FROM _tributary_pulls WHERE tbl = 'sales.orders'",
+    );
+    use rusqlite::types::Value::Integer as I;
+    assert_eq!(
+        state,
+        [[I(1), I(1), I(1000)]],
+        "one page in, the window not done"
+    );
+    assert_eq!(file_rows(&e, "sales.orders").len(), 1000);
+    // Another change meanwhile: the resumed window does not hold it, the
+    // next pull does.
+    c.batch_execute("UPDATE sales.orders SET item = 100 WHERE id = 1")
+        .unwrap();
+    let r = edge(&pull, Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("2500 rows of a full download"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(file_rows(&e, "sales.orders").len(), 2500);
+    assert_eq!(edge(&pull, Some(&tok)).code, 0);
+    let hub_orders: Vec<(i64, i64)> = c
+        .query(
+            "SELECT id::int8, item::int8 FROM sales.orders ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let file_orders: Vec<(i64, i64)> = file_rows(&e, "sales.orders")
+        .into_iter()
+        .map(|r| match (&r[0], &r[1]) {
+            (I(a), I(b)) => (*a, *b),
+            v => panic!("{v:?}"),
+        })
+        .collect();
+    assert_eq!(file_orders, hub_orders);
+
+    // A push killed after the hub applied it, before the file recorded
+    // that: sent again, it changes nothing more at the hub.
+    lite(&e)
+        .execute("UPDATE \"sales.orders\" SET item = 42 WHERE id = 7", [])
+        .unwrap();
+    let r = edge_with(
+        &["push", "--db", es],
+        Some(&tok),
+        &[("TRIBUTARY_FAILPOINT", "edge.push.after_hub:1")],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    assert_eq!(outbox_len(&e), 1, "the file did not record the push");
+    let revision = |c: &mut Client| -> (i32, i64) {
+        let r = c
+            .query_one(
+                "SELECT item, sync_version FROM sales.orders WHERE id = 7",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let applied = revision(&mut c);
+    assert_eq!(applied.0, 42);
+    let r = edge(&["push", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(outbox_len(&e), 0);
+    assert_eq!(revision(&mut c), applied, "no second effect");
+    assert_eq!(status(&e)["errors"], 0);
+}

@@ -26,7 +26,7 @@
 
 pub mod config;
 pub mod error;
-mod failpoint;
+use tributary_core::failpoint;
 pub mod gateway;
 pub mod http;
 mod hub;

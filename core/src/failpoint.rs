@@ -2,12 +2,17 @@
 //! aborts the process (no cleanup, like `kill -9`) the n-th time the named
 //! point is reached. Unset, a check is one relaxed atomic load.
 //!
-//! Points: `queue.before_commit` (rows written, destination transaction
-//! still open), `queue.after_commit` (committed, slot not yet confirmed),
-//! `sqlite.after_commit`, `pull.before_hub_commit`, `pull.after_hub_commit`.
+//! The worker's points: `queue.before_commit` (rows written, destination
+//! transaction still open), `queue.after_commit` (committed, slot not yet
+//! confirmed), `sqlite.after_commit`, `pull.before_hub_commit`,
+//! `pull.after_hub_commit`. The edge client's: `edge.pull.after_page` (a
+//! page and its progress committed), `edge.push.after_hub` (the hub
+//! answered, the outbox not yet cleared).
 //!
 //! Only a build with the `failpoints` feature has them (the end-to-end
-//! tests build the worker so); otherwise [`hit`] is empty.
+//! tests build the worker and the edge client so; their own `failpoints`
+//! features turn on this crate's); otherwise [`hit`] is empty. The one
+//! piece of this crate that reads the environment.
 
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
@@ -32,7 +37,7 @@ mod armed {
         });
         if let Some((n, count)) = armed {
             if n == name && HITS.fetch_add(1, Relaxed) + 1 == *count {
-                eprintln!("tributary-worker: failpoint {name} reached: aborting");
+                eprintln!("tributary: failpoint {name} reached: aborting");
                 std::process::abort();
             }
         }
