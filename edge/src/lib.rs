@@ -10,10 +10,12 @@
 //!                                 _tributary_pulls row per table (never pulled), in one transaction
 //!  Edge::open(file, hub?, token)  a file init made (else: not a Tributary peer, exit code 5)
 //!  push() / pull(tables) / sync() see `sync`
+//!  purge(tables, force)           empties tables (their next pull is Full); unsent edits
+//!                                 refused, or with force discarded into _tributary_errors
 //!  status()                       per table: unsent edits, version, last sync; open errors
 //! ```
 //!
-//! Built so far: init, push, pull, sync, status. Purge, conflicts and the
+//! Built so far: init, push, pull, sync, purge, status. Conflicts and the
 //! daemon come next (issue #14).
 
 pub mod error;
@@ -184,6 +186,80 @@ impl Edge {
             Ok(()) => {
                 self.file.end()?;
                 Ok(())
+            }
+            Err(e) => {
+                self.file.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Empties `tables` (file or hub names; every table when empty) so that
+    /// their next pull is a full download. Refused while a table has unsent
+    /// edits, unless `force`: then they are discarded, each recorded in
+    /// `_tributary_errors` as `PURGED` with its row. One transaction.
+    /// Returns the rows removed per table.
+    pub fn purge(&mut self, tables: &[String], force: bool) -> Result<Vec<(String, i64)>> {
+        let all: Vec<(String, String)> = {
+            let mut st = self
+                .file
+                .conn()
+                .prepare("SELECT tbl, hub FROM _tributary_tables ORDER BY tbl")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let chosen: Vec<&(String, String)> = if tables.is_empty() {
+            all.iter().collect()
+        } else {
+            let mut out = Vec::new();
+            for t in tables {
+                match all.iter().find(|(f, h)| f == t || h == t) {
+                    Some(x) => out.push(x),
+                    None => return Err(Error::Usage(format!("no table {t:?} in this file"))),
+                }
+            }
+            out
+        };
+        self.file.begin()?;
+        let r = (|| -> Result<Vec<(String, i64)>> {
+            let conn = self.file.conn();
+            let mut out = Vec::new();
+            for (tbl, _) in &chosen {
+                let unsent: i64 = conn.query_row(
+                    "SELECT count(*) FROM _tributary_outbox WHERE tbl = ?1",
+                    [tbl],
+                    |r| r.get(0),
+                )?;
+                if unsent > 0 && !force {
+                    return Err(Error::Usage(format!(
+                        "table {tbl} has {unsent} unsent edits: sync first, or purge --force to discard them (they are recorded in _tributary_errors)"
+                    )));
+                }
+                conn.execute(
+                    "INSERT INTO _tributary_errors (tbl, pk, op, outcome, detail, local_data)
+                     SELECT tbl, pk, op, 'PURGED', 'discarded by purge --force before it reached the hub', data
+                       FROM _tributary_outbox WHERE tbl = ?1 ORDER BY seq",
+                    [tbl],
+                )?;
+                conn.execute("DELETE FROM _tributary_outbox WHERE tbl = ?1", [tbl])?;
+                let n = conn.execute(
+                    &format!("DELETE FROM {}", tributary_core::quote::ident(tbl)),
+                    [],
+                )? as i64;
+                conn.execute("DELETE FROM _tributary_versions WHERE tbl = ?1", [tbl])?;
+                conn.execute(
+                    "UPDATE _tributary_pulls SET version = NULL, since = NULL, until = NULL,
+                            next = NULL, rows_done = 0 WHERE tbl = ?1",
+                    [tbl],
+                )?;
+                out.push((tbl.clone(), n));
+            }
+            Ok(out)
+        })();
+        match r {
+            Ok(out) => {
+                self.file.end()?;
+                Ok(out)
             }
             Err(e) => {
                 self.file.rollback();

@@ -107,6 +107,16 @@ enum Command {
         #[arg(long = "table")]
         tables: Vec<String>,
     },
+    /// Empties tables (all, or each --table); their next pull is a full download.
+    Purge {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Discard unsent edits (recorded in _tributary_errors as PURGED).
+        #[arg(long)]
+        force: bool,
+    },
     /// Unsent edits per table, each table's version and last sync, and open errors.
     Status {
         #[arg(long)]
@@ -153,6 +163,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             let (pushed, pulled) = at.open()?.sync(&tables, &mut progress)?;
             print_pushed(&pushed);
             print_pulled(&pulled);
+        }
+        Command::Purge { db, tables, force } => {
+            // The file alone: no token needed.
+            let mut edge = Edge::open(&db, None, "-")?;
+            for (t, n) in edge.purge(&tables, force)? {
+                println!("purged {t}: {n} rows; its next pull is a full download");
+            }
         }
         Command::Status {
             db,

@@ -538,3 +538,86 @@ fn a_crash_mid_pull_resumes_from_its_last_page_and_a_repeated_push_has_no_second
     assert_eq!(revision(&mut c), applied, "no second effect");
     assert_eq!(status(&e)["errors"], 0);
 }
+
+#[test]
+fn purge_refuses_unsent_edits_unless_forced_and_the_next_pull_is_full() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute(r#"INSERT INTO "tab'le" VALUES (1, 'one'), (2, 'two')"#)
+        .unwrap();
+    let g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 300);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    assert_eq!(edge(&["sync", "--db", es], Some(&tok)).code, 0);
+    assert_eq!(file_rows(&e, "tab'le").len(), 2);
+    let purge = |args: &[&str]| {
+        let mut a = vec!["purge", "--db", es, "--table", "tab'le"];
+        a.extend_from_slice(args);
+        edge(&a, None)
+    };
+
+    // An unsent edit: refused, nothing touched.
+    lite(&e)
+        .execute(r#"UPDATE "tab'le" SET """" = 'mine' WHERE "]" = 1"#, [])
+        .unwrap();
+    let r = purge(&[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("1 unsent edits") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(file_rows(&e, "tab'le").len(), 2);
+    assert_eq!(outbox_len(&e), 1);
+
+    // Forced: the edit is discarded and recorded; the table is empty and
+    // its next pull is a full download, without the discarded edit.
+    let r = purge(&["--force"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("purged tab'le: 2 rows"), "{}", r.stdout);
+    assert_eq!(outbox_len(&e), 0);
+    assert!(file_rows(&e, "tab'le").is_empty());
+    let errs = rows(&e, "SELECT outcome, local_data FROM _tributary_errors");
+    use rusqlite::types::Value::Text;
+    assert_eq!(
+        errs,
+        [[Text("PURGED".into()), Text(r#"{"]":1,"\"":"mine"}"#.into())]]
+    );
+    let s = status(&e);
+    let t = s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "tab'le")
+        .unwrap();
+    assert!(t["version"].is_null(), "{t}");
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("pulled tab'le: 2 changes, now at version")
+            && r.stdout.contains("(full)"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        file_rows(&e, "tab'le"),
+        [
+            [rusqlite::types::Value::Integer(1), Text("one".into())],
+            [rusqlite::types::Value::Integer(2), Text("two".into())]
+        ]
+    );
+    let one: String = c
+        .query_one(r#"SELECT """" FROM "tab'le" WHERE "]" = 1"#, &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(one, "one", "the discarded edit never reached the hub");
+    assert_eq!(purge(&["--table", "nope"]).code, 2);
+}
