@@ -277,6 +277,36 @@ pub async fn changes(
     .await
 }
 
+/// Waits on the watcher until a change of `oids` that `role` with `claims`
+/// may read is committed after `checked`, the deadline, or shutdown.
+/// Returns whether it was woken, and the version the watcher found nothing
+/// before.
+async fn wait_for_change(
+    gw: &Gateway,
+    role: &str,
+    claims: &str,
+    oids: Vec<u32>,
+    checked: i64,
+    deadline: tokio::time::Instant,
+) -> (bool, i64) {
+    let mut w = gw.watch.register(role, claims, oids, checked);
+    let waiting = || {
+        gw.metrics.waiting.store(
+            gw.watch.waiting() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        )
+    };
+    waiting();
+    let woken = tokio::select! {
+        w = w.until(deadline) => w,
+        _ = gw.shutdown.cancelled() => false,
+    };
+    let checked = w.checked();
+    drop(w);
+    waiting();
+    (woken, checked)
+}
+
 /// One page of changes. With a `deadline` (a long poll), an empty first
 /// page is not sent: the request waits on the watcher until a change it
 /// may read is committed (then reads the page again, in a new
@@ -318,21 +348,8 @@ async fn changes_page(
     loop {
         if let Some((role, oids, checked)) = wait.take() {
             let deadline = deadline.expect("waits only with a deadline");
-            let mut w = gw.watch.register(&role, &claims, oids, checked);
-            gw.metrics.waiting.store(
-                gw.watch.waiting() as i64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            let woken = tokio::select! {
-                w = w.until(deadline) => w,
-                _ = gw.shutdown.cancelled() => false,
-            };
-            let checked = w.checked();
-            drop(w);
-            gw.metrics.waiting.store(
-                gw.watch.waiting() as i64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            let (woken, checked) =
+                wait_for_change(gw, &role, &claims, oids, checked, deadline).await;
             if !woken {
                 out.clear();
                 out.push(&format!("{{\"changes\":[],\"version\":{checked}}}"));
@@ -340,70 +357,87 @@ async fn changes_page(
             }
             out.clear();
         }
-        let s = gw.hub.begin(&auth.peer).await?;
-        let (oids, window): (Vec<u32>, Cursor) = match &cursor {
-            Some(c) => (s.query_one(TABLES_SQL, &[&tables]).await?.get(0), c.clone()),
-            None => {
-                let r = s
-                    .query_one(
-                        &format!("SELECT ({TABLES_SQL}), sync_current_version()"),
-                        &[&tables],
-                    )
-                    .await?;
-                let window = Cursor {
-                    since,
-                    until: r.get(1),
-                    ..Default::default()
-                };
-                (r.get(0), window)
-            }
-        };
-        let after = (!window.after_pk.is_null()).then(|| window.after_pk.to_string());
-        let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(window.since),
-            Box::new(window.until),
-            Box::new(oids.clone()),
-            Box::new(size as i32 + 1),
-            Box::new(window.after_tbl.filter(|_| after.is_some())),
-            Box::new(after),
-        ];
-        let rows = s
-            .stream(
-                "SELECT c.tbl::oid, c.pk::text,
-                        json_build_object('table', c.tbl::text, 'op', c.op, 'pk', c.pk, 'data', c.data,
-                                          'row_version', c.row_version, 'origin', c.origin,
-                                          'changed_columns', c.changed_columns)::text
-                   FROM sync_changes_since($1, $2, $3::oid[]::regclass[], NULL, $4, $5::oid::regclass, $6::text::jsonb) AS c",
-                params,
-            )
-            .await?;
-        out.push("{\"changes\":[");
-        let written = write_items(rows, &mut out, size, 2, |r| (Some(r.get(0)), r.get(1))).await?;
-        let role = s.role.clone();
-        s.commit().await?;
-        if cursor.is_none() {
-            gw.watch.note_version(window.until);
-        }
-        out.push(&format!("],\"version\":{}", window.until));
-        if let Some((tbl, pk)) = written.more_after {
-            let next = Cursor {
-                after_tbl: tbl,
-                after_pk: serde_json::from_str(&pk).unwrap_or_default(),
-                ..window
-            };
-            out.push(&format!(",\"next\":\"{}\"", next.encode()));
-        }
-        out.push("}");
+        let (n, role, oids, until) =
+            read_page(gw, auth, since, &tables, cursor.as_ref(), size, &mut out).await?;
         if deadline.is_none() {
             return Ok(out);
         }
         gw.watch.saw(key.clone(), &role, &oids);
-        if written.n > 0 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+        if n > 0 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return Ok(out);
         }
         // Nothing yet: wait for a change of these tables this peer may read.
-        wait = Some((role, oids, window.until));
+        wait = Some((role, oids, until));
     }
+}
+
+/// One transaction as the peer: the page of changes in `out`. Returns how
+/// many it holds, the role and table oids it read with, and its version.
+async fn read_page(
+    gw: &Gateway,
+    auth: &Authed,
+    since: i64,
+    tables: &Option<Vec<String>>,
+    cursor: Option<&Cursor>,
+    size: u32,
+    out: &mut Out,
+) -> Result<(u32, String, Vec<u32>, i64), ApiError> {
+    let s = gw.hub.begin(&auth.peer).await?;
+    let (oids, window): (Vec<u32>, Cursor) = match cursor {
+        Some(c) => (s.query_one(TABLES_SQL, &[tables]).await?.get(0), c.clone()),
+        None => {
+            let r = s
+                .query_one(
+                    &format!("SELECT ({TABLES_SQL}), sync_current_version()"),
+                    &[tables],
+                )
+                .await?;
+            let window = Cursor {
+                since,
+                until: r.get(1),
+                ..Default::default()
+            };
+            (r.get(0), window)
+        }
+    };
+    let after = (!window.after_pk.is_null()).then(|| window.after_pk.to_string());
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(window.since),
+        Box::new(window.until),
+        Box::new(oids.clone()),
+        Box::new(size as i32 + 1),
+        Box::new(window.after_tbl.filter(|_| after.is_some())),
+        Box::new(after),
+    ];
+    let rows = s
+        .stream(
+            "SELECT c.tbl::oid, c.pk::text,
+                    json_build_object('table', c.tbl::text, 'op', c.op, 'pk', c.pk, 'data', c.data,
+                                      'row_version', c.row_version, 'origin', c.origin,
+                                      'changed_columns', c.changed_columns)::text
+               FROM sync_changes_since($1, $2, $3::oid[]::regclass[], NULL, $4, $5::oid::regclass, $6::text::jsonb) AS c",
+            params,
+        )
+        .await?;
+    out.push("{\"changes\":[");
+    let written = write_items(rows, out, size, 2, |r| (Some(r.get(0)), r.get(1))).await?;
+    let role = s.role.clone();
+    s.commit().await?;
+    if cursor.is_none() {
+        gw.watch.note_version(window.until);
+    }
+    out.push(&format!("],\"version\":{}", window.until));
+    let until = window.until;
+    if let Some((tbl, pk)) = written.more_after {
+        let next = Cursor {
+            after_tbl: tbl,
+            after_pk: serde_json::from_str(&pk).unwrap_or_default(),
+            ..window
+        };
+        out.push(&format!(",\"next\":\"{}\"", next.encode()));
+    }
+    out.push("}");
+    Ok((written.n, role, oids, until))
 }
 
 #[cfg(test)]
