@@ -651,7 +651,11 @@ fn no_echo_each_write_is_applied_once_at_every_other_peer() {
                 100 + i
             ))
             .unwrap();
-        // edge2: an update.
+        // edge2: an update of the hub's new row, once it has it (an update
+        // of a row not there yet changes nothing, and sends nothing).
+        w.until(T, "edge2 to hold the hub's row", || {
+            rows(&e2, &format!("SELECT 1 FROM customers WHERE id = 'h{i}'")).len() == 1
+        });
         lite(&e2)
             .execute_batch(&format!(
                 "UPDATE customers SET name = 'edge2 {i}' WHERE id = 'h{i}'"
