@@ -124,6 +124,8 @@ DECLARE
     sets text;
     bad_col text;
     prev_origin text;
+    scoped boolean;
+    present boolean;
 BEGIN
     SELECT * INTO c FROM tributary.conflicts WHERE conflicts.id = sync_resolve_conflict.id;
     IF NOT FOUND THEN
@@ -136,6 +138,13 @@ BEGIN
             format('It was resolved at %s with %s.', c.resolved_at, c.resolution), 'Nothing to do.');
     END IF;
     t := tributary._tracked(c.relid::regclass);
+    scoped := tributary._scoped();
+    IF scoped AND NOT tributary._key_in_scope(c.relid::regclass, c.pk) THEN
+        PERFORM tributary._raise('42501', format('conflict %s is outside your row filter', id),
+            format('The row %s of %s as the hub holds it now is not admitted by its row filter for this peer.',
+                   c.pk, c.relid::regclass),
+            'Only rows inside the peer''s filter can be resolved by it; an admin can, with sync_resolve_conflict.');
+    END IF;
     IF resolution IS NULL OR NOT (resolution IN ('"keep_local"', '"take_remote"') OR jsonb_typeof(resolution) = 'object') THEN
         PERFORM tributary._raise('22023', 'resolution must be "keep_local", "take_remote" or a row object',
             format('Got %s.', coalesce(resolution::text, 'NULL')),
@@ -169,15 +178,33 @@ BEGIN
                 format('%s has no column %I that a resolution may set.', c.relid::regclass, bad_col),
                 'Use the table''s own columns.');
         END IF;
+        -- The row's other columns stay as they are: an UPDATE of the
+        -- columns the resolution names, or an INSERT when the row is gone
+        -- (an INSERT ... ON CONFLICT would check the NOT NULL columns a
+        -- partial image lacks before it found the row).
         SELECT string_agg(quote_ident(k), ', '),
-               coalesce(string_agg(format('%1$I = excluded.%1$I', k), ', ') FILTER (WHERE k <> ALL (t.pk_columns)), '')
+               coalesce(string_agg(format('%1$I = k.%1$I', k), ', ') FILTER (WHERE k <> ALL (t.pk_columns)), '')
           INTO cols_sql, sets FROM jsonb_object_keys(merged) k;
-        EXECUTE format('INSERT INTO %1$s AS r (%2$s) SELECT %2$s FROM jsonb_populate_record(NULL::%1$s, $1)
-                        ON CONFLICT (%3$s) DO %4$s',
-                       c.relid::regclass, cols_sql,
-                       (SELECT string_agg(quote_ident(k), ', ') FROM unnest(t.pk_columns) k),
-                       CASE WHEN sets = '' THEN 'NOTHING' ELSE 'UPDATE SET ' || sets END)
-            USING merged;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %1$s AS r, jsonb_populate_record(NULL::%1$s, $1) AS k WHERE %2$s FOR UPDATE OF r)',
+                       c.relid::regclass,
+                       (SELECT string_agg(format('r.%1$I = k.%1$I', k), ' AND ') FROM unnest(t.pk_columns) k))
+            INTO present USING merged;
+        IF NOT present THEN
+            EXECUTE format('INSERT INTO %1$s AS r (%2$s) SELECT %2$s FROM jsonb_populate_record(NULL::%1$s, $1)',
+                           c.relid::regclass, cols_sql)
+                USING merged;
+        ELSIF sets <> '' THEN
+            EXECUTE format('UPDATE %1$s AS r SET %2$s FROM jsonb_populate_record(NULL::%1$s, $1) AS k WHERE %3$s',
+                           c.relid::regclass, sets,
+                           (SELECT string_agg(format('r.%1$I = k.%1$I', k), ' AND ') FROM unnest(t.pk_columns) k))
+                USING merged;
+        END IF;
+    END IF;
+    IF scoped AND NOT tributary._key_in_scope(c.relid::regclass, c.pk) THEN
+        PERFORM tributary._raise('42501', format('resolving conflict %s would move its row out of your row filter', id),
+            format('With %s, the row %s of %s would not be admitted by its row filter for this peer.',
+                   resolution, c.pk, c.relid::regclass),
+            'Choose a resolution that keeps the row inside the filter; nothing was changed.');
     END IF;
     PERFORM set_config('tributary.origin', coalesce(prev_origin, ''), true);
     RETURN id;

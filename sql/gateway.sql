@@ -14,8 +14,9 @@
 -- (extension/src/api/claims.rs).
 
 -- Acts for a peer until the transaction ends: takes the role registered for
--- it (sync_set_peer(name, priority, role)) as SET LOCAL ROLE does, and sets
--- tributary.claims to the verified token's claims, read with sync_claim().
+-- it (sync_set_peer(name, priority, role)) as SET LOCAL ROLE does, sets
+-- tributary.claims to the verified token's claims, read with sync_claim(),
+-- and tributary.peer to the peer (whose conflicts alone it then sees).
 -- Not SECURITY DEFINER and without SET clauses: the settings it makes must
 -- outlive the call. Only a session whose login role is a member of the
 -- peer's role (or a superuser) may take it, exactly as SET ROLE checks.
@@ -66,6 +67,7 @@ BEGIN
                    role_name, session_user));
     END IF;
     PERFORM pg_catalog.set_config('tributary.claims', claims::text, true);
+    PERFORM pg_catalog.set_config('tributary.peer', peer, true);
     PERFORM pg_catalog.set_config('role', role_name, true);
     RETURN role_name;
 END $$;
@@ -126,11 +128,35 @@ END $$;
 COMMENT ON FUNCTION sync_row(regclass, jsonb, boolean) IS
   'One row of a tracked table by primary key, as the caller: data (as sync_changes_since) and row_version (its ETag).';
 
+-- For a scoped session (sync_resolve_conflict): whether the row of `pk` is
+-- inside the caller's row filter, or absent. A table without a filter, or
+-- an unscoped session, always is. As the caller: a row it may not read is
+-- outside.
+CREATE FUNCTION tributary._key_in_scope(tbl regclass, pk jsonb) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    t tributary.tracked := tributary._tracked(tbl);
+    cond text;
+    present boolean;
+BEGIN
+    IF NOT tributary._scoped()
+       OR NOT EXISTS (SELECT 1 FROM tributary.filters x WHERE x.relid = tbl AND x.filter IS NOT NULL) THEN
+        RETURN true;
+    END IF;
+    SELECT string_agg(format('t.%1$I = k.%1$I', c), ' AND ') INTO cond FROM unnest(t.pk_columns) AS c;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %1$s AS t, jsonb_populate_record(NULL::%1$s, $1) AS k WHERE %2$s)',
+                   tbl, cond)
+        INTO present USING pk;
+    RETURN NOT present OR EXISTS (SELECT 1 FROM @extschema@.sync_row(tbl, pk));
+END $$;
+
 -- The tracked tables the caller may read, as a client needs them to build
 -- its store: key, columns (those the caller may select, without Tributary's
 -- own; each with its type's name and OID, which a SQLite peer maps as the
--- stream's relation messages do) and what it may write. Ordered by schema
--- and name.
+-- stream's relation messages do), what it may write, and the planner's
+-- estimate of its rows (NULL before the table was analyzed), for a client's
+-- progress estimate. Ordered by schema and name.
 CREATE FUNCTION sync_schema() RETURNS jsonb
 LANGUAGE sql STABLE
 AS $$
@@ -157,7 +183,8 @@ AS $$
             'privileges', jsonb_build_object(
                 'insert', has_table_privilege(t.relid, 'INSERT'),
                 'update', has_table_privilege(t.relid, 'UPDATE'),
-                'delete', has_table_privilege(t.relid, 'DELETE'))) AS description
+                'delete', has_table_privilege(t.relid, 'DELETE')),
+            'estimated_rows', CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END) AS description
         FROM tributary.tracked t
         JOIN pg_class c ON c.oid = t.relid
         JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -59,6 +59,7 @@ GRANT EXECUTE ON FUNCTION
     tributary._apply(regclass, jsonb, text),      -- acts only for callers of sync_apply
     tributary._replay_parked(regclass),          -- likewise (sync_retry_pending); replays as each parker
     tributary._close_conflict(bigint, text),     -- acts only for callers of sync_resolve_conflict
+    tributary._key_in_scope(regclass, jsonb),    -- sync_resolve_conflict's filter check, as the caller
     tributary._follow_ddl(oid),                  -- the DDL guard, run as whoever altered a table
     tributary._queue_position(text),             -- for sync_queue_create's callers; needs the queue's owner
     tributary._version_offset(),

@@ -80,13 +80,18 @@ CREATE TABLE tributary.conflicts (
 );
 CREATE INDEX conflicts_open ON tributary.conflicts (relid, pk) WHERE status = 'open';
 
--- Readers of a table see its conflicts. Only the owner of these tables
--- writes tombstones, conflicts and parked changes: the engine, the delete
--- trigger and sync_resolve_conflict switch to it for those statements alone,
--- after checking the caller's privileges (extension/src/privilege.rs).
+-- Readers of a table see its conflicts; a scoped session (the gateway's
+-- request for a peer: tributary.claims set) only those of the peer it acts
+-- for (tributary.peer), whose images its row filter admitted when they were
+-- written. Only the owner of these tables writes tombstones, conflicts and
+-- parked changes: the engine, the delete trigger and sync_resolve_conflict
+-- switch to it for those statements alone, after checking the caller's
+-- privileges (extension/src/privilege.rs).
 ALTER TABLE tributary.conflicts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY conflicts_readable ON tributary.conflicts
-    FOR SELECT USING (has_table_privilege(relid, 'SELECT'));
+    FOR SELECT USING (has_table_privilege(relid, 'SELECT')
+                      AND (coalesce(current_setting('tributary.claims', true), '') = ''
+                           OR remote_origin = current_setting('tributary.peer', true)));
 
 -- Changes parked because a foreign-key parent was missing (DEFERRED), and,
 -- after tributary.max_retries attempts, dead letters. Retried in order.

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | usage | 2 | fix the command |
 //! | the hub is unreachable (no connection, a timeout, 502/503/504) | 3 | keep working offline; sync later |
-//! | the token is expired or refused (401, 403) | 4 | get a new token |
+//! | the token is expired or refused (401) | 4 | get a new token |
 //! | the file is not a Tributary peer (not SQLite, never initialized) | 5 | point at the right file, or `init` |
 //! | the hub refused the request (another 4xx or 5xx, with its SQLSTATE) | 6 | read DETAIL and HINT |
 //! | the file failed (locked past the busy timeout, disk full) | 7 | retry; free the file |

@@ -18,6 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request may take (a long poll asks for less).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+#[derive(Clone)]
 pub struct Hub {
     base: String,
     token: String,
@@ -30,6 +31,9 @@ pub struct RemoteTable {
     /// The hub's name of it (its regclass text), as the endpoints take it.
     pub table: String,
     pub def: TableDef,
+    /// The hub's estimate of the table's rows (None: not analyzed yet, or
+    /// a hub older than 0.8.0), for a first download's estimate.
+    pub estimated_rows: Option<i64>,
 }
 
 impl Hub {
@@ -108,6 +112,26 @@ impl Hub {
             return Err(self.refused(status, &body));
         }
         Ok(body)
+    }
+
+    /// A long poll: whether any table this peer reads changed after
+    /// `since`, waiting up to `wait` for one to (`GET /v1/changes?wait=`).
+    pub fn changed_since(&self, since: i64, wait: Duration) -> Result<bool> {
+        let path = format!(
+            "/v1/changes?since={since}&wait={}&pageSize=1",
+            wait.as_secs().max(1)
+        );
+        let body = match self.send(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .timeout(wait + CONNECT_TIMEOUT + CONNECT_TIMEOUT),
+        ) {
+            // Too old for a diff: a pull starts the tables again.
+            Err(Error::Hub(e)) if e.sqlstate == "TB002" => return Ok(true),
+            r => r?,
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        Ok(v["changes"].as_array().is_some_and(|c| !c.is_empty()))
     }
 
     /// GET `path` (from `/v1/…`), as JSON.
@@ -207,6 +231,7 @@ fn remote_table(t: &serde_json::Value) -> Result<RemoteTable> {
             name,
             columns,
         },
+        estimated_rows: t["estimated_rows"].as_i64(),
     })
 }
 

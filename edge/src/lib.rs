@@ -13,15 +13,19 @@
 //!  purge(tables, force)           empties tables (their next pull is Full); unsent edits
 //!                                 refused, or with force discarded into _tributary_errors
 //!  status()                       per table: unsent edits, version, last sync; open errors
+//!  conflicts() / resolve(id, c)   see `conflicts`
+//!  run(interval, …)               see `daemon`: syncs on the interval, pushes edits as they
+//!                                 come, long-polls the gateway between syncs, backs off offline
 //! ```
-//!
-//! Built so far: init, push, pull, sync, purge, status. Conflicts and the
-//! daemon come next (issue #14).
 
+pub mod conflicts;
+pub mod daemon;
 pub mod error;
 pub mod hub;
 pub mod sync;
 
+pub use conflicts::{Choice, Conflict};
+pub use daemon::{parse_interval, Event};
 pub use error::{Error, HubError, Result};
 use hub::Hub;
 use rusqlite::OptionalExtension;

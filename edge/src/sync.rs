@@ -44,6 +44,9 @@ pub struct Progress {
     pub rows_per_s: f64,
     /// The window is a full download.
     pub full: bool,
+    /// For a full download: the hub's estimate of the table's rows (its
+    /// statistics, of the whole table: a row filter makes it end sooner).
+    pub estimate: Option<i64>,
     /// Its last page is in.
     pub done: bool,
 }
@@ -282,6 +285,7 @@ impl Edge {
                 rows_done,
                 rows_per_s: rows_here as f64 / secs,
                 full,
+                estimate: t.estimated_rows.filter(|_| full),
                 done: page.next.is_none(),
             });
             if page.next.is_none() {

@@ -48,7 +48,8 @@ pub fn add_peer(db: &Db, name: &str, role: &str, tables: &[&str]) {
            END IF;
          END $$;
          GRANT {r} TO gateway;
-         GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO {r};",
+         GRANT EXECUTE ON FUNCTION sync_apply(regclass, jsonb, text) TO {r};
+         GRANT EXECUTE ON FUNCTION sync_resolve_conflict(bigint, jsonb) TO {r};",
         lit = tributary_core::quote::literal(role),
     ))
     .unwrap();

@@ -621,3 +621,328 @@ fn purge_refuses_unsent_edits_unless_forced_and_the_next_pull_is_full() {
     assert_eq!(one, "one", "the discarded edit never reached the hub");
     assert_eq!(purge(&["--table", "nope"]).code, 2);
 }
+
+/// A peer's open conflicts as `conflicts --json` lists them: (id, local, remote).
+fn conflict_ids(path: &str, tok: &str) -> Vec<(i64, Value, Value)> {
+    let r = edge(&["conflicts", "--db", path, "--json"], Some(tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_i64().unwrap(),
+                c["local"].clone(),
+                c["remote"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_conflict_is_listed_and_resolved_from_the_cli_and_reaches_every_peer() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"CREATE TABLE "no'tes" (id int PRIMARY KEY, tenant text NOT NULL, "bo]dy" text);
+           SELECT sync_track('"no''tes"');
+           SELECT sync_set_filter('"no''tes"', $$tenant = sync_claim('tenant')$$);
+           GRANT SELECT, INSERT, UPDATE, DELETE ON "no'tes" TO device;
+           INSERT INTO "no'tes" VALUES (1, 'a', 'first'), (2, 'b', 'other tenant');"#,
+    )
+    .unwrap();
+    // dev1 and dev2 (tenant a) and dev3 (tenant b) speak through one role,
+    // at one priority: the ladder cannot decide between dev1 and dev2.
+    for p in ["dev2", "dev3"] {
+        add_peer(&db, p, "device", &[]);
+    }
+    setup_worker_role(&db, &[]);
+    let g = GatewayProc::start(&cluster, &db, "");
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, String)> = [("dev1", "a"), ("dev2", "a"), ("dev3", "b")]
+        .iter()
+        .map(|(p, t)| {
+            let f = dir
+                .path()
+                .join(format!("{p}.db"))
+                .to_str()
+                .unwrap()
+                .to_string();
+            let tok = token(p, json!({"tenant": t}), 300);
+            assert_eq!(
+                edge(&["init", "--hub", &g.base, "--db", &f], Some(&tok)).code,
+                0
+            );
+            assert_eq!(edge(&["sync", "--db", &f], Some(&tok)).code, 0);
+            (f, tok)
+        })
+        .collect();
+    let (dev1, dev2, dev3) = (&files[0], &files[1], &files[2]);
+    // A worker-attached peer of the same table.
+    let w1 = dir.path().join("edge1.db");
+    let mut w = WorkerProc::start(
+        &tributary_e2e::worker::config(&cluster, &db, "w", &sqlite_dest("edge1", &w1)),
+        &[],
+    );
+    let body = |f: &str| -> Vec<Vec<rusqlite::types::Value>> {
+        rows(Path::new(f), r#"SELECT "bo]dy" FROM "no'tes" WHERE id = 1"#)
+    };
+    let text = |s: &str| vec![vec![rusqlite::types::Value::Text(s.into())]];
+
+    // dev1 and dev2 edit the same column from the same revision: dev1's
+    // arrives first, dev2's is a conflict the hub logs for dev2.
+    lite(Path::new(&dev1.0))
+        .execute(
+            r#"UPDATE "no'tes" SET "bo]dy" = 'dev1 says' WHERE id = 1"#,
+            [],
+        )
+        .unwrap();
+    lite(Path::new(&dev2.0))
+        .execute(
+            r#"UPDATE "no'tes" SET "bo]dy" = 'dev2 says' WHERE id = 1"#,
+            [],
+        )
+        .unwrap();
+    assert_eq!(edge(&["sync", "--db", &dev1.0], Some(&dev1.1)).code, 0);
+    let r = edge(&["sync", "--db", &dev2.0], Some(&dev2.1));
+    assert!(r.stdout.contains("1 to look at"), "{r:?}");
+    let manual = rows(
+        Path::new(&dev2.0),
+        "SELECT conflict_id FROM _tributary_errors WHERE outcome = 'MANUAL'",
+    );
+    assert_eq!(manual.len(), 1, "{manual:?}");
+
+    // Listed for dev2 alone: its edit is local, the hub's row remote.
+    let listed = conflict_ids(&dev2.0, &dev2.1);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let (id, local, remote) = listed[0].clone();
+    assert_eq!(manual[0][0], rusqlite::types::Value::Integer(id));
+    assert_eq!(local["bo]dy"], "dev2 says");
+    assert_eq!(remote["bo]dy"], "dev1 says");
+    let human = edge(&["conflicts", "--db", &dev2.0], Some(&dev2.1));
+    assert!(
+        human.stdout.contains(&format!("conflict {id} on no'tes")),
+        "{human:?}"
+    );
+    assert!(
+        conflict_ids(&dev1.0, &dev1.1).is_empty(),
+        "not dev1's conflict"
+    );
+    assert!(
+        conflict_ids(&dev3.0, &dev3.1).is_empty(),
+        "not dev3's conflict"
+    );
+    // Another peer of the same role cannot settle it (404), nor can a bad
+    // choice be sent.
+    let r = edge(
+        &["resolve", &id.to_string(), "--db", &dev3.0, "--keep-local"],
+        Some(&dev3.1),
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("404"), "{r:?}");
+    let r = edge(
+        &["resolve", &id.to_string(), "--db", &dev2.0],
+        Some(&dev2.1),
+    );
+    assert_eq!(r.code, 2, "neither --keep-local nor --take-remote: {r:?}");
+
+    // dev2 keeps its edit: a new hub revision that every peer gets.
+    let r = edge(
+        &["resolve", &id.to_string(), "--db", &dev2.0, "--keep-local"],
+        Some(&dev2.1),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("the device's edit wins"), "{r:?}");
+    let hub_body: String = c
+        .query_one(r#"SELECT "bo]dy" FROM "no'tes" WHERE id = 1"#, &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(hub_body, "dev2 says");
+    assert_eq!(
+        body(&dev2.0),
+        text("dev2 says"),
+        "the resolver's file has it at once"
+    );
+    assert!(rows(Path::new(&dev2.0), "SELECT 1 FROM _tributary_errors").is_empty());
+    assert!(conflict_ids(&dev2.0, &dev2.1).is_empty());
+    assert_eq!(edge(&["sync", "--db", &dev1.0], Some(&dev1.1)).code, 0);
+    assert_eq!(body(&dev1.0), text("dev2 says"));
+    caught_up(&mut w, &mut c, &w1);
+    assert_eq!(body(w1.to_str().unwrap()), text("dev2 says"));
+    assert_eq!(
+        rows(&w1, "SELECT count(*) FROM \"no'tes\""),
+        [[rusqlite::types::Value::Integer(2)]],
+        "the worker's peer is unfiltered"
+    );
+    // Settled already: 409.
+    let r = edge(
+        &["resolve", &id.to_string(), "--db", &dev2.0, "--take-remote"],
+        Some(&dev2.1),
+    );
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("already resolved"), "{r:?}");
+
+    // In the hub, for any scoped session: a conflict on a row outside the
+    // peer's filter, and a resolution that would move a row out of it, are
+    // refused with 42501 and change nothing.
+    // Two changes of one key at one revision, as dev3: the second is a
+    // conflict logged for dev3.
+    let conflict_on = |c: &mut Client, id: i32| -> i64 {
+        let v: i64 = c
+            .query_one(r#"SELECT sync_version FROM "no'tes" WHERE id = $1"#, &[&id])
+            .unwrap()
+            .get(0);
+        let change =
+            |b: &str| json!({"op": "U", "pk": {"id": id}, "data": {"bo]dy": b}, "version": v + 1});
+        c.query_one(
+            r#"SELECT conflict_id FROM sync_apply('"no''tes"', $1::text::jsonb, 'dev3') WHERE outcome = 'MANUAL'"#,
+            &[&json!([change("p"), change("q")]).to_string()],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let other = conflict_on(&mut c, 2);
+    let mine = conflict_on(&mut c, 1);
+    let scoped = |c: &mut Client, claims: &str, id: i64, resolution: &str| -> String {
+        let mut tx = c.transaction().unwrap();
+        tx.execute(
+            "SELECT sync_act_for_peer('dev3', $1::text::jsonb)",
+            &[&claims],
+        )
+        .unwrap();
+        let e = tx
+            .execute(
+                "SELECT sync_resolve_conflict($1, $2::text::jsonb)",
+                &[&id, &resolution],
+            )
+            .unwrap_err();
+        e.as_db_error().unwrap().code().code().to_string()
+    };
+    assert_eq!(
+        scoped(&mut c, r#"{"tenant":"a"}"#, other, r#""take_remote""#),
+        "42501"
+    );
+    assert_eq!(
+        scoped(&mut c, r#"{"tenant":"a"}"#, mine, r#"{"tenant":"b"}"#),
+        "42501"
+    );
+    // dev2 (another peer) does not even see dev3's conflicts.
+    let mut tx = c.transaction().unwrap();
+    tx.execute(
+        "SELECT sync_act_for_peer('dev2', '{\"tenant\":\"a\"}')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        tx.query_one(
+            "SELECT count(*) FROM sync_conflicts WHERE remote_origin <> 'dev2'",
+            &[]
+        )
+        .unwrap()
+        .get::<_, i64>(0),
+        0
+    );
+    tx.rollback().unwrap();
+    assert_eq!(
+        scalar(
+            &mut c,
+            "SELECT count(*) FROM sync_conflicts WHERE status = 'open'"
+        ),
+        2,
+        "both refusals left their conflicts open"
+    );
+    assert!(w.running());
+}
+
+#[test]
+fn run_pushes_edits_as_they_come_pulls_hub_changes_by_long_poll_and_rides_out_the_gateway_going_down(
+) {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    let mut g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 600);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    // A sync every minute: what arrives sooner came by the long poll, or
+    // went out as the app wrote it.
+    let mut d = EdgeDaemon::start(&["--db", es, "--interval", "60s"], &tok);
+    let holds = |id: i64| -> bool {
+        !rows(&e, &format!(r#"SELECT 1 FROM "tab'le" WHERE "]" = {id}"#)).is_empty()
+    };
+    let at_hub = |c: &mut Client, id: i32| -> bool {
+        c.query_one(r#"SELECT count(*) FROM "tab'le" WHERE "]" = $1"#, &[&id])
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    };
+    let secs = std::time::Duration::from_secs;
+    c.batch_execute(r#"INSERT INTO "tab'le" VALUES (1, 'first')"#)
+        .unwrap();
+    d.until(secs(20), "the first sync", || holds(1));
+    for id in 2..5 {
+        c.execute(r#"INSERT INTO "tab'le" VALUES ($1, 'woken')"#, &[&id])
+            .unwrap();
+        d.until(secs(15), "a hub change, by the long poll", || {
+            holds(id as i64)
+        });
+    }
+    lite(&e)
+        .execute(
+            r#"INSERT INTO "tab'le" ("]", """") VALUES (100, 'from the app')"#,
+            [],
+        )
+        .unwrap();
+    d.until(secs(15), "the app's edit at the hub", || {
+        at_hub(&mut c, 100)
+    });
+
+    // The gateway goes down: the app goes on writing, the hub too; the
+    // daemon backs off and catches up both ways once it is back.
+    g.proc.kill9();
+    lite(&e)
+        .execute(
+            r#"INSERT INTO "tab'le" ("]", """") VALUES (101, 'offline')"#,
+            [],
+        )
+        .unwrap();
+    c.batch_execute(r#"INSERT INTO "tab'le" VALUES (5, 'while down')"#)
+        .unwrap();
+    let log = d.log.clone();
+    d.until(secs(20), "the daemon to notice", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("retrying in"))
+    });
+    assert_eq!(d.exited(), None, "offline is no reason to stop");
+    g.proc.spawn(&[("TRIBUTARY_GATEWAY_JWT_SECRET", SECRET)]);
+    g.until_healthy();
+    d.until(secs(90), "both sides again", || {
+        at_hub(&mut c, 101) && holds(5)
+    });
+    assert!(
+        d.log_text().contains("back in step with the hub"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(d.exited(), None);
+    assert_eq!(
+        scalar(&mut c, r#"SELECT count(*) FROM "tab'le""#),
+        rows(&e, r#"SELECT 1 FROM "tab'le""#).len() as i64
+    );
+
+    // A token that expires stops it, with its exit code: it needs a person.
+    let expired = token("dev1", json!({}), -60);
+    let mut d2 = EdgeDaemon::start(&["--db", es, "--interval", "1s"], &expired);
+    assert_eq!(d2.wait_exit(secs(30)), Some(4), "{}", d2.log_text());
+    assert!(
+        d2.log_text().contains("get a new token"),
+        "{}",
+        d2.log_text()
+    );
+}

@@ -536,24 +536,29 @@ fn the_schema_lists_only_the_tables_and_columns_the_caller_may_select() {
            SELECT sync_track('"tab''le"'), sync_track('b_items'), sync_track('hidden');
            CREATE ROLE reader LOGIN;
            GRANT SELECT ("""", gen, made), INSERT ("""") ON "tab'le" TO reader;
-           GRANT SELECT, UPDATE ON b_items, untracked TO reader;"#,
+           GRANT SELECT, UPDATE ON b_items, untracked TO reader;
+           INSERT INTO b_items (name) VALUES ('a'), ('b'), ('c'); ANALYZE b_items;"#,
     )
     .unwrap();
     let mut r = db.connect_as("reader");
     let s: String = text(&mut r, "SELECT sync_schema()::text").unwrap();
     let s: serde_json::Value = serde_json::from_str(&s).unwrap();
+    // estimated_rows: the planner's estimate (analyzed: b_items), NULL
+    // before a table was analyzed.
     let want = serde_json::json!({"tables": [
         {"table": "b_items", "schema": "public", "name": "b_items", "primary_key": ["id"],
          "columns": [
             {"name": "id", "type": "bigint", "type_oid": 20, "nullable": false, "generated": false, "has_default": true},
             {"name": "name", "type": "character varying(20)", "type_oid": 1043, "nullable": true, "generated": false, "has_default": false}],
-         "privileges": {"insert": false, "update": true, "delete": false}},
+         "privileges": {"insert": false, "update": true, "delete": false},
+         "estimated_rows": 3},
         {"table": "\"tab'le\"", "schema": "public", "name": "tab'le", "primary_key": ["\""],
          "columns": [
             {"name": "\"", "type": "integer", "type_oid": 23, "nullable": false, "generated": false, "has_default": false},
             {"name": "gen", "type": "integer", "type_oid": 23, "nullable": true, "generated": true, "has_default": false},
             {"name": "made", "type": "timestamp with time zone", "type_oid": 1184, "nullable": false, "generated": false, "has_default": true}],
-         "privileges": {"insert": false, "update": false, "delete": false}}
+         "privileges": {"insert": false, "update": false, "delete": false},
+         "estimated_rows": null}
     ]});
     assert_eq!(s, want);
     // Nothing readable: no tables.

@@ -12,6 +12,10 @@
 //!   `sync_claim(name)` reads it (`crate::api::claims`). A check hook
 //!   refuses anything but an object with 22023. Any session may set its
 //!   own: claims are as trustworthy as the role that reads them.
+//! - `tributary.peer`: the peer a scoped session acts for, set with the
+//!   claims by `sync_act_for_peer`. It only narrows what the session sees
+//!   (a scoped session sees that peer's conflicts alone), so any session
+//!   may set its own.
 //! - `tributary.retention`: how long tombstones are kept by `sync_cleanup()`,
 //!   as an interval (default `7 days`).
 //! - `tributary.max_retries`: attempts before a parked change becomes a dead
@@ -26,6 +30,7 @@ use std::ffi::CString;
 
 pub static ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static CLAIMS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+pub static PEER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// Seconds.
 pub static MAX_CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(300);
@@ -59,6 +64,14 @@ pub fn init() {
             None,
         );
     }
+    GucRegistry::define_string_guc(
+        c"tributary.peer",
+        c"The peer a scoped session acts for (set by sync_act_for_peer with tributary.claims).",
+        c"It only narrows what the session sees: a scoped session sees the conflicts of this peer alone.",
+        &PEER,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"tributary.retention",
         c"How long sync_cleanup() keeps tombstones (an interval).",

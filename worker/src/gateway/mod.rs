@@ -6,6 +6,7 @@
 //!                      │ auth: token ──> Peer {sub, claims}
 //!                      v
 //!                    routes: schema | tables/{t}/sync | changes (long poll) | tables/{t}/changes | rows/{key}
+//!                            | conflicts | conflicts/{id}/resolve
 //!                      │ db: one transaction per request: sync_act_for_peer(sub, claims) = the peer's
 //!                      │     role and sync_claim(); then the hub's own SQL API (sync_payload_rows,
 //!                      │     sync_changes_since, sync_apply, sync_row): privileges, RLS, origin checks
@@ -20,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+mod conflicts;
 mod db;
 pub mod error;
 mod metrics;

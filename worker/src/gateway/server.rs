@@ -34,13 +34,15 @@ pub const TABLE_SYNC: &str = "/v1/tables/{table}/sync";
 pub const CHANGES: &str = "/v1/changes";
 pub const TABLE_CHANGES: &str = "/v1/tables/{table}/changes";
 pub const ROW: &str = "/v1/tables/{table}/rows/{key}";
+pub const CONFLICTS: &str = "/v1/conflicts";
+pub const RESOLVE: &str = "/v1/conflicts/{id}/resolve";
 pub const OPENAPI: &str = "/v1/openapi.json";
 pub const HEALTHZ: &str = "/healthz";
 pub const METRICS: &str = "/metrics";
 
 /// Every route, for the check that the OpenAPI document describes them.
 #[cfg(test)]
-pub const ROUTES: [(&str, &str); 10] = [
+pub const ROUTES: [(&str, &str); 12] = [
     ("get", SCHEMA),
     ("get", TABLE_SYNC),
     ("get", CHANGES),
@@ -48,6 +50,8 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("get", ROW),
     ("put", ROW),
     ("delete", ROW),
+    ("get", CONFLICTS),
+    ("post", RESOLVE),
     ("get", OPENAPI),
     ("get", HEALTHZ),
     ("get", METRICS),
@@ -109,6 +113,8 @@ fn router(gw: Arc<Gateway>) -> Router {
                 .put(write::put_row)
                 .delete(write::delete_row),
         )
+        .route(CONFLICTS, get(super::conflicts::list))
+        .route(RESOLVE, post(super::conflicts::resolve))
         .route(OPENAPI, get(ops::openapi))
         .route(HEALTHZ, get(ops::healthz))
         .route(METRICS, get(ops::metrics))
