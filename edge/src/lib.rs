@@ -52,6 +52,8 @@ pub struct Edge {
     path: PathBuf,
     file: PeerFile,
     hub: Hub,
+    /// Rows asked per page of a pull.
+    page_size: u32,
 }
 
 /// One table's state, for `status`.
@@ -79,6 +81,13 @@ pub struct Status {
 }
 
 impl Edge {
+    /// Rows asked per page of a pull ([`sync::PAGE`] unless set): each page
+    /// is one SQLite transaction. The gateway caps it (`max_page_size`).
+    pub fn set_page_size(&mut self, rows: u32) -> &mut Edge {
+        self.page_size = rows.max(1);
+        self
+    }
+
     /// Opens a file `init` made. `hub`: the gateway's URL, when it is not
     /// the one the file recorded (a moved gateway); `token`: the peer's.
     pub fn open(path: &Path, hub: Option<&str>, token: &str) -> Result<Edge> {
@@ -118,6 +127,7 @@ impl Edge {
             path: path.to_path_buf(),
             file,
             hub: Hub::new(&url, token)?,
+            page_size: sync::PAGE,
         })
     }
 
@@ -145,6 +155,7 @@ impl Edge {
             path: path.to_path_buf(),
             file,
             hub,
+            page_size: sync::PAGE,
         };
         edge.create(&tables)?;
         Ok(edge)

@@ -35,11 +35,17 @@ struct At {
     hub: Option<String>,
     #[command(flatten)]
     token: Token,
+    /// Rows per page of a pull, each page one SQLite transaction (at most
+    /// the gateway's max_page_size).
+    #[arg(long, default_value_t = tributary_edge::sync::PAGE)]
+    page_size: u32,
 }
 
 impl At {
     fn open(&self) -> Result<Edge, Error> {
-        Edge::open(&self.db, self.hub.as_deref(), &token(&self.token)?)
+        let mut edge = Edge::open(&self.db, self.hub.as_deref(), &token(&self.token)?)?;
+        edge.set_page_size(self.page_size);
+        Ok(edge)
     }
 }
 

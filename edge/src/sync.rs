@@ -28,12 +28,16 @@ use std::time::Instant;
 use tributary_core::jsontext;
 use tributary_core::resolver::Outcome as Label;
 use tributary_sqlite::encoding::{key_json_of, sqlite_value_json};
-use tributary_sqlite::outbox::{self, Entry, Report};
+use tributary_sqlite::outbox::{self, Entry, Report, Sent};
 use tributary_sqlite::{ColumnDef, Mapped};
 
-/// Outbox rows sent per round, and rows asked per page.
+/// Outbox rows sent per round.
 const BATCH: usize = 500;
-const PAGE: u32 = 1000;
+/// Rows asked per page unless set ([`Edge::set_page_size`]): the gateway's
+/// default `max_page_size`. Each page is one SQLite transaction, so one
+/// fsync per page: larger pages download faster, smaller ones lose less to
+/// an interruption.
+pub const PAGE: u32 = 10_000;
 
 /// How a pull of one table is going, for a progress bar or log lines.
 #[derive(Debug, Clone)]
@@ -91,6 +95,8 @@ struct OutcomeIn {
     outcome: String,
     conflict_id: Option<i64>,
     detail: Option<String>,
+    /// The key's hub revision after the change.
+    row_version: Option<i64>,
 }
 
 /// A row as `GET …/rows/{key}` gave it: its JSON and revision.
@@ -129,6 +135,15 @@ fn values<'d>(cols: &'d [ColumnDef], raw: &str) -> Result<Vec<(&'d ColumnDef, V)
                 .map(|(_, v)| (c, sqlite_value_json(c.type_oid, v)))
         })
         .collect())
+}
+
+/// The page of `table`'s window that the continuation `next` names.
+fn next_path(table: &str, next: &str, size: u32) -> String {
+    format!(
+        "/v1/changes?tables={}&next={}&pageSize={size}",
+        enc(table),
+        enc(next)
+    )
 }
 
 fn short(s: &str) -> String {
@@ -213,6 +228,8 @@ impl Edge {
         let started = Instant::now();
         let mut reset = false;
         let mut rows_here = 0i64;
+        // The next page, asked for while this one is written.
+        let mut ahead: Option<(String, std::thread::JoinHandle<Result<String>>)> = None;
         loop {
             let (version, next, done_before): (Option<i64>, Option<String>, i64) =
                 self.file.conn().query_row(
@@ -222,18 +239,21 @@ impl Edge {
                 )?;
             let full = version.is_none();
             let path = match &next {
-                Some(n) => format!(
-                    "/v1/changes?tables={}&next={}&pageSize={PAGE}",
-                    enc(&t.table),
-                    enc(n)
-                ),
+                Some(n) => next_path(&t.table, n, self.page_size),
                 None => format!(
-                    "/v1/changes?tables={}&since={}&pageSize={PAGE}",
+                    "/v1/changes?tables={}&since={}&pageSize={}",
                     enc(&t.table),
-                    version.unwrap_or(0)
+                    version.unwrap_or(0),
+                    self.page_size
                 ),
             };
-            let body = match self.hub.get_text(&path) {
+            let fetched = match ahead.take() {
+                Some((p, h)) if p == path => h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Usage("the page fetcher panicked".into()))),
+                _ => self.hub.get_text(&path),
+            };
+            let body = match fetched {
                 Err(Error::Hub(e)) if e.sqlstate == "TB002" && !reset => {
                     // Too old for a diff (retention, a new filter): start
                     // the table again from a full download.
@@ -254,30 +274,17 @@ impl Edge {
                     ..Default::default()
                 })
             })?;
+            if let Some(nx) = &page.next {
+                let p = next_path(&t.table, nx, self.page_size);
+                let hub = self.hub.clone();
+                let q = p.clone();
+                ahead = Some((p, std::thread::spawn(move || hub.get_text(&q))));
+            }
             let n = page.changes.len() as i64;
             self.apply_page(t, m, &page, full && next.is_none())?;
             rows_here += n;
             let rows_done = if next.is_some() { done_before + n } else { n };
-            // The page's progress, in its transaction.
-            let conn = self.file.conn();
-            let r = match &page.next {
-                Some(nx) => conn.execute(
-                    "UPDATE _tributary_pulls SET since = coalesce(since, ?2), until = ?3, next = ?4,
-                            rows_done = ?5 WHERE tbl = ?1",
-                    rusqlite::params![m.plain, version.unwrap_or(0), page.version, nx, rows_done],
-                ),
-                None => conn.execute(
-                    "UPDATE _tributary_pulls SET version = ?2, since = NULL, until = NULL, next = NULL,
-                            rows_done = ?3, synced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                      WHERE tbl = ?1",
-                    rusqlite::params![m.plain, page.version, rows_done],
-                ),
-            };
-            if let Err(e) = r {
-                self.file.rollback();
-                return Err(e.into());
-            }
-            self.file.end()?;
+            self.record_page(m, version, &page, rows_done)?;
             tributary_core::failpoint::hit("edge.pull.after_page");
             let secs = started.elapsed().as_secs_f64().max(1e-6);
             progress(&Progress {
@@ -297,6 +304,36 @@ impl Edge {
                 });
             }
         }
+    }
+
+    /// Records a page's progress in its transaction (the continuation, or
+    /// at the window's last page the version), and commits it.
+    fn record_page(
+        &mut self,
+        m: &Mapped,
+        version: Option<i64>,
+        page: &Page,
+        rows_done: i64,
+    ) -> Result<()> {
+        let conn = self.file.conn();
+        let r = match &page.next {
+            Some(nx) => conn.execute(
+                "UPDATE _tributary_pulls SET since = coalesce(since, ?2), until = ?3, next = ?4,
+                        rows_done = ?5 WHERE tbl = ?1",
+                rusqlite::params![m.plain, version.unwrap_or(0), page.version, nx, rows_done],
+            ),
+            None => conn.execute(
+                "UPDATE _tributary_pulls SET version = ?2, since = NULL, until = NULL, next = NULL,
+                        rows_done = ?3, synced_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                  WHERE tbl = ?1",
+                rusqlite::params![m.plain, page.version, rows_done],
+            ),
+        };
+        if let Err(e) = r {
+            self.file.rollback();
+            return Err(e.into());
+        }
+        Ok(self.file.end()?)
     }
 
     /// Opens the page's transaction and writes its rows (`first_of_full`:
@@ -385,7 +422,7 @@ impl Edge {
                     None => by_table.push((e.hub.clone(), vec![e])),
                 }
             }
-            let mut sent: Vec<(Entry, Option<Report>)> = Vec::new();
+            let mut sent: Vec<Sent> = Vec::new();
             let mut back: Vec<Entry> = Vec::new();
             for (hub_table, batch) in by_table {
                 for (e, o) in self.send(&hub_table, batch)? {
@@ -393,6 +430,7 @@ impl Edge {
                     if write_back(label) {
                         back.push(e.clone());
                     }
+                    let report_outcome = o.outcome.clone();
                     let report = label.is_some_and(Label::needs_attention).then_some(Report {
                         outcome: o.outcome,
                         detail: o.detail,
@@ -400,7 +438,11 @@ impl Edge {
                         conflict_id: o.conflict_id,
                     });
                     total.attention += usize::from(report.is_some());
-                    sent.push((e, report));
+                    sent.push(Sent {
+                        taken: outbox::taken(&report_outcome, o.row_version),
+                        entry: e,
+                        report,
+                    });
                 }
             }
             total.sent += sent.len();
@@ -462,6 +504,7 @@ impl Edge {
                                 outcome: Label::Rejected.as_str().to_string(),
                                 conflict_id: None,
                                 detail: Some(detail.clone()),
+                                row_version: None,
                             },
                         )
                     })

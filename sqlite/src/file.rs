@@ -463,7 +463,27 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].op.as_str(), out[0].base), ("U", Some(3)));
         assert_eq!(out[0].hub, "\"public\".\"tab'le\"");
-        crate::outbox::finish(&mut app, &[(out[0].clone(), None)]).unwrap();
+        // Edited again while the first edit was at the hub, which took it
+        // at revision 4: the edit stays, made on revision 4 now.
+        app.execute("UPDATE \"tab'le\" SET \"na\"\"me\" = 'c' WHERE id = 1", [])
+            .unwrap();
+        let sent = |e: &crate::outbox::Entry, outcome: &str| crate::outbox::Sent {
+            entry: e.clone(),
+            report: None,
+            taken: crate::outbox::taken(outcome, Some(4)),
+        };
+        crate::outbox::finish(&mut app, &[sent(&out[0], "VERSION_WIN")]).unwrap();
+        let again = crate::outbox::read(&app, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].base, again[0].gen), (Some(4), out[0].gen + 1));
+        assert_eq!(again[0].change()["version"], 5);
+        // Not taken (the hub kept its own): the base stays as it was.
+        app.execute("UPDATE \"tab'le\" SET \"na\"\"me\" = 'd' WHERE id = 1", [])
+            .unwrap();
+        crate::outbox::finish(&mut app, &[sent(&again[0], "STALE_SKIP")]).unwrap();
+        let third = crate::outbox::read(&app, 10).unwrap();
+        assert_eq!(third[0].base, Some(4));
+        crate::outbox::finish(&mut app, &[sent(&third[0], "VERSION_WIN")]).unwrap();
         assert!(crate::outbox::read(&app, 10).unwrap().is_empty());
         f.begin().unwrap();
         assert!(f.delete(&m, &row[..1]).unwrap());

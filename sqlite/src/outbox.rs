@@ -210,15 +210,55 @@ pub struct Report {
     pub conflict_id: Option<i64>,
 }
 
+/// One sent edit and what came of it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub entry: Entry,
+    /// What the app must be told, if anything.
+    pub report: Option<Report>,
+    /// The key's hub revision after the edit, when the hub took it (see
+    /// [`taken`]).
+    pub taken: Option<i64>,
+}
+
+/// The key's hub revision after an edit the hub took as the row's next
+/// state (`NEW_RECORD`, `VERSION_WIN`, `FIELD_MERGE`): an edit the app made
+/// on top of it while it was in flight is made on that revision. None for
+/// other outcomes (that edit is then as concurrent as the one sent was).
+pub fn taken(outcome: &str, row_version: Option<i64>) -> Option<i64> {
+    use tributary_core::resolver::Outcome as L;
+    matches!(
+        L::parse(outcome),
+        Some(L::NewRecord | L::VersionWin | L::FieldMerge)
+    )
+    .then_some(row_version)
+    .flatten()
+}
+
 /// After the hub committed: removes each sent edit unless it was edited
 /// again since (its gen moved), and records the reports, in one transaction.
-pub fn finish(conn: &mut Connection, sent: &[(Entry, Option<Report>)]) -> Result<()> {
+/// An edit made again since, on an edit the hub took, now has the revision
+/// the hub gave that one as its base: it is that edit's successor, not a
+/// change concurrent with it (which the hub would see as a conflict of the
+/// peer with itself).
+pub fn finish(conn: &mut Connection, sent: &[Sent]) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for (e, report) in sent {
-        tx.execute(
+    for Sent {
+        entry: e,
+        report,
+        taken,
+    } in sent
+    {
+        let gone = tx.execute(
             "DELETE FROM _tributary_outbox WHERE tbl = ?1 AND pk = ?2 AND gen = ?3",
             params![e.tbl, e.pk, e.gen],
         )?;
+        if let (0, Some(r)) = (gone, taken) {
+            tx.execute(
+                "UPDATE _tributary_outbox SET base = ?3 WHERE tbl = ?1 AND pk = ?2",
+                params![e.tbl, e.pk, r],
+            )?;
+        }
         if let Some(o) = report {
             tx.execute(
                 "INSERT INTO _tributary_errors (tbl, pk, op, outcome, detail, local_data, hub_row, conflict_id)

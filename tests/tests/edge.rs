@@ -458,7 +458,15 @@ fn a_crash_mid_pull_resumes_from_its_last_page_and_a_repeated_push_has_no_second
         edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
         0
     );
-    let pull = ["pull", "--db", es, "--table", "sales.orders"];
+    let pull = [
+        "pull",
+        "--db",
+        es,
+        "--table",
+        "sales.orders",
+        "--page-size",
+        "1000",
+    ];
     // Killed (abort, as kill -9) after its first page committed.
     let r = edge_with(
         &pull,
@@ -537,6 +545,52 @@ fn a_crash_mid_pull_resumes_from_its_last_page_and_a_repeated_push_has_no_second
     assert_eq!(outbox_len(&e), 0);
     assert_eq!(revision(&mut c), applied, "no second effect");
     assert_eq!(status(&e)["errors"], 0);
+
+    // An edit made while a push is in flight (the hub has applied the
+    // push, the file has not recorded it yet) is not lost: it stays in
+    // the outbox and goes with the next push.
+    lite(&e)
+        .execute("UPDATE \"sales.orders\" SET item = 43 WHERE id = 7", [])
+        .unwrap();
+    std::thread::scope(|s| {
+        let push = s.spawn(|| {
+            edge_with(
+                &["push", "--db", es],
+                Some(&tok),
+                &[("TRIBUTARY_FAILPOINT", "edge.push.after_hub:1:sleep=3000")],
+            )
+        });
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while revision(&mut c).0 != 43 {
+            assert!(
+                std::time::Instant::now() < end,
+                "the push never reached the hub"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        lite(&e)
+            .execute("UPDATE \"sales.orders\" SET item = 44 WHERE id = 7", [])
+            .unwrap();
+        let r = push.join().unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stderr.contains("pausing"), "{}", r.stderr);
+    });
+    assert_eq!(revision(&mut c).0, 43);
+    assert_eq!(outbox_len(&e), 1, "the edit made meanwhile waits");
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(outbox_len(&e), 0);
+    assert_eq!(revision(&mut c).0, 44);
+    assert_eq!(
+        rows(&e, "SELECT item FROM \"sales.orders\" WHERE id = 7"),
+        [[I(44)]]
+    );
+    assert_eq!(
+        status(&e)["errors"],
+        0,
+        "{:?}",
+        rows(&e, "SELECT * FROM _tributary_errors")
+    );
 }
 
 #[test]
@@ -916,7 +970,7 @@ fn run_pushes_edits_as_they_come_pulls_hub_changes_by_long_poll_and_rides_out_th
     c.batch_execute(r#"INSERT INTO "tab'le" VALUES (5, 'while down')"#)
         .unwrap();
     let log = d.log.clone();
-    d.until(secs(20), "the daemon to notice", || {
+    d.until(secs(60), "the daemon to notice", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("retrying in"))
     });
     assert_eq!(d.exited(), None, "offline is no reason to stop");
@@ -944,5 +998,287 @@ fn run_pushes_edits_as_they_come_pulls_hub_changes_by_long_poll_and_rides_out_th
         d2.log_text().contains("get a new token"),
         "{}",
         d2.log_text()
+    );
+}
+
+#[test]
+fn two_edge_clients_a_worker_attached_peer_and_the_hub_editing_the_same_keys_at_once_converge() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"INSERT INTO "tab'le" SELECT g, 'start ' || g FROM generate_series(1, 12) g;"#,
+    )
+    .unwrap();
+    add_peer(&db, "dev2", "device", &[]);
+    c.execute("SELECT sync_set_peer('dev2', 20, 'device')", &[])
+        .unwrap();
+    setup_worker_role(&db, &[]);
+    let g = GatewayProc::start(&cluster, &db, "");
+    let dir = tempfile::tempdir().unwrap();
+    let devs: Vec<(String, String)> = ["dev1", "dev2"]
+        .iter()
+        .map(|p| {
+            let f = dir
+                .path()
+                .join(format!("{p}.db"))
+                .to_str()
+                .unwrap()
+                .to_string();
+            let tok = token(p, json!({}), 600);
+            assert_eq!(
+                edge(&["init", "--hub", &g.base, "--db", &f], Some(&tok)).code,
+                0
+            );
+            assert_eq!(edge(&["sync", "--db", &f], Some(&tok)).code, 0);
+            (f, tok)
+        })
+        .collect();
+    let w1 = dir.path().join("edge1.db");
+    let mut w = WorkerProc::start(
+        &tributary_e2e::worker::config(&cluster, &db, "w", &sqlite_dest("edge1", &w1)),
+        &[],
+    );
+    caught_up(&mut w, &mut c, &w1);
+
+    // Everyone edits the same twelve keys, five rounds, all at once: the
+    // hub, edge1's app, and dev1 and dev2 (each round an edit, then a sync).
+    let edit = |who: &str, round: usize, k: usize| -> String {
+        let key = (round * 5 + k * 7) % 12 + 1;
+        if (round + k) % 9 == 8 {
+            format!(r#"DELETE FROM "tab'le" WHERE "]" = {key}"#)
+        } else {
+            format!(r#"UPDATE "tab'le" SET """" = '{who} {round}.{k}' WHERE "]" = {key}"#)
+        }
+    };
+    let url = cluster.url(&db.name);
+    std::thread::scope(|s| {
+        let hub = s.spawn(|| {
+            let mut h = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            for round in 0..5 {
+                for k in 0..3 {
+                    h.batch_execute(&edit("hub", round, k)).unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
+        });
+        let attached = s.spawn(|| {
+            for round in 0..5 {
+                for k in 0..3 {
+                    lite(&w1)
+                        .execute_batch(&edit("edge1", round, k + 1))
+                        .unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
+        });
+        let clients: Vec<_> = devs
+            .iter()
+            .enumerate()
+            .map(|(i, (f, tok))| {
+                let edit = &edit;
+                s.spawn(move || {
+                    let who = format!("dev{}", i + 1);
+                    for round in 0..5 {
+                        for k in 0..3 {
+                            lite(Path::new(f))
+                                .execute_batch(&edit(&who, round, k + 2 + i))
+                                .unwrap();
+                        }
+                        let r = edge(&["sync", "--db", f], Some(tok));
+                        assert_eq!(r.code, 0, "{r:?}");
+                    }
+                })
+            })
+            .collect();
+        hub.join().unwrap();
+        attached.join().unwrap();
+        for cl in clients {
+            cl.join().unwrap();
+        }
+    });
+
+    // Quiet now: the worker's peer drains its outbox, the clients sync
+    // until a sync brings nothing (their own writes come back once, then
+    // nothing: no echo, no ping-pong).
+    w.until(
+        std::time::Duration::from_secs(60),
+        "edge1's outbox to drain",
+        || outbox_len(&w1) == 0,
+    );
+    for (f, tok) in &devs {
+        let mut quiet = false;
+        for _ in 0..4 {
+            let r = edge(&["sync", "--db", f], Some(tok));
+            assert_eq!(r.code, 0, "{r:?}");
+            let pulled: Vec<&str> = r
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("pulled"))
+                .collect();
+            assert!(!pulled.is_empty(), "{r:?}");
+            let pulled_nothing = pulled.iter().all(|l| l.contains(": 0 changes"));
+            if r.stdout.contains("pushed 0 edits") && pulled_nothing {
+                quiet = true;
+                break;
+            }
+        }
+        assert!(quiet, "{f}: syncs kept bringing changes");
+    }
+    caught_up(&mut w, &mut c, &w1);
+    let table = |p: &Path| rows(p, r#"SELECT "]", """" FROM "tab'le" ORDER BY 1"#);
+    let hub_table: Vec<Vec<rusqlite::types::Value>> = c
+        .query(r#"SELECT "]"::int8, """" FROM "tab'le" ORDER BY 1"#, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            vec![
+                rusqlite::types::Value::Integer(r.get(0)),
+                r.get::<_, Option<String>>(1)
+                    .map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Text),
+            ]
+        })
+        .collect();
+    assert_eq!(table(&w1), hub_table, "edge1 (worker-attached)");
+    for (f, _) in &devs {
+        assert_eq!(table(Path::new(f)), hub_table, "{f}");
+        assert_eq!(outbox_len(Path::new(f)), 0);
+    }
+    assert!(hub_table.len() < 12, "some deletes won: {hub_table:?}");
+    assert!(w.running());
+}
+
+#[test]
+fn the_hub_going_down_mid_download_keeps_the_pages_in_and_the_next_sync_resumes_sends_the_apps_edit_once_and_adds_the_hubs_new_column(
+) {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute("INSERT INTO sales.orders SELECT g, g % 7 FROM generate_series(1, 60000) g")
+        .unwrap();
+    c.batch_execute(r#"INSERT INTO "tab'le" VALUES (1, 'one')"#)
+        .unwrap();
+    let mut g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 600);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    assert_eq!(
+        edge(&["pull", "--db", es, "--table", "\"tab'le\""], Some(&tok)).code,
+        0
+    );
+    let tf = dir.path().join("token");
+    std::fs::write(&tf, &tok).unwrap();
+    // A download in small pages, and PostgreSQL stopped (immediate, as a
+    // crash) once some of them are in the file.
+    let pull = std::process::Command::new(edge_bin())
+        .args([
+            "pull",
+            "--db",
+            es,
+            "--table",
+            "sales.orders",
+            "--page-size",
+            "200",
+        ])
+        .arg("--token-file")
+        .arg(&tf)
+        .env_remove("TRIBUTARY_EDGE_TOKEN")
+        .env_remove("TRIBUTARY_FAILPOINT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let done = || -> i64 {
+        match rows(
+            &e,
+            "SELECT coalesce(max(rows_done), 0) FROM _tributary_pulls WHERE tbl = 'sales.orders'",
+        )[0][0]
+        {
+            rusqlite::types::Value::Integer(n) => n,
+            ref v => panic!("{v:?}"),
+        }
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while done() < 1000 {
+        assert!(std::time::Instant::now() < end, "no page came in");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    cluster.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    let out = pull.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("HINT"),
+        "{stderr}"
+    );
+    let kept = done();
+    assert!((1000..60000).contains(&kept), "{kept} rows in");
+    assert_eq!(file_rows(&e, "sales.orders").len() as i64, kept);
+
+    // The app goes on meanwhile: its edit waits in the outbox, and a sync
+    // says the hub is unreachable and leaves it there.
+    lite(&e)
+        .execute(
+            r#"UPDATE "tab'le" SET """" = 'edited offline' WHERE "]" = 1"#,
+            [],
+        )
+        .unwrap();
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(outbox_len(&e), 1);
+    // The gateway rode it out: it says the hub is down, and answers again
+    // once it is back.
+    assert!(
+        g.proc.running(),
+        "the gateway stays up while the hub is down"
+    );
+    cluster.pg_ctl(&["-w", "start"]);
+    g.until_healthy();
+
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("60000 rows of a full download"),
+        "the window resumed: {}",
+        r.stderr
+    );
+    assert_eq!(outbox_len(&e), 0);
+    assert_eq!(file_rows(&e, "sales.orders").len(), 60000);
+    let mut c = db.connect();
+    let (v, sv): (String, i64) = c
+        .query_one(
+            r#"SELECT """", sync_version FROM "tab'le" WHERE "]" = 1"#,
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(v, "edited offline");
+    // Sent once: a second sync pushes nothing and leaves the row's revision.
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("pushed 0 edits"), "{}", r.stdout);
+    let sv2: i64 = c
+        .query_one(r#"SELECT sync_version FROM "tab'le" WHERE "]" = 1"#, &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(sv2, sv);
+
+    // A column the hub adds, with a default, reaches the file at the next
+    // sync (not only at init), filled.
+    c.batch_execute(r#"ALTER TABLE "tab'le" ADD COLUMN "ex'tra" text DEFAULT 'd'"#)
+        .unwrap();
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        rows(&e, r#"SELECT "ex'tra", """" FROM "tab'le""#),
+        [[
+            rusqlite::types::Value::Text("d".into()),
+            rusqlite::types::Value::Text("edited offline".into())
+        ]]
     );
 }

@@ -1807,3 +1807,51 @@ fn a_peer_the_workers_role_may_not_speak_for_waits_alone_until_it_is_registered(
     });
     assert!(w.running());
 }
+
+#[test]
+fn an_edit_made_while_its_predecessor_is_at_the_hub_follows_it_without_a_conflict() {
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    setup(&mut c);
+    c.batch_execute("INSERT INTO items (id, v) VALUES (1, 'one')")
+        .unwrap();
+    setup_worker_role(&db, &["audit"]);
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = dir.path().join("edge1.db");
+    let cfg = config(&cluster, &db, "w", &two_peers(dir.path()));
+    let mut w = WorkerProc::start(&cfg, &[]);
+    caught_up(&mut w, &mut c, &e1);
+    // The pull holds still after the hub committed the first edit, before
+    // the file records it; the app edits the row again meanwhile.
+    w.kill9();
+    w.spawn(&[("TRIBUTARY_FAILPOINT", "pull.after_hub_commit:1:sleep=3000")]);
+    lite(&e1)
+        .execute_batch("UPDATE items SET v = 'first' WHERE id = 1")
+        .unwrap();
+    let v = |c: &mut Client| -> String {
+        c.query_one("SELECT v FROM items WHERE id = 1", &[])
+            .unwrap()
+            .get(0)
+    };
+    w.until(T, "the first edit at the hub", || v(&mut c) == "first");
+    lite(&e1)
+        .execute_batch("UPDATE items SET v = 'second' WHERE id = 1")
+        .unwrap();
+    w.until(T, "the second edit at the hub", || v(&mut c) == "second");
+    w.until(T, "the outbox to drain", || outbox_len(&e1) == 0);
+    caught_up(&mut w, &mut c, &e1);
+    assert!(w.log_text().contains("pausing"), "{}", w.log_text());
+    assert_eq!(
+        scalar(&mut c, "SELECT count(*) FROM tributary.conflicts"),
+        0,
+        "no conflict of the peer with itself"
+    );
+    assert!(rows(&e1, "SELECT * FROM _tributary_errors").is_empty());
+    assert_eq!(
+        hub_rows(&mut c, "SELECT v, sync_version::text FROM items"),
+        [["second".to_string(), "3".to_string()]]
+    );
+    assert_eq!(peer_items(&e1), hub_items(&mut c));
+    assert!(w.running());
+}

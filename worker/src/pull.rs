@@ -41,7 +41,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tributary_core::quote::ident;
 use tributary_core::resolver::Outcome as Label;
-use tributary_sqlite::outbox::{self, Entry, Report};
+use tributary_sqlite::outbox::{self, Entry, Report, Sent};
 
 /// Outbox rows sent per round.
 const BATCH: usize = 500;
@@ -53,6 +53,8 @@ struct Outcome {
     conflict_id: Option<i64>,
     detail: Option<String>,
     hub_row: Option<String>,
+    /// The key's hub revision after the change.
+    row_version: Option<i64>,
 }
 
 impl Outcome {
@@ -89,8 +91,14 @@ fn read_outbox(path: &Path) -> Result<Vec<Entry>, Error> {
 fn finish(path: &Path, sent: Vec<(Entry, Outcome)>) -> Result<(), Error> {
     let what = format!("clearing the outbox of {}", path.display());
     let mut c = tributary_sqlite::file::connect(path, false).map_err(|e| outbox_err(&what, e))?;
-    let sent: Vec<(Entry, Option<Report>)> =
-        sent.into_iter().map(|(e, o)| (e, o.report())).collect();
+    let sent: Vec<Sent> = sent
+        .into_iter()
+        .map(|(e, o)| Sent {
+            taken: outbox::taken(&o.outcome, o.row_version),
+            entry: e,
+            report: o.report(),
+        })
+        .collect();
     outbox::finish(&mut c, &sent).map_err(|e| outbox_err(&what, e))
 }
 
@@ -116,6 +124,7 @@ fn refuse_all(entries: Vec<Entry>, detail: &str) -> Vec<(Entry, Outcome)> {
                 conflict_id: None,
                 detail: Some(detail.to_string()),
                 hub_row: None,
+                row_version: None,
             };
             (e, o)
         })
@@ -208,7 +217,7 @@ impl Puller {
         let r = self
             .client
             .query(
-                "SELECT outcome, conflict_id, detail FROM sync_apply($1::text::regclass, $2::text::jsonb, $3)",
+                "SELECT outcome, conflict_id, detail, row_version FROM sync_apply($1::text::regclass, $2::text::jsonb, $3)",
                 &[&hub, &changes, &self.name],
             )
             .await;
@@ -227,6 +236,7 @@ impl Puller {
                 conflict_id: r.get(1),
                 detail: r.get(2),
                 hub_row: None,
+                row_version: r.get(3),
             })
             .collect();
         if outcomes.len() != entries.len() {
@@ -594,6 +604,7 @@ impl Puller {
                                         conflict_id: None,
                                         detail,
                                         hub_row,
+                                        row_version: None,
                                     },
                                 ));
                             }
