@@ -7,7 +7,9 @@
 //! The worker's points: `queue.before_commit` (rows written, destination
 //! transaction still open), `queue.after_commit` (committed, slot not yet
 //! confirmed), `sqlite.after_commit`, `pull.before_hub_commit`,
-//! `pull.after_hub_commit`. The edge client's: `edge.pull.after_page` (a
+//! `pull.after_hub_commit`, `nats.after_acks` (every publish of a
+//! destination transaction acknowledged, the position not yet handed on).
+//! The edge client's: `edge.pull.after_page` (a
 //! page and its progress committed), `edge.push.after_hub` (the hub
 //! answered, the outbox not yet cleared).
 //!

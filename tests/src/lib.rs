@@ -20,6 +20,7 @@ pub use postgres::{Client, NoTls};
 pub mod certs;
 pub mod edge;
 pub mod gateway;
+pub mod nats;
 pub mod peer;
 pub mod worker;
 

@@ -88,6 +88,7 @@ impl Default for Http {
 pub enum Kind {
     Queue,
     Sqlite,
+    Nats,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -109,9 +110,93 @@ pub struct Destination {
     /// it is set aside as a dead letter (kind = "sqlite"; 5 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// The NATS server(s), for kind = "nats": `nats://host:4222`, several
+    /// comma-separated; `tls://` for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The JetStream stream (kind = "nats"), created with the subjects
+    /// `<subject_prefix>.>` when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The subjects' first token (kind = "nats"; "tributary" by default):
+    /// a change goes to `<prefix>.<schema>.<table>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// NATS login (kind = "nats"); its password comes from env
+    /// `TRIBUTARY_NATS_PASSWORD_<NAME>`. A token comes from
+    /// `TRIBUTARY_NATS_TOKEN_<NAME>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A NATS `.creds` file (kind = "nats").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<String>,
+    /// The CA that signed the NATS server's certificate (kind = "nats");
+    /// TLS is then required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    /// Require TLS to NATS with the system's roots (kind = "nats").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_required: Option<bool>,
 }
 
 impl Destination {
+    /// The settings of kind = "nats", and that no other kind has them.
+    fn check_nats(&self) -> Result<(), String> {
+        let name = &self.name;
+        let nats_only = [
+            ("url", self.url.is_some()),
+            ("stream", self.stream.is_some()),
+            ("subject_prefix", self.subject_prefix.is_some()),
+            ("user", self.user.is_some()),
+            ("creds_file", self.creds_file.is_some()),
+            ("tls_ca", self.tls_ca.is_some()),
+            ("tls_required", self.tls_required.is_some()),
+        ];
+        if self.kind != Kind::Nats {
+            return match nats_only.iter().find(|(_, set)| *set) {
+                Some((k, _)) => Err(format!(
+                    "destination {name:?}: {k} is a setting of kind nats only"
+                )),
+                None => Ok(()),
+            };
+        }
+        if self.url.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "destination {name:?}: kind nats needs url (nats://host:4222)"
+            ));
+        }
+        // A stream name is one token: no spaces, '.', '*', '>', '/', '\\'.
+        let stream_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 255
+                && s.bytes().all(|b| {
+                    b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\')
+                })
+        };
+        match self.stream.as_deref() {
+            Some(s) if stream_ok(s) => {}
+            _ => {
+                return Err(format!(
+                    "destination {name:?}: kind nats needs stream, a name without spaces, '.', '*', '>', '/' or '\\'"
+                ))
+            }
+        }
+        // The prefix: one or more tokens of letters, digits, _ and -.
+        if let Some(p) = &self.subject_prefix {
+            let ok = p.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+            if !ok {
+                return Err(format!(
+                    "destination {name:?}: subject_prefix {p:?} must be tokens of letters, digits, _ and -, joined by '.'"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// [`Destination::max_attempts`], or its default.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
@@ -264,14 +349,20 @@ impl Config {
                 (Kind::Sqlite, None) => {
                     return bad(format!("destination {:?}: kind sqlite needs path", d.name))
                 }
-                (Kind::Queue, Some(_)) => {
+                (Kind::Queue | Kind::Nats, Some(_)) => {
                     return bad(format!(
-                        "destination {:?}: kind queue takes no path",
-                        d.name
+                        "destination {:?}: kind {} takes no path",
+                        d.name,
+                        if d.kind == Kind::Queue {
+                            "queue"
+                        } else {
+                            "nats"
+                        }
                     ))
                 }
                 _ => {}
             }
+            d.check_nats().map_err(Error::Config)?;
         }
         Ok(())
     }
@@ -429,6 +520,53 @@ path = "/var/lib/tributary/edge1.db"
             .unwrap_err()
             .to_string()
             .contains("32 bytes"));
+    }
+
+    #[test]
+    fn a_nats_destination_needs_a_url_and_a_stream_of_one_token() {
+        let nats = |extra: &str| {
+            format!("{GOOD}[[destination]]\nname = \"bus\"\nkind = \"nats\"\n{extra}")
+        };
+        let ok = nats("url = \"nats://127.0.0.1:4222\"\nstream = \"TRIBUTARY\"\nsubject_prefix = \"acme.cdc\"\nuser = \"t\"\n");
+        let c = Config::parse(&ok, no_env).unwrap();
+        assert_eq!(c.destinations[2].kind, Kind::Nats);
+        assert_eq!(
+            c.destinations[2].subject_prefix.as_deref(),
+            Some("acme.cdc")
+        );
+        let url = "url = \"nats://127.0.0.1:4222\"\n";
+        let cases = [
+            (nats("stream = \"S\"\n"), "kind nats needs url"),
+            (nats(url), "kind nats needs stream"),
+            (
+                nats(&format!("{url}stream = \"a.b\"\n")),
+                "needs stream, a name without",
+            ),
+            (
+                nats(&format!("{url}stream = \"a b\"\n")),
+                "needs stream, a name without",
+            ),
+            (
+                nats(&format!("{url}stream = \"S\"\nsubject_prefix = \"a.*\"\n")),
+                "subject_prefix",
+            ),
+            (
+                nats(&format!("{url}stream = \"S\"\nsubject_prefix = \"a..b\"\n")),
+                "subject_prefix",
+            ),
+            (
+                nats(&format!("{url}stream = \"S\"\npath = \"/x\"\n")),
+                "kind nats takes no path",
+            ),
+            (
+                GOOD.replace("kind = \"queue\"", "kind = \"queue\"\nstream = \"S\""),
+                "stream is a setting of kind nats only",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(&text, no_env).unwrap_err().to_string();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+        }
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub enum Cause {
     /// from sync_apply's origin check): that peer's pull waits, the rest
     /// goes on.
     PeerIdentity,
+    /// A message bus destination cannot take messages now: the server is
+    /// down or unreachable, its stream is full or over a quota, a publish
+    /// was not acknowledged. That destination waits; the rest goes on.
+    BusUnavailable,
     /// An internal invariant broke.
     Bug,
 }
@@ -103,7 +107,8 @@ impl Cause {
             Cause::PeerUnavailable
             | Cause::PeerOutbox
             | Cause::PeerBroken
-            | Cause::PeerIdentity => Action::Detach,
+            | Cause::PeerIdentity
+            | Cause::BusUnavailable => Action::Detach,
         }
     }
 
@@ -120,6 +125,7 @@ impl Cause {
             Cause::MissingObject | Cause::BadColumn => "Check that the extension is installed in the configured database and the configuration names existing objects.",
             Cause::Config => "Fix the configuration (tributary-worker check-config shows it).",
             Cause::StreamUnreadable | Cause::Bug => "Report this as a bug, with the log.",
+            Cause::BusUnavailable => "That destination waits and is probed from 0.5 s on (the others go on): start the NATS server, make room in the stream (its limits, a consumer that acks), or raise its quota.",
             Cause::PeerBroken => "Check the peer file: the app may have added a constraint the hub's rows do not meet, or the file is damaged.",
             _ => "It is retried with backoff.",
         }

@@ -33,6 +33,7 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::progress::{FilePositions, Watched};
 use crate::router::{Route, Router};
+use crate::sink::nats::NatsSink;
 use crate::sink::queue::QueueSink;
 use crate::sink::sqlite::SqliteSink;
 use crate::sink::{self, Sink, ToSink};
@@ -216,20 +217,25 @@ fn detach_wait(e: &Error, m: &crate::metrics::DestinationMetrics) -> Duration {
     (Duration::from_secs(5) * 2u32.pow(streak)).min(Duration::from_secs(300))
 }
 
-/// Waits `first`, then until a detached peer file can be opened and
-/// written again.
-async fn probe(path: std::path::PathBuf, first: Duration) {
+/// Waits `first`, then until a detached destination takes writes again: a
+/// peer file can be opened and written, a NATS stream answers and has room.
+async fn probe(dest: crate::config::Destination, first: Duration) {
     let mut wait = first;
     loop {
         tokio::time::sleep(wait).await;
-        let p = path.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            tributary_sqlite::PeerFile::open(&p)
-                .and_then(|f| f.check_writable())
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let ok = match dest.kind {
+            Kind::Nats => sink::nats::reachable(&dest).await,
+            Kind::Sqlite | Kind::Queue => {
+                let p = sink::sqlite::path_of(&dest);
+                tokio::task::spawn_blocking(move || {
+                    tributary_sqlite::PeerFile::open(&p)
+                        .and_then(|f| f.check_writable())
+                        .is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            }
+        };
         if ok {
             return;
         }
@@ -270,6 +276,7 @@ impl Destinations {
                     true
                 }
                 Kind::Sqlite => d.open_sqlite(config, i, (opts, admin, hub), m, rx).await?,
+                Kind::Nats => d.open_nats(dest, i, hub, m, rx).await?,
             };
             d.outlets.push(Outlet {
                 tx: attached.then_some(tx),
@@ -281,6 +288,36 @@ impl Destinations {
             });
         }
         Ok(d)
+    }
+
+    /// A NATS destination: its sink, unless NATS cannot take messages now
+    /// (then it starts detached, and is probed). Returns whether it is
+    /// attached.
+    async fn open_nats(
+        &mut self,
+        dest: &crate::config::Destination,
+        i: usize,
+        hub: &str,
+        m: Arc<crate::metrics::DestinationMetrics>,
+        rx: mpsc::Receiver<ToSink>,
+    ) -> Result<bool, Error> {
+        match NatsSink::open(dest, hub).await {
+            Ok(sink) => {
+                tracing::info!(destination = %dest.name, progress = %sink.progress(), "nats destination ready");
+                m.detached.store(false, Relaxed);
+                self.sinks
+                    .spawn(async move { (i, sink::drive(sink, rx, m).await) });
+                Ok(true)
+            }
+            Err(e) if e.action() == Action::Detach => {
+                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
+                m.errors.fetch_add(1, Relaxed);
+                m.detached.store(true, Relaxed);
+                self.probes.spawn(probe(dest.clone(), detach_wait(&e, &m)));
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A SQLite peer: its pull, and its sink unless the file is
@@ -320,10 +357,10 @@ impl Destinations {
         ) {
             Ok(sink) => sink,
             Err(e) if e.action() == Action::Detach => {
-                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "peer unavailable: detached; the other destinations go on");
+                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
                 m.errors.fetch_add(1, Relaxed);
                 m.detached.store(true, Relaxed);
-                self.probes.spawn(probe(path, detach_wait(&e, &m)));
+                self.probes.spawn(probe(dest.clone(), detach_wait(&e, &m)));
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -369,13 +406,12 @@ impl Destinations {
         let dest = &config.destinations[i];
         match r {
             Err(e) if e.action() == Action::Detach && self.outlets[i].tx.is_some() => {
-                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "peer unavailable: detached; the other destinations go on");
+                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
                 let m = &metrics.destinations[i];
                 m.detached.store(true, Relaxed);
                 self.outlets[i].tx = None;
                 self.outlets[i].buffer.clear();
-                self.probes
-                    .spawn(probe(sink::sqlite::path_of(dest), detach_wait(&e, m)));
+                self.probes.spawn(probe(dest.clone(), detach_wait(&e, m)));
                 Ok(())
             }
             Err(e) => Err(e),

@@ -77,6 +77,7 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Error> {
             match d.kind {
                 Kind::Queue => "queue",
                 Kind::Sqlite => "sqlite",
+                Kind::Nats => "nats",
             },
         )
     })));

@@ -12,9 +12,10 @@
 //!  pipeline <──────────── durable position (DestinationMetrics) ──────────────────┘
 //! ```
 //!
-//! Implementations: [`queue`] (rows in `tributary.queue_<name>`) and
-//! [`sqlite`] (a peer file).
+//! Implementations: [`queue`] (rows in `tributary.queue_<name>`),
+//! [`sqlite`] (a peer file) and [`nats`] (messages in a JetStream stream).
 
+pub mod nats;
 pub mod poison;
 pub mod queue;
 pub mod sqlite;
