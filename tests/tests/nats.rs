@@ -114,7 +114,7 @@ fn changes_reach_the_stream_whole_in_commit_order_and_as_the_queue_has_them() {
     // The body is the queue row, field by field.
     let rows = c
         .query(
-            "SELECT lsn::text, tbl, op, pk::text, data::text, origin, committed_at::text
+            "SELECT lsn::text, tbl, op, pk::text, data::text, origin, committed_at::text, hub
                FROM tributary.queue_audit ORDER BY lsn, ord",
             &[],
         )
@@ -127,6 +127,8 @@ fn changes_reach_the_stream_whole_in_commit_order_and_as_the_queue_has_them() {
             })
         };
         assert_eq!(m.body["lsn"], r.get::<_, String>(0));
+        assert_eq!(m.body["hub"], r.get::<_, String>(7));
+        assert_eq!(m.header("Tributary-Lsn"), Some(r.get::<_, &str>(0)));
         assert_eq!(m.body["tbl"], r.get::<_, String>(1));
         assert_eq!(m.body["op"], r.get::<_, String>(2));
         assert_eq!(m.header("Tributary-Op"), Some(r.get::<_, &str>(2)));

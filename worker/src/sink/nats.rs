@@ -32,24 +32,29 @@ use crate::error::{Cause, Error};
 use crate::lsn::Lsn;
 use crate::transaction::{Change, Op};
 use async_nats::header::HeaderMap;
-use async_nats::jetstream::{self, context::PublishAckFuture, stream};
-use std::collections::VecDeque;
+use async_nats::jetstream::{self, stream};
+use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tributary_core::jsontext::push_str;
 
 /// Publishes whose acknowledgement may be outstanding at once.
-const IN_FLIGHT: usize = 4096;
+const IN_FLIGHT: u64 = 4096;
 
-/// The message headers Tributary sets (besides `Nats-Msg-Id`).
+/// The message headers Tributary sets (besides `Nats-Msg-Id`): few, since
+/// each costs the worker and the server per message.
 pub const H_LSN: &str = "Tributary-Lsn";
-pub const H_ORD: &str = "Tributary-Ord";
 pub const H_OP: &str = "Tributary-Op";
 pub const H_ORIGIN: &str = "Tributary-Origin";
-pub const H_HUB: &str = "Tributary-Hub";
+
+/// How long an acknowledgement may take before the destination is set
+/// aside.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct NatsSink {
     name: String,
-    js: jetstream::Context,
+    client: async_nats::Client,
     prefix: String,
     /// The hub whose WAL positions the messages carry (see `hub::identity`).
     hub: String,
@@ -57,7 +62,16 @@ pub struct NatsSink {
     /// The last change the stream holds: changes at or below it are not
     /// published again (the transaction it ends in comes again in full).
     held: Option<(Lsn, u32)>,
-    acks: VecDeque<PublishAckFuture>,
+    /// Every publish asks for its acknowledgement on `<inbox>.<n>`, and
+    /// this one subscription (`<inbox>.*`) receives them all: no reply
+    /// subject, channel or map entry per message.
+    acks: async_nats::Subscriber,
+    inbox: String,
+    /// Publishes sent, and acknowledgements received.
+    sent: u64,
+    acked: u64,
+    /// The subject of each table (by relation id), made once.
+    subjects: HashMap<u32, async_nats::Subject>,
 }
 
 /// The connection options of a destination: user and password (from env
@@ -195,7 +209,7 @@ impl NatsSink {
             .get_last_raw_message_by_subject(&format!("{}.>", prefix_of(d)))
             .await
         {
-            Ok(m) => position_of(&m.headers, hub),
+            Ok(m) => position_of(&m.payload, hub),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
             Err(e) => {
                 return Err(unavailable(
@@ -204,55 +218,116 @@ impl NatsSink {
                 ))
             }
         };
+        let client = js.client();
+        let inbox = client.new_inbox();
+        let acks = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| unavailable(&d.name, format!("subscribing to acknowledgements: {e}")))?;
         Ok(NatsSink {
             name: d.name.clone(),
-            js,
+            client,
             prefix: prefix_of(d).to_string(),
             hub: hub.to_string(),
             progress: held.map_or(Lsn(0), |h| h.0),
             held,
-            acks: VecDeque::new(),
+            acks,
+            inbox,
+            sent: 0,
+            acked: 0,
+            subjects: HashMap::new(),
         })
     }
 
-    /// Waits for the oldest outstanding acknowledgement.
+    /// Waits for the next acknowledgement; an error, a publish no stream
+    /// took, or none in time fails the destination. JetStream answers a
+    /// stream's publishes in the order it stored them.
     async fn acked(&mut self) -> Result<(), Error> {
-        let Some(f) = self.acks.pop_front() else {
-            return Ok(());
+        let m = match tokio::time::timeout(ACK_TIMEOUT, self.acks.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return Err(unavailable(
+                    &self.name,
+                    "the connection closed with publishes unacknowledged".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(unavailable(
+                    &self.name,
+                    format!("a publish was not acknowledged within {ACK_TIMEOUT:?}"),
+                ))
+            }
         };
-        match f.await {
-            Ok(_) => Ok(()),
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err(unavailable(
+                &self.name,
+                "no stream takes the subject (was the stream deleted?)".into(),
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct Ack {
+            error: Option<serde_json::Value>,
+        }
+        match serde_json::from_slice::<Ack>(&m.payload) {
+            Ok(Ack { error: None }) => {
+                self.acked += 1;
+                Ok(())
+            }
+            Ok(Ack { error: Some(e) }) => Err(unavailable(
+                &self.name,
+                format!(
+                    "the stream refused a message: {}",
+                    e.get("description").unwrap_or(&e)
+                ),
+            )),
             Err(e) => Err(unavailable(
                 &self.name,
-                format!("a publish was not acknowledged: {e}"),
+                format!("an acknowledgement that cannot be read: {e}"),
             )),
         }
     }
 
-    fn headers(&self, lsn: Lsn, c: &Change) -> HeaderMap {
+    fn subject(&mut self, c: &Change) -> async_nats::Subject {
+        let prefix = &self.prefix;
+        self.subjects
+            .entry(c.table.id)
+            .or_insert_with(|| {
+                format!(
+                    "{prefix}.{}.{}",
+                    subject_token(&c.table.schema),
+                    subject_token(&c.table.name)
+                )
+                .into()
+            })
+            .clone()
+    }
+
+    fn headers(&self, lsn: &str, c: &Change) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", format!("{lsn}:{}", c.ord).as_str());
-        h.insert(H_LSN, lsn.to_string().as_str());
-        h.insert(H_ORD, c.ord.to_string().as_str());
+        h.insert(H_LSN, lsn);
         h.insert(H_OP, c.op.code());
         if let Some(o) = &c.origin {
             h.insert(H_ORIGIN, o.as_str());
         }
-        h.insert(H_HUB, self.hub.as_str());
         h
     }
 }
 
-/// The (commit LSN, ord) a message of this hub carries; None for another
-/// hub's (a stream fed before a restore into a new cluster: its positions
-/// mean nothing here) or a message without them.
-pub fn position_of(h: &HeaderMap, hub: &str) -> Option<(Lsn, u32)> {
-    if h.get(H_HUB).map(|v| v.as_str()) != Some(hub) {
-        return None;
+/// The (commit LSN, ord) of a message this hub published, from its body;
+/// None for another hub's (a stream fed before a restore into a new
+/// cluster: its positions mean nothing here) or a message that is not one
+/// of ours.
+pub fn position_of(body: &[u8], hub: &str) -> Option<(Lsn, u32)> {
+    #[derive(serde::Deserialize)]
+    struct Pos<'a> {
+        hub: &'a str,
+        lsn: &'a str,
+        ord: u32,
     }
-    let lsn: Lsn = h.get(H_LSN)?.as_str().parse().ok()?;
-    let ord = h.get(H_ORD)?.as_str().parse().ok()?;
-    Some((lsn, ord))
+    let p: Pos = serde_json::from_slice(body).ok()?;
+    (p.hub == hub).then_some(())?;
+    Some((p.lsn.parse().ok()?, p.ord))
 }
 
 /// A subject token for a schema or table name: letters, digits, `_` and
@@ -273,21 +348,37 @@ pub fn subject_token(name: &str) -> String {
     out
 }
 
-/// The message body: the JSON of a queue row (`sync_queue_read`), with the
-/// change's ordinal.
-pub fn body(lsn: Lsn, time: i64, c: &Change) -> String {
-    let s = |v: &str| serde_json::Value::from(v).to_string();
-    format!(
-        "{{\"lsn\":{},\"ord\":{},\"tbl\":{},\"op\":{},\"pk\":{},\"data\":{},\"origin\":{},\"committed_at\":{}}}",
-        s(&lsn.to_string()),
-        c.ord,
-        s(&c.table.display),
-        s(c.op.code()),
-        c.pk_json().as_deref().unwrap_or("null"),
-        c.data_json().as_deref().unwrap_or("null"),
-        c.origin.as_deref().map_or("null".to_string(), s),
-        s(&timestamp(time))
-    )
+/// The message body: the JSON of a queue row (`tributary.queue_<name>`:
+/// `hub`, `lsn`, `ord`, `tbl`, `op`, `pk`, `data`, `origin`,
+/// `committed_at`), written in one buffer.
+pub fn body(hub: &str, lsn: &str, time: i64, c: &Change) -> String {
+    use std::fmt::Write;
+    let pk = c.pk_json();
+    let data = c.data_json();
+    let mut b = String::with_capacity(
+        128 + pk.as_ref().map_or(0, String::len) + data.as_ref().map_or(0, String::len),
+    );
+    b.push_str("{\"hub\":");
+    push_str(&mut b, hub);
+    b.push_str(",\"lsn\":");
+    push_str(&mut b, lsn);
+    let _ = write!(b, ",\"ord\":{},\"tbl\":", c.ord);
+    push_str(&mut b, &c.table.display);
+    b.push_str(",\"op\":");
+    push_str(&mut b, c.op.code());
+    b.push_str(",\"pk\":");
+    b.push_str(pk.as_deref().unwrap_or("null"));
+    b.push_str(",\"data\":");
+    b.push_str(data.as_deref().unwrap_or("null"));
+    b.push_str(",\"origin\":");
+    match &c.origin {
+        Some(o) => push_str(&mut b, o),
+        None => b.push_str("null"),
+    }
+    b.push_str(",\"committed_at\":\"");
+    b.push_str(&timestamp(time));
+    b.push_str("\"}");
+    b
 }
 
 /// Microseconds since 2000-01-01 UTC (PostgreSQL's epoch) as RFC 3339.
@@ -324,24 +415,21 @@ impl Sink for NatsSink {
 
     async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
         let (lsn, time) = commit;
+        let lsn_text = lsn.to_string();
         for c in changes {
             if c.op == Op::Schema || self.held.is_some_and(|h| (lsn, c.ord) <= h) {
                 continue;
             }
-            let subject = format!(
-                "{}.{}.{}",
-                self.prefix,
-                subject_token(&c.table.schema),
-                subject_token(&c.table.name)
-            );
-            let headers = self.headers(lsn, &c);
-            let f = self
-                .js
-                .publish_with_headers(subject, headers, body(lsn, time, &c).into())
+            let subject = self.subject(&c);
+            let headers = self.headers(&lsn_text, &c);
+            let reply = format!("{}.{}", self.inbox, self.sent);
+            let body = body(&self.hub, &lsn_text, time, &c);
+            self.client
+                .publish_with_reply_and_headers(subject, reply, headers, body.into())
                 .await
                 .map_err(|e| unavailable(&self.name, format!("publishing: {e}")))?;
-            self.acks.push_back(f);
-            if self.acks.len() >= IN_FLIGHT {
+            self.sent += 1;
+            if self.sent - self.acked >= IN_FLIGHT {
                 self.acked().await?;
             }
         }
@@ -349,7 +437,7 @@ impl Sink for NatsSink {
     }
 
     async fn commit(&mut self, d: &Done) -> Result<(), Error> {
-        while !self.acks.is_empty() {
+        while self.acked < self.sent {
             self.acked().await?;
         }
         crate::failpoint::hit("nats.after_acks");
@@ -361,7 +449,7 @@ impl Sink for NatsSink {
     async fn rollback(&mut self) {
         // What was sent may still land; the next session reads the
         // position from the stream again.
-        self.acks.clear();
+        self.acked = self.sent;
     }
 }
 
@@ -410,16 +498,16 @@ mod tests {
 
     #[test]
     fn a_position_is_read_only_from_this_hubs_messages() {
-        let mut h = HeaderMap::new();
-        h.insert(H_HUB, "hub-a");
-        h.insert(H_LSN, "0/16B3748");
-        h.insert(H_ORD, "7");
+        let m = br#"{"hub":"hub-a","lsn":"0/16B3748","ord":7,"tbl":"public.t"}"#;
         assert_eq!(
-            position_of(&h, "hub-a"),
+            position_of(m, "hub-a"),
             Some(("0/16B3748".parse().unwrap(), 7))
         );
-        assert_eq!(position_of(&h, "hub-b"), None, "another cluster's");
-        h.insert(H_ORD, "x");
-        assert_eq!(position_of(&h, "hub-a"), None);
+        assert_eq!(position_of(m, "hub-b"), None, "another cluster's");
+        assert_eq!(position_of(b"not json", "hub-a"), None);
+        assert_eq!(
+            position_of(br#"{"hub":"hub-a","lsn":"x","ord":1}"#, "hub-a"),
+            None
+        );
     }
 }
