@@ -19,6 +19,9 @@ pub struct Nats {
     dir: tempfile::TempDir,
     /// A user and password the server requires (`--user`, `--pass`).
     auth: Option<(String, String)>,
+    /// TLS required: the server's certificate and key, and the CA that
+    /// signed them (a directory from [`crate::certs`]).
+    tls: Option<PathBuf>,
 }
 
 impl Nats {
@@ -31,6 +34,31 @@ impl Nats {
         Nats::start_with(Some((user.into(), pass.into())))
     }
 
+    /// A server that requires TLS, with a certificate for `localhost`
+    /// signed by `<dir>/ca.crt` (made here).
+    pub fn start_tls() -> Nats {
+        let dir = tempfile::Builder::new()
+            .prefix("tributary-nats-")
+            .tempdir()
+            .unwrap();
+        crate::certs::ca(dir.path(), "ca", "/CN=Tributary test CA");
+        crate::certs::server(dir.path(), "ca");
+        let mut n = Nats {
+            child: None,
+            port: crate::free_port(),
+            tls: Some(dir.path().to_path_buf()),
+            dir,
+            auth: None,
+        };
+        n.spawn();
+        n
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|d| d.join("ca.crt"))
+    }
+
     fn start_with(auth: Option<(String, String)>) -> Nats {
         let dir = tempfile::Builder::new()
             .prefix("tributary-nats-")
@@ -41,6 +69,7 @@ impl Nats {
             port: crate::free_port(),
             dir,
             auth,
+            tls: None,
         };
         n.spawn();
         n
@@ -55,9 +84,39 @@ impl Nats {
         }
     }
 
-    /// The URL without credentials.
+    /// The URL without credentials (`tls://localhost:…` for a TLS server).
     pub fn bare_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some(_) => format!("tls://localhost:{}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Every message of `stream`, read with this server's login or CA.
+    pub fn messages(&self, stream: &str) -> Vec<Msg> {
+        read_messages(self.connect(), stream)
+    }
+
+    async fn connect_async(url: String, ca: Option<PathBuf>) -> Result<async_nats::Client, String> {
+        match ca {
+            Some(ca) => async_nats::ConnectOptions::new()
+                .add_root_certificates(ca)
+                .require_tls(true)
+                .connect(url)
+                .await
+                .map_err(|e| e.to_string()),
+            None => client(&url).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    fn connect(&self) -> impl std::future::Future<Output = Result<async_nats::Client, String>> {
+        Nats::connect_async(
+            match &self.tls {
+                Some(_) => self.bare_url(),
+                None => self.url(),
+            },
+            self.ca(),
+        )
     }
 
     pub fn log(&self) -> PathBuf {
@@ -77,6 +136,13 @@ impl Nats {
         if let Some((u, p)) = &self.auth {
             cmd.args(["--user", u, "--pass", p]);
         }
+        if let Some(d) = &self.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(d.join("server.crt"))
+                .arg("--tlskey")
+                .arg(d.join("server.key"));
+        }
         let child = cmd
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
@@ -86,11 +152,10 @@ impl Nats {
             .spawn()
             .expect("nats-server runs (apt install nats-server)");
         self.child = Some(child);
-        let url = self.url();
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             let ready: Result<(), String> = block_on(async {
-                let c = client(&url).await.map_err(|e| e.to_string())?;
+                let c = self.connect().await?;
                 // JetStream answers its account info (read raw: the
                 // client's type has fields a 2.9 server does not send).
                 let r = c
@@ -175,8 +240,18 @@ impl Msg {
 /// Every message `stream` holds, in stream order (none while there is no
 /// such stream).
 pub fn messages(url: &str, stream_name: &str) -> Vec<Msg> {
+    read_messages(
+        async { client(url).await.map_err(|e| e.to_string()) },
+        stream_name,
+    )
+}
+
+fn read_messages(
+    connect: impl std::future::Future<Output = Result<async_nats::Client, String>>,
+    stream_name: &str,
+) -> Vec<Msg> {
     block_on(async {
-        let js = jetstream::new(client(url).await.unwrap());
+        let js = jetstream::new(connect.await.unwrap());
         let Ok(mut s) = js.get_stream(stream_name).await else {
             return vec![];
         };

@@ -115,6 +115,16 @@ pub fn config(cluster: &Cluster, db: &Db, slot: &str, destinations: &str) -> Str
     )
 }
 
+/// The `[http] listen` address of a configuration [`config`] made.
+pub fn http_listen(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .expect("a listen line")
+        .trim_end_matches('"')
+        .to_string()
+}
+
 pub struct WorkerProc {
     child: Child,
     /// `run`, or `gateway`.

@@ -39,12 +39,7 @@ fn worker(cluster: &Cluster, db: &Db, n: &Nats, stream: &str) -> (String, String
             nats_dest("bus", &n.url(), stream, r#"["*.*"]"#)
         ),
     );
-    let listen = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .unwrap()
-        .trim_end_matches('"')
-        .to_string();
+    let listen = http_listen(&cfg);
     (cfg, listen)
 }
 
@@ -392,4 +387,44 @@ fn a_refused_nats_login_sets_that_destination_aside_and_the_right_password_catch
         messages(&n.url(), "TRIBUTARY").len() == 30
     });
     assert_eq!(exactly_once(&messages(&n.url(), "TRIBUTARY")).len(), 30);
+}
+
+#[test]
+fn tls_to_nats_checks_the_servers_certificate_against_tls_ca() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    let n = Nats::start_tls();
+    // A CA that did not sign the server's certificate: that destination
+    // is set aside with words that say so; the queue goes on.
+    let other = tempfile::tempdir().unwrap();
+    tributary_e2e::certs::ca(other.path(), "ca", "/CN=Another CA");
+    let dest = |ca: &std::path::Path| {
+        format!(
+            "{AUDIT}\n{}tls_ca = \"{}\"\n",
+            nats_dest("bus", &n.bare_url(), "TRIBUTARY", r#"["*.*"]"#),
+            ca.display()
+        )
+    };
+    let mut w = WorkerProc::start(
+        &config(&cluster, &db, "w", &dest(&other.path().join("ca.crt"))),
+        &[],
+    );
+    w.until_slot(&mut c, "w");
+    c.batch_execute("INSERT INTO items SELECT g, 't' FROM generate_series(1, 20) g")
+        .unwrap();
+    w.until(T, "the queue to go on", || queue_len(&mut c) == 20);
+    let log = w.log.clone();
+    w.until(T, "the TLS failure to be said", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("TLS to NATS"))
+    });
+    assert!(w.running());
+    assert!(n.messages("TRIBUTARY").is_empty());
+    drop(w);
+    // The right CA: the stream gets every change.
+    let mut w = WorkerProc::start(&config(&cluster, &db, "w", &dest(&n.ca().unwrap())), &[]);
+    w.until(T, "the stream over TLS", || {
+        n.messages("TRIBUTARY").len() == 20
+    });
+    assert_eq!(exactly_once(&n.messages("TRIBUTARY")).len(), 20);
 }

@@ -1,7 +1,8 @@
 //! `/metrics` (Prometheus text) and `/healthz`, on a plain TCP listener.
 //!
-//! `/healthz` answers 200 while the worker streams from its slot, 503
-//! otherwise (starting, reconnecting, or stopped on an error). Its body
+//! `/healthz` answers 200 while the worker streams from its slot, or while
+//! it stands by (another worker holds the slot's lock: "standby: ..."),
+//! 503 otherwise (starting, reconnecting, or stopped on an error). Its body
 //! names the destinations that are not fully working (a detached peer, a
 //! failing pull): one peer's trouble degrades the worker, it does not make
 //! it unhealthy.
@@ -56,6 +57,15 @@ pub async fn serve(
                             format!("streaming; degraded: {}\n", degraded.join(", ")),
                         )
                     }
+                }
+                (Some("GET"), "/healthz")
+                    if metrics.standby.load(Relaxed) && !metrics.active.load(Relaxed) =>
+                {
+                    (
+                        "200 OK",
+                        "standby: another worker holds the slot's lock; this one takes over when it goes\n"
+                            .to_string(),
+                    )
                 }
                 (Some("GET"), "/healthz") => {
                     ("503 Service Unavailable", "not streaming\n".to_string())

@@ -27,6 +27,25 @@ pub fn session_settings_sql(local: bool) -> String {
 
 /// Connects an ordinary client, with TLS as `o.sslmode` says (see
 /// [`crate::tls`]). A TLS failure is [`crate::error::Cause::Tls`].
+/// This process's tag, in the application_name of every connection it
+/// makes (`tributary-worker … [tag]`): a worker that takes the slot over
+/// from a hung one ends that one's sessions by it (see
+/// [`crate::standby`]).
+pub fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:x}.{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+    })
+}
+
+/// `name [tag]` (see [`process_tag`]).
+pub fn tagged(name: &str) -> String {
+    format!("{name} [{}]", process_tag())
+}
+
 pub async fn connect(o: &ConnectOptions, application_name: &str) -> Result<Client, Error> {
     let (tls, mode) = crate::tls::postgres_connector(o)?;
     let mut cfg = tokio_postgres::Config::new();
@@ -34,7 +53,7 @@ pub async fn connect(o: &ConnectOptions, application_name: &str) -> Result<Clien
         .port(o.port)
         .user(&o.user)
         .dbname(&o.dbname)
-        .application_name(application_name)
+        .application_name(tagged(application_name))
         .ssl_mode(mode);
     if let Some(p) = &o.password {
         cfg.password(p);

@@ -40,5 +40,6 @@ mod router;
 mod sink;
 mod snapshot;
 pub mod source;
+pub mod standby;
 pub mod tls;
 pub mod transaction;

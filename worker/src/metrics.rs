@@ -69,6 +69,10 @@ pub struct Metrics {
     pub retained_wal: AtomicU64,
     pub received_bytes: AtomicU64,
     pub connected: AtomicBool,
+    /// This process holds the slot's lock (see [`crate::standby`]).
+    pub active: AtomicBool,
+    /// Another process holds it: this one stands by.
+    pub standby: AtomicBool,
     pub errors: AtomicU64,
     pub restarts: AtomicU64,
 }
@@ -263,6 +267,12 @@ const GLOBAL_FAMILIES: &[Family<Metrics>] = &[
         "1 while streaming from the slot.",
         "gauge",
         |m, _| f64::from(u8::from(m.connected.load(Relaxed))),
+    ),
+    (
+        "tributary_worker_active",
+        "1 while this process holds the slot's lock and streams; 0 while it stands by (another worker holds it) or starts.",
+        "gauge",
+        |m, _| f64::from(u8::from(m.active.load(Relaxed))),
     ),
     (
         "tributary_errors_total",

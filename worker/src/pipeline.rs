@@ -59,10 +59,38 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let opts = ConnectOptions::from_url(&config.source.url, config.source.password.clone())?;
+    loop {
+        // Only the worker that holds the slot's lock streams.
+        let Some(lease) =
+            crate::standby::acquire(&opts, &config.source.slot, &metrics, &shutdown).await?
+        else {
+            return Ok(());
+        };
+        tokio::select! {
+            r = sessions(&config, &metrics, &shutdown) => return r,
+            why = lease.lost() => {
+                // Another worker may hold the lock by now: stop at once
+                // (whatever is not committed rolls back) and stand by.
+                metrics.connected.store(false, Relaxed);
+                metrics.active.store(false, Relaxed);
+                tracing::warn!(reason = %why, "lost the slot's lock: stopping the stream and standing by");
+            }
+        }
+    }
+}
+
+/// Sessions, one after another, until shutdown or an error the operator
+/// must fix; a transient error restarts the session after a backoff.
+async fn sessions(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
     let mut backoff = Duration::from_millis(250);
     loop {
         let started = Instant::now();
-        match session(&config, &metrics, &shutdown).await {
+        match session(config, metrics, shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) if e.action() == Action::Stop => {
                 metrics.connected.store(false, Relaxed);

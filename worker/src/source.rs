@@ -334,11 +334,12 @@ impl Connection {
             write: BytesMut::new(),
         };
         // pgoutput prints values with the walsender's settings: pin them.
+        let name = crate::hub::tagged("tributary-worker");
         let params = [
             ("user", o.user.as_str()),
             ("database", o.dbname.as_str()),
             ("replication", "database"),
-            ("application_name", "tributary-worker"),
+            ("application_name", name.as_str()),
         ];
         let params = params
             .into_iter()

@@ -108,14 +108,16 @@ async fn connect(d: &Destination) -> Result<async_nats::Client, Error> {
     // a wrong password too: it is set aside and probed, and says what to fix.
     o.connect(url).await.map_err(|e| {
         use async_nats::ConnectErrorKind as K;
+        // A certificate that does not verify comes as an I/O error.
+        let tls = e.kind() == K::Tls || e.to_string().contains("certificate");
         let what = match e.kind() {
+            _ if tls => format!(
+                "TLS to NATS at {url} failed ({e}): check tls_ca against the certificate the server shows"
+            ),
             K::Authentication | K::AuthorizationViolation => format!(
                 "NATS at {url} refused the login ({e}): check user and {} (or {}, or creds_file)",
                 env_name("PASSWORD", &d.name),
                 env_name("TOKEN", &d.name)
-            ),
-            K::Tls => format!(
-                "TLS to NATS at {url} failed ({e}): check tls_ca against the certificate the server shows"
             ),
             _ => format!("cannot reach NATS at {url}: {e}"),
         };
