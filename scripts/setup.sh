@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo sqlite3 nats-server python3 openssl)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config sudo sqlite3 nats-server python3 python3-venv openssl)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -35,6 +35,16 @@ fi
 if ! grep -qs "pg15 *= *\"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
   say "cargo pgrx init --pg15 $PG_CONFIG"
   cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+fi
+
+# A real T-SQL parser for the SQL Server peer's golden files (PyPI, pinned),
+# in a venv of its own under target/ (Debian's python refuses pip installs).
+SQLGLOT_VERSION=30.31.0
+if ! target/tools-venv/bin/python -c "import sqlglot, sys; sys.exit(sqlglot.__version__ != '$SQLGLOT_VERSION')" 2>/dev/null; then
+  say "sqlglot $SQLGLOT_VERSION: installing into target/tools-venv"
+  rm -rf target/tools-venv
+  python3 -m venv target/tools-venv
+  target/tools-venv/bin/pip install -q "sqlglot==$SQLGLOT_VERSION"
 fi
 
 say "building and installing the tributary extension (release)"

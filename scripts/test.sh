@@ -30,6 +30,9 @@ fi
 say "core, SQLite peer file and worker: unit and property tests"
 cargo test -p tributary-core -p tributary-sqlite -p tributary-worker -p tributary-edge 2>&1 | tee -a "$LOG"
 
+say "SQL Server peer: every golden T-SQL file parsed with sqlglot (read=tsql)"
+target/tools-venv/bin/python scripts/check_tsql.py worker/tests/golden/mssql/*.sql
+
 say "end-to-end tests and pg_regress (throwaway clusters)"
 cargo test -p tributary-e2e -- --test-threads=2 2>&1 | tee -a "$LOG"
 

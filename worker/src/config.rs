@@ -89,6 +89,7 @@ pub enum Kind {
     Queue,
     Sqlite,
     Nats,
+    Mssql,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -111,9 +112,15 @@ pub struct Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// The NATS server(s), for kind = "nats": `nats://host:4222`, several
-    /// comma-separated; `tls://` for TLS.
+    /// comma-separated; `tls://` for TLS. For kind = "mssql", an ADO-style
+    /// connection string (`server=tcp:host,1433;database=erp;user=…`), its
+    /// password from env `TRIBUTARY_MSSQL_PASSWORD_<NAME>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The SQL Server schema the peer's tables are in (kind = "mssql";
+    /// "dbo" by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// The JetStream stream (kind = "nats"), created with the subjects
     /// `<subject_prefix>.>` when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,12 +146,44 @@ pub struct Destination {
     pub tls_required: Option<bool>,
 }
 
+impl Kind {
+    /// As written in the configuration (and the metrics' `kind` label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Queue => "queue",
+            Kind::Sqlite => "sqlite",
+            Kind::Nats => "nats",
+            Kind::Mssql => "mssql",
+        }
+    }
+}
+
 impl Destination {
     /// The settings of kind = "nats", and that no other kind has them.
     fn check_nats(&self) -> Result<(), String> {
         let name = &self.name;
+        if self.kind == Kind::Mssql {
+            if self.url.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "destination {name:?}: kind mssql needs url (server=tcp:host,1433;database=…;user=…)"
+                ));
+            }
+            if self
+                .schema
+                .as_deref()
+                .is_some_and(|s| s.is_empty() || s.len() > 128)
+            {
+                return Err(format!(
+                    "destination {name:?}: schema must be 1 to 128 characters"
+                ));
+            }
+        } else if self.schema.is_some() {
+            return Err(format!(
+                "destination {name:?}: schema is a setting of kind mssql only"
+            ));
+        }
         let nats_only = [
-            ("url", self.url.is_some()),
+            ("url", self.url.is_some() && self.kind != Kind::Mssql),
             ("stream", self.stream.is_some()),
             ("subject_prefix", self.subject_prefix.is_some()),
             ("user", self.user.is_some()),
@@ -561,6 +600,39 @@ path = "/var/lib/tributary/edge1.db"
             (
                 GOOD.replace("kind = \"queue\"", "kind = \"queue\"\nstream = \"S\""),
                 "stream is a setting of kind nats only",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(&text, no_env).unwrap_err().to_string();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn an_mssql_destination_needs_a_connection_string_and_takes_a_schema() {
+        let mssql = |extra: &str| {
+            format!("{GOOD}[[destination]]\nname = \"erp\"\nkind = \"mssql\"\n{extra}")
+        };
+        let c = Config::parse(
+            &mssql("url = \"server=tcp:h,1433;database=erp;user=t\"\nschema = \"sync\"\n"),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.destinations[2].kind, Kind::Mssql);
+        assert_eq!(c.destinations[2].schema.as_deref(), Some("sync"));
+        let cases = [
+            (mssql(""), "kind mssql needs url"),
+            (
+                mssql("url = \"server=x\"\nschema = \"\"\n"),
+                "schema must be 1 to 128",
+            ),
+            (
+                mssql("url = \"server=x\"\nstream = \"S\"\n"),
+                "stream is a setting of kind nats only",
+            ),
+            (
+                GOOD.replace("kind = \"queue\"", "kind = \"queue\"\nschema = \"dbo\""),
+                "schema is a setting of kind mssql only",
             ),
         ];
         for (text, want) in cases {

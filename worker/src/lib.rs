@@ -32,6 +32,7 @@ pub mod http;
 mod hub;
 pub mod lsn;
 pub mod metrics;
+pub mod mssql;
 pub mod pgoutput;
 pub mod pipeline;
 mod progress;

@@ -253,7 +253,10 @@ async fn probe(dest: crate::config::Destination, first: Duration) {
         tokio::time::sleep(wait).await;
         let ok = match dest.kind {
             Kind::Nats => sink::nats::reachable(&dest).await,
-            Kind::Sqlite | Kind::Queue => {
+            // Never detached: a queue's trouble is the hub's, and an mssql
+            // destination does not stream yet.
+            Kind::Queue | Kind::Mssql => false,
+            Kind::Sqlite => {
                 let p = sink::sqlite::path_of(&dest);
                 tokio::task::spawn_blocking(move || {
                     tributary_sqlite::PeerFile::open(&p)
@@ -305,6 +308,16 @@ impl Destinations {
                 }
                 Kind::Sqlite => d.open_sqlite(config, i, (opts, admin, hub), m, rx).await?,
                 Kind::Nats => d.open_nats(dest, i, hub, m, rx).await?,
+                Kind::Mssql => {
+                    return Err(Error::Definite {
+                        message: format!(
+                            "destination {}: SQL Server peers do not stream yet (issue #16: the push and the pull are not built)",
+                            dest.name
+                        ),
+                        hint: "Remove the destination from run's configuration; `tributary-worker mssql-setup` prints its setup script already.".into(),
+                        cause: Cause::Config,
+                    })
+                }
             };
             d.outlets.push(Outlet {
                 tx: attached.then_some(tx),

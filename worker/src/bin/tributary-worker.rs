@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tributary_worker::config::{Config, GatewayConfig, Kind};
+use tributary_worker::config::{Config, GatewayConfig};
 use tributary_worker::error::{Action, Error};
 use tributary_worker::metrics::Metrics;
 
@@ -46,6 +46,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "text", env = "TRIBUTARY_LOG_FORMAT")]
         log_format: LogFormat,
     },
+    /// Print the T-SQL that prepares a SQL Server peer (a kind = "mssql"
+    /// destination) for a DBA to review: its tables made from the hub's,
+    /// Tributary's own tables, snapshot isolation and Change Tracking.
+    MssqlSetup {
+        #[arg(long, env = "TRIBUTARY_CONFIG")]
+        config: PathBuf,
+        /// The destination's name.
+        #[arg(long)]
+        destination: String,
+    },
     /// Stream the slot to the destinations until SIGTERM; with a [gateway]
     /// section, serve the gateway too.
     Run {
@@ -71,16 +81,12 @@ fn init_logging(format: LogFormat) {
 
 fn run(config: Config, log_format: LogFormat) -> Result<(), Error> {
     init_logging(log_format);
-    let metrics = Arc::new(Metrics::new(config.destinations.iter().map(|d| {
-        (
-            d.name.clone(),
-            match d.kind {
-                Kind::Queue => "queue",
-                Kind::Sqlite => "sqlite",
-                Kind::Nats => "nats",
-            },
-        )
-    })));
+    let metrics = Arc::new(Metrics::new(
+        config
+            .destinations
+            .iter()
+            .map(|d| (d.name.clone(), d.kind.name())),
+    ));
     // One thread: the worker's own work (decoding, JSON) is light next to
     // the server's, and cross-thread wake-ups between the stream and the
     // sinks cost more than they give: bench/fanout went from 0.66 to 0.88
@@ -171,6 +177,20 @@ fn try_main() -> Result<(), Error> {
         Command::CheckConfig { config } => {
             let c = Config::load(&config, |k| std::env::var(k).ok())?;
             print!("{}", c.redacted());
+            Ok(())
+        }
+        Command::MssqlSetup {
+            config,
+            destination,
+        } => {
+            let c = Config::load(&config, |k| std::env::var(k).ok())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            print!(
+                "{}",
+                rt.block_on(tributary_worker::mssql::setup_from_hub(&c, &destination))?
+            );
             Ok(())
         }
         Command::Gateway { config, log_format } => {

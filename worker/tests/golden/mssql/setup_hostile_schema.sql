@@ -1,0 +1,60 @@
+-- Tributary: prepares this database as the SQL Server peer e'r p.
+-- Review it, then run it as a user who may create tables and alter the database
+-- (or let tributary-worker run apply it, when its login may). Safe to run again.
+SET XACT_ABORT ON;
+GO
+IF SCHEMA_ID(N'my]sch''ema') IS NULL EXEC(N'CREATE SCHEMA [my]]sch''ema]');
+GO
+-- the hub's sa.les.tab'le]
+IF OBJECT_ID(N'[my]]sch''ema].[sa.les.tab''le]]]', N'U') IS NULL
+CREATE TABLE [my]]sch'ema].[sa.les.tab'le]]] (
+    [k"ey] nvarchar(450) NOT NULL,
+    []]] uniqueidentifier NOT NULL,
+    [va'l] nvarchar(max) NULL,
+    PRIMARY KEY ([k"ey], []]])
+);
+GO
+-- the position of each slot that feeds this peer, written with the data
+IF OBJECT_ID(N'[my]]sch''ema].[_tributary_state]', N'U') IS NULL
+CREATE TABLE [my]]sch'ema].[_tributary_state] (
+    [slot] nvarchar(128) NOT NULL PRIMARY KEY,
+    [lsn] nvarchar(32) NOT NULL,
+    [hub] nvarchar(128) NULL,
+    [pulled_version] bigint NULL,
+    [updated_at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()
+);
+GO
+-- what the app must see: MANUAL, DEFERRED and refused changes, with the hub's row
+IF OBJECT_ID(N'[my]]sch''ema].[_tributary_errors]', N'U') IS NULL
+CREATE TABLE [my]]sch'ema].[_tributary_errors] (
+    [id] bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    [tbl] nvarchar(256) NOT NULL,
+    [pk] nvarchar(900) NOT NULL,
+    [op] nchar(1) NOT NULL,
+    [outcome] nvarchar(32) NOT NULL,
+    [detail] nvarchar(max) NULL,
+    [local_data] nvarchar(max) NULL,
+    [hub_row] nvarchar(max) NULL,
+    [conflict_id] bigint NULL,
+    [at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()
+);
+GO
+-- the hub revision of each row, the base of the peer's own edits
+IF OBJECT_ID(N'[my]]sch''ema].[_tributary_versions]', N'U') IS NULL
+CREATE TABLE [my]]sch'ema].[_tributary_versions] (
+    [tbl] nvarchar(256) NOT NULL,
+    [pk] nvarchar(450) NOT NULL,
+    [version] bigint NOT NULL,
+    PRIMARY KEY ([tbl], [pk])
+);
+GO
+-- snapshot isolation, for reading CHANGETABLE consistently
+ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON;
+GO
+-- Change Tracking on the database (kept 7 days: a peer offline longer re-reads its tables whole)
+IF NOT EXISTS (SELECT 1 FROM sys.change_tracking_databases WHERE database_id = DB_ID())
+    ALTER DATABASE CURRENT SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON);
+GO
+IF NOT EXISTS (SELECT 1 FROM sys.change_tracking_tables WHERE object_id = OBJECT_ID(N'[my]]sch''ema].[sa.les.tab''le]]]'))
+    ALTER TABLE [my]]sch'ema].[sa.les.tab'le]]] ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = ON);
+GO
