@@ -42,43 +42,38 @@ def opaque_ok(stmt):
     return any(o.match(m.group("then")) for o in OPAQUE)
 
 
+def past_quoted(text, i, close):
+    """The index after the quoted run opening at i and ending at `close`
+    (doubled inside it), or -1 when it never closes."""
+    j = i + 1
+    while True:
+        j = text.find(close, j)
+        if j < 0:
+            return -1
+        if text[j + 1 : j + 2] == close:
+            j += 2
+            continue
+        return j + 1
+
+
 def balanced(text):
     """Quotes closed, and [] and () nested properly outside quotes."""
-    stack, i = [], 0
+    depth, i = 0, 0
     while i < len(text):
         c = text[i]
-        if c == "'":
-            j = i + 1
-            while True:
-                j = text.find("'", j)
-                if j < 0:
-                    return False
-                if text[j + 1 : j + 2] == "'":
-                    j += 2
-                    continue
-                break
-            i = j + 1
-            continue
-        if c == "[":
-            j = i + 1
-            while True:
-                j = text.find("]", j)
-                if j < 0:
-                    return False
-                if text[j + 1 : j + 2] == "]":
-                    j += 2
-                    continue
-                break
-            i = j + 1
+        if c in "'[":
+            i = past_quoted(text, i, "'" if c == "'" else "]")
+            if i < 0:
+                return False
             continue
         if c == "(":
-            stack.append(c)
+            depth += 1
         elif c == ")":
-            if not stack:
+            depth -= 1
+            if depth < 0:
                 return False
-            stack.pop()
         i += 1
-    return not stack
+    return depth == 0
 
 
 def statements(batch):

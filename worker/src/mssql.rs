@@ -189,77 +189,92 @@ pub fn setup_script(
         }
     }
     let s = ident(schema);
-    let q = |t: &str| format!("{s}.{}", ident(t));
-    let mut out = String::new();
-    out.push_str(&format!(
+    let mut out = format!(
         "-- Tributary: prepares this database as the SQL Server peer {}.\n\
          -- Review it, then run it as a user who may create tables and alter the database\n\
          -- (or let tributary-worker run apply it, when its login may). Safe to run again.\n\
-         SET XACT_ABORT ON;\nGO\n",
-        sanitize_comment(destination)
-    ));
-    out.push_str(&format!(
-        "IF SCHEMA_ID({}) IS NULL EXEC(N'CREATE SCHEMA {}');\nGO\n",
+         SET XACT_ABORT ON;\nGO\n\
+         IF SCHEMA_ID({}) IS NULL EXEC(N'CREATE SCHEMA {}');\nGO\n",
+        sanitize_comment(destination),
         literal(schema),
         s.replace('\'', "''")
-    ));
+    );
     for t in tables {
-        let name = q(&t.peer_name());
-        out.push_str(&format!(
-            "-- the hub's {}.{}\nIF OBJECT_ID({}, N'U') IS NULL\nCREATE TABLE {name} (\n",
-            sanitize_comment(&t.schema),
-            sanitize_comment(&t.name),
-            literal(&name)
-        ));
-        let cols: Vec<String> = t
-            .columns
-            .iter()
-            .filter(|c| !c.generated)
-            .map(|c| {
-                let key = t.primary_key.contains(&c.name);
-                let m = map_type(c.type_oid, &c.type_name, key);
-                let null = if c.nullable && !key {
-                    "NULL"
-                } else {
-                    "NOT NULL"
-                };
-                format!("    {} {} {null}", ident(&c.name), m.sql)
-            })
-            .collect();
-        out.push_str(&cols.join(",\n"));
-        if !t.primary_key.is_empty() {
-            let pk: Vec<String> = t.primary_key.iter().map(|k| ident(k)).collect();
-            out.push_str(&format!(",\n    PRIMARY KEY ({})", pk.join(", ")));
-        }
-        out.push_str("\n);\nGO\n");
+        out.push_str(&create_table(&s, t));
     }
-    let state = q("_tributary_state");
-    let errors = q("_tributary_errors");
-    let versions = q("_tributary_versions");
-    out.push_str(&format!(
-        "-- the position of each slot that feeds this peer, written with the data\n\
-         IF OBJECT_ID({}, N'U') IS NULL\n\
-         CREATE TABLE {state} (\n    [slot] nvarchar(128) NOT NULL PRIMARY KEY,\n    [lsn] nvarchar(32) NOT NULL,\n    \
-         [hub] nvarchar(128) NULL,\n    [pulled_version] bigint NULL,\n    [updated_at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()\n);\nGO\n",
-        literal(&state)
-    ));
-    out.push_str(&format!(
-        "-- what the app must see: MANUAL, DEFERRED and refused changes, with the hub's row\n\
-         IF OBJECT_ID({}, N'U') IS NULL\n\
-         CREATE TABLE {errors} (\n    [id] bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,\n    [tbl] nvarchar(256) NOT NULL,\n    \
-         [pk] nvarchar(900) NOT NULL,\n    [op] nchar(1) NOT NULL,\n    [outcome] nvarchar(32) NOT NULL,\n    [detail] nvarchar(max) NULL,\n    \
-         [local_data] nvarchar(max) NULL,\n    [hub_row] nvarchar(max) NULL,\n    [conflict_id] bigint NULL,\n    \
-         [at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()\n);\nGO\n",
-        literal(&errors)
-    ));
-    out.push_str(&format!(
-        "-- the hub revision of each row, the base of the peer's own edits\n\
-         IF OBJECT_ID({}, N'U') IS NULL\n\
-         CREATE TABLE {versions} (\n    [tbl] nvarchar(256) NOT NULL,\n    [pk] nvarchar(450) NOT NULL,\n    \
-         [version] bigint NOT NULL,\n    PRIMARY KEY ([tbl], [pk])\n);\nGO\n",
-        literal(&versions)
-    ));
-    out.push_str(
+    out.push_str(&tributary_tables(&s));
+    out.push_str(&change_tracking(&s, tables));
+    Ok(out)
+}
+
+/// `CREATE TABLE` for a hub table (if missing), in the schema `s` (quoted).
+fn create_table(s: &str, t: &HubTable) -> String {
+    let name = format!("{s}.{}", ident(&t.peer_name()));
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .filter(|c| !c.generated)
+        .map(|c| {
+            let key = t.primary_key.contains(&c.name);
+            let m = map_type(c.type_oid, &c.type_name, key);
+            let null = if c.nullable && !key {
+                "NULL"
+            } else {
+                "NOT NULL"
+            };
+            format!("    {} {} {null}", ident(&c.name), m.sql)
+        })
+        .collect();
+    let pk: Vec<String> = t.primary_key.iter().map(|k| ident(k)).collect();
+    format!(
+        "-- the hub's {}.{}\nIF OBJECT_ID({}, N'U') IS NULL\nCREATE TABLE {name} (\n{},\n    PRIMARY KEY ({})\n);\nGO\n",
+        sanitize_comment(&t.schema),
+        sanitize_comment(&t.name),
+        literal(&name),
+        cols.join(",\n"),
+        pk.join(", ")
+    )
+}
+
+/// Tributary's own tables at the peer, in the schema `s` (quoted).
+fn tributary_tables(s: &str) -> String {
+    let made = |what: &str, name: &str, columns: &str| {
+        let q = format!("{s}.{}", ident(name));
+        format!(
+            "-- {what}\nIF OBJECT_ID({}, N'U') IS NULL\nCREATE TABLE {q} (\n{columns}\n);\nGO\n",
+            literal(&q)
+        )
+    };
+    [
+        made(
+            "the position of each slot that feeds this peer, written with the data",
+            "_tributary_state",
+            "    [slot] nvarchar(128) NOT NULL PRIMARY KEY,\n    [lsn] nvarchar(32) NOT NULL,\n    \
+             [hub] nvarchar(128) NULL,\n    [pulled_version] bigint NULL,\n    \
+             [updated_at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()",
+        ),
+        made(
+            "what the app must see: MANUAL, DEFERRED and refused changes, with the hub's row",
+            "_tributary_errors",
+            "    [id] bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,\n    [tbl] nvarchar(256) NOT NULL,\n    \
+             [pk] nvarchar(900) NOT NULL,\n    [op] nchar(1) NOT NULL,\n    [outcome] nvarchar(32) NOT NULL,\n    \
+             [detail] nvarchar(max) NULL,\n    [local_data] nvarchar(max) NULL,\n    [hub_row] nvarchar(max) NULL,\n    \
+             [conflict_id] bigint NULL,\n    [at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()",
+        ),
+        made(
+            "the hub revision of each row, the base of the peer's own edits",
+            "_tributary_versions",
+            "    [tbl] nvarchar(256) NOT NULL,\n    [pk] nvarchar(450) NOT NULL,\n    \
+             [version] bigint NOT NULL,\n    PRIMARY KEY ([tbl], [pk])",
+        ),
+    ]
+    .concat()
+}
+
+/// Snapshot isolation and Change Tracking, on the database and on each
+/// table, in the schema `s` (quoted).
+fn change_tracking(s: &str, tables: &[HubTable]) -> String {
+    let mut out = String::from(
         "-- snapshot isolation, for reading CHANGETABLE consistently\n\
          ALTER DATABASE CURRENT SET ALLOW_SNAPSHOT_ISOLATION ON;\nGO\n\
          -- Change Tracking on the database (kept 7 days: a peer offline longer re-reads its tables whole)\n\
@@ -267,14 +282,14 @@ pub fn setup_script(
          ALTER DATABASE CURRENT SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON);\nGO\n",
     );
     for t in tables {
-        let name = q(&t.peer_name());
+        let name = format!("{s}.{}", ident(&t.peer_name()));
         out.push_str(&format!(
             "IF NOT EXISTS (SELECT 1 FROM sys.change_tracking_tables WHERE object_id = OBJECT_ID({}))\n    \
              ALTER TABLE {name} ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = ON);\nGO\n",
             literal(&name)
         ));
     }
-    Ok(out)
+    out
 }
 
 /// `tributary-worker mssql-setup`: the setup script of destination `name`
