@@ -62,8 +62,13 @@ pub async fn run(
     let opts = ConnectOptions::from_url(&config.source.url, config.source.password.clone())?;
     loop {
         // Only the worker that holds the slot's lock streams.
-        let Some(lease) =
-            crate::standby::acquire(&opts, &config.source.slot, &metrics, &shutdown).await?
+        let Some(mut lease) = crate::standby::hold(
+            opts.clone(),
+            config.source.slot.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?
         else {
             return Ok(());
         };

@@ -12,6 +12,9 @@
 //!  and stands by again
 //! ```
 //!
+//! The lease is taken and checked on a thread of its own ([`hold`]), so
+//! that a busy stream never looks like a hung worker.
+//!
 //! The lock lives in the hub, as the slot does, so every worker that can
 //! stream can also see who holds it; no other coordinator is needed. Each
 //! destination's own exactly-once rules (its stored position, or the
@@ -42,6 +45,87 @@ const STALE: Duration = Duration::from_secs(5);
 /// The active worker's hold on the slot: the session that holds the lock.
 pub struct Lease {
     client: Client,
+}
+
+/// The lease, kept on a thread of its own with its own runtime: the
+/// worker's stream runs on one thread, and a long stretch of work there (a
+/// big transaction's replay) must not delay the lease's checks, or a
+/// standby would take a busy worker for a hung one. Only a hung process or
+/// a lost hub stops the checks. Dropped, it releases the lock.
+pub struct Keeper {
+    lost: tokio::sync::oneshot::Receiver<String>,
+    stop: CancellationToken,
+}
+
+impl Keeper {
+    /// Resolves when the lease can no longer be trusted (see [`Lease::lost`]).
+    pub async fn lost(&mut self) -> String {
+        (&mut self.lost)
+            .await
+            .unwrap_or_else(|_| "the lease's thread ended".into())
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// [`acquire`] on the lease's own thread, which then keeps the lease
+/// checked; None when shutdown fires first.
+pub async fn hold(
+    opts: ConnectOptions,
+    slot: String,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Option<Keeper>, Error> {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<bool, Error>>();
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name("tributary-lease".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let lease = match acquire(&opts, &slot, &metrics, &shutdown).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => {
+                        let _ = ready_tx.send(Ok(false));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(true));
+                tokio::select! {
+                    why = lease.lost() => { let _ = lost_tx.send(why); }
+                    _ = stopped.cancelled() => {}
+                }
+            });
+        })
+        .map_err(|e| Error::bug(format!("starting the lease's thread: {e}")))?;
+    match ready_rx.await {
+        Ok(Ok(true)) => Ok(Some(Keeper {
+            lost: lost_rx,
+            stop,
+        })),
+        Ok(Ok(false)) => Ok(None),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::bug("the lease's thread ended before it answered")),
+    }
 }
 
 /// Waits until this worker holds the slot's lock; None when shutdown fires
