@@ -253,7 +253,7 @@ check "edge1 and edge2 hold the same customers" "$same" "yes"
 echo "  took $(( $(date +%s) - START )) s"
 echo
 echo "Files left to inspect in $DIR:"
-echo "  edge1.db, edge2.db   sqlite3 -cmd \"'.timeout 5000'\" $DIR/edge1.db 'SELECT * FROM customers'"
+echo "  edge1.db, edge2.db   sqlite3 -cmd '.timeout 5000' $DIR/edge1.db 'SELECT * FROM customers'"
 echo "  device.db            tributary-edge status --db $DIR/device.db"
 echo "  worker.toml, worker.log, device.log"
 echo "  pg/                  the hub's data directory (stopped)"
