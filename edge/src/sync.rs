@@ -571,9 +571,13 @@ impl Edge {
 }
 
 /// A refusal of the changes themselves (bad values, outside the filter,
-/// a constraint), not of the request or the token.
+/// a constraint, a table the hub no longer has or tracks), not of the
+/// request or the token. A 404 counts only with the hub's own words for a
+/// missing table (42P01, TB003): a 404 from a proxy in front of a moved
+/// gateway must not set the app's edits aside.
 fn refusal(h: &HubError) -> bool {
     matches!(h.status, 400 | 403 | 409 | 413 | 422)
+        || (h.status == 404 && matches!(h.sqlstate.as_str(), "42P01" | "TB003"))
 }
 
 /// Outcomes after which the hub's row may not be what the file holds, and

@@ -1282,3 +1282,58 @@ fn the_hub_going_down_mid_download_keeps_the_pages_in_and_the_next_sync_resumes_
         ]]
     );
 }
+
+#[test]
+fn an_edit_for_a_table_the_hub_dropped_is_set_aside_with_the_hubs_words_and_the_rest_syncs() {
+    let cluster = Cluster::start();
+    let db = hub(&cluster);
+    let mut c = db.connect();
+    c.batch_execute(
+        r#"INSERT INTO "tab'le" VALUES (1, 'one'); INSERT INTO sales.orders VALUES (1, 1)"#,
+    )
+    .unwrap();
+    let g = GatewayProc::start(&cluster, &db, "");
+    let tok = token("dev1", json!({}), 300);
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let es = e.to_str().unwrap();
+    assert_eq!(
+        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
+        0
+    );
+    assert_eq!(edge(&["sync", "--db", es], Some(&tok)).code, 0);
+    // Offline edits to two tables; meanwhile the hub drops one of them.
+    lite(&e)
+        .execute_batch(
+            r#"UPDATE "sales.orders" SET item = 9 WHERE id = 1;
+               UPDATE "tab'le" SET """" = 'edited' WHERE "]" = 1;"#,
+        )
+        .unwrap();
+    c.batch_execute("DROP TABLE sales.orders").unwrap();
+    let r = edge(&["sync", "--db", es], Some(&tok));
+    assert_eq!(
+        r.code, 0,
+        "one table's refusal does not stop the sync: {r:?}"
+    );
+    assert_eq!(outbox_len(&e), 0);
+    let v: String = c
+        .query_one(r#"SELECT """" FROM "tab'le" WHERE "]" = 1"#, &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "edited", "the other table's edit reached the hub");
+    let errs = rows(
+        &e,
+        "SELECT tbl, outcome, detail, local_data FROM _tributary_errors",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    use rusqlite::types::Value::Text;
+    assert_eq!(errs[0][0], Text("sales.orders".into()));
+    assert_eq!(errs[0][1], Text("REJECTED".into()));
+    match (&errs[0][2], &errs[0][3]) {
+        (Text(d), Text(local)) => {
+            assert!(d.contains("42P01"), "the hub's words: {d}");
+            assert!(local.contains("9"), "the app's edit is kept: {local}");
+        }
+        v => panic!("{v:?}"),
+    }
+}
