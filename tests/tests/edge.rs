@@ -37,6 +37,19 @@ fn hub(cluster: &Cluster) -> Db<'_> {
     db
 }
 
+/// A temporary directory with `edge.db` in it, made a peer of the gateway
+/// `g` by `tributary-edge init` with `tok`.
+fn init_device(g: &GatewayProc, tok: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("edge.db");
+    let r = edge(
+        &["init", "--hub", &g.base, "--db", e.to_str().unwrap()],
+        Some(tok),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    (dir, e)
+}
+
 /// The file's tables, indexes and triggers, as SQLite keeps their DDL.
 fn layout(path: &Path) -> Vec<(String, String, Option<String>)> {
     let c = lite(path);
@@ -252,13 +265,8 @@ fn sync_brings_the_hubs_rows_as_the_worker_stores_them_and_sends_the_apps_edits_
     .unwrap();
     let g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({}), 300);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     let r = edge(&["sync", "--db", es], Some(&tok));
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -379,13 +387,8 @@ fn an_edge_file_holds_only_its_tenants_rows_and_a_refused_edit_is_set_aside() {
     .unwrap();
     let g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({"tenant": "a"}), 300);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (_dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     let ids = || -> Vec<i64> {
         rows(&e, "SELECT id FROM orders ORDER BY id")
             .into_iter()
@@ -451,13 +454,8 @@ fn a_crash_mid_pull_resumes_from_its_last_page_and_a_repeated_push_has_no_second
         .unwrap();
     let g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({}), 300);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (_dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     let pull = [
         "pull",
         "--db",
@@ -602,13 +600,8 @@ fn purge_refuses_unsent_edits_unless_forced_and_the_next_pull_is_full() {
         .unwrap();
     let g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({}), 300);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (_dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     assert_eq!(edge(&["sync", "--db", es], Some(&tok)).code, 0);
     assert_eq!(file_rows(&e, "tab'le").len(), 2);
     let purge = |args: &[&str]| {
@@ -918,13 +911,8 @@ fn run_pushes_edits_as_they_come_pulls_hub_changes_by_long_poll_and_rides_out_th
     let mut c = db.connect();
     let mut g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({}), 600);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (_dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     // A sync every minute: what arrives sooner came by the long poll, or
     // went out as the app wrote it.
     let mut d = EdgeDaemon::start(&["--db", es, "--interval", "60s"], &tok);
@@ -1160,13 +1148,8 @@ fn the_hub_going_down_mid_download_keeps_the_pages_in_and_the_next_sync_resumes_
         .unwrap();
     let mut g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({}), 600);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     assert_eq!(
         edge(&["pull", "--db", es, "--table", "\"tab'le\""], Some(&tok)).code,
         0
@@ -1294,13 +1277,8 @@ fn an_edit_for_a_table_the_hub_dropped_is_set_aside_with_the_hubs_words_and_the_
     .unwrap();
     let g = GatewayProc::start(&cluster, &db, "");
     let tok = token("dev1", json!({}), 300);
-    let dir = tempfile::tempdir().unwrap();
-    let e = dir.path().join("edge.db");
+    let (_dir, e) = init_device(&g, &tok);
     let es = e.to_str().unwrap();
-    assert_eq!(
-        edge(&["init", "--hub", &g.base, "--db", es], Some(&tok)).code,
-        0
-    );
     assert_eq!(edge(&["sync", "--db", es], Some(&tok)).code, 0);
     // Offline edits to two tables; meanwhile the hub drops one of them.
     lite(&e)
