@@ -258,9 +258,9 @@ async fn probe(dest: crate::config::Destination, first: Duration) {
         tokio::time::sleep(wait).await;
         let ok = match dest.kind {
             Kind::Nats => sink::nats::reachable(&dest).await,
-            // Never detached: a queue's trouble is the hub's, and an mssql
-            // destination does not stream yet.
-            Kind::Queue | Kind::Mssql => false,
+            // Never detached: a queue's trouble is the hub's.
+            Kind::Queue => false,
+            Kind::Mssql => sink::mssql::reachable(&dest).await,
             Kind::Sqlite => {
                 let p = sink::sqlite::path_of(&dest);
                 tokio::task::spawn_blocking(move || {
@@ -313,16 +313,7 @@ impl Destinations {
                 }
                 Kind::Sqlite => d.open_sqlite(config, i, (opts, admin, hub), m, rx).await?,
                 Kind::Nats => d.open_nats(dest, i, hub, m, rx).await?,
-                Kind::Mssql => {
-                    return Err(Error::Definite {
-                        message: format!(
-                            "destination {}: SQL Server peers do not stream yet (issue #16: the push and the pull are not built)",
-                            dest.name
-                        ),
-                        hint: "Remove the destination from run's configuration; `tributary-worker mssql-setup` prints its setup script already.".into(),
-                        cause: Cause::Config,
-                    })
-                }
+                Kind::Mssql => d.open_mssql(config, i, (opts, admin, hub), m, rx).await?,
             };
             d.outlets.push(Outlet {
                 tx: attached.then_some(tx),
@@ -364,6 +355,69 @@ impl Destinations {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A SQL Server peer: its pull, and its sink unless the server cannot
+    /// be reached now (then it starts detached). Returns whether it is
+    /// attached. A peer that is not set up gets the setup script when the
+    /// worker's login may; otherwise the worker stops with a hint.
+    async fn open_mssql(
+        &mut self,
+        config: &Config,
+        i: usize,
+        (opts, admin, hub): (&ConnectOptions, &tokio_postgres::Client, &str),
+        m: Arc<crate::metrics::DestinationMetrics>,
+        rx: mpsc::Receiver<ToSink>,
+    ) -> Result<bool, Error> {
+        let dest = &config.destinations[i];
+        let schema = dest.schema.clone().unwrap_or_else(|| "dbo".into());
+        let tables = crate::mssql::hub_tables(admin, dest).await?;
+        let script = crate::mssql::setup_script(&dest.name, &schema, &tables).map_err(|m| {
+            Error::Definite {
+                message: format!("destination {:?}: {m}", dest.name),
+                hint: "Fix the destination's tables.".into(),
+                cause: Cause::Config,
+            }
+        })?;
+        let names: Vec<String> = tables.iter().map(|t| t.peer_name()).collect();
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let pull = crate::mssql::pull::Pull {
+            dest: dest.clone(),
+            slot: config.source.slot.clone(),
+            tables: crate::mssql::pull::peer_tables(&schema, &tables),
+            lock: lock.clone(),
+            metrics: m.clone(),
+        };
+        let sink = sink::mssql::MssqlSink::open(
+            dest,
+            (&config.source.slot, hub),
+            &(script, names),
+            opts.clone(),
+            lock,
+            m.clone(),
+        )
+        .await;
+        let sink = match sink {
+            Ok(sink) => sink,
+            Err(e) if e.action() == Action::Detach => {
+                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
+                m.errors.fetch_add(1, Relaxed);
+                m.detached.store(true, Relaxed);
+                self.probes.spawn(probe(dest.clone(), detach_wait(&e, &m)));
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let pull = crate::mssql::pull::supervise(opts.clone(), pull, self.stop_pull.clone());
+        self.pulls.spawn(async move { (i, pull.await) });
+        m.detached.store(false, Relaxed);
+        if sink.progress() == Lsn(0) {
+            self.needs_copy.push(i);
+        }
+        tracing::info!(destination = %dest.name, progress = %sink.progress(), "mssql destination ready");
+        self.sinks
+            .spawn(async move { (i, sink::drive(sink, rx, m).await) });
+        Ok(true)
     }
 
     /// A SQLite peer: its pull, and its sink unless the file is

@@ -48,19 +48,19 @@ const BATCH: usize = 500;
 
 /// What the hub answered for one change.
 #[derive(Debug, Clone)]
-struct Outcome {
-    outcome: String,
-    conflict_id: Option<i64>,
-    detail: Option<String>,
-    hub_row: Option<String>,
+pub struct Outcome {
+    pub outcome: String,
+    pub conflict_id: Option<i64>,
+    pub detail: Option<String>,
+    pub hub_row: Option<String>,
     /// The key's hub revision after the change.
-    row_version: Option<i64>,
+    pub row_version: Option<i64>,
 }
 
 impl Outcome {
     /// What the app must see, if anything (conflicts, parked and refused
     /// changes).
-    fn report(self) -> Option<Report> {
+    pub fn report(self) -> Option<Report> {
         Label::parse(&self.outcome)
             .is_some_and(Label::needs_attention)
             .then_some(Report {
@@ -173,17 +173,48 @@ struct HubRow {
 /// write-back message carries them.
 type Columns = Arc<Vec<(String, u32, bool)>>;
 
-struct Puller {
+/// The hub's half of a peer's pull, shared by every kind of peer: a
+/// peer's edits (as outbox [`Entry`]s, whatever captured them) through
+/// `sync_apply`, with the write-back, one hub transaction per table.
+pub struct HubSide {
     client: Client,
     name: String,
-    path: PathBuf,
     /// The destination's `tables` globs: the only tables its pull writes.
     tables: Vec<String>,
     columns: HashMap<String, Columns>,
-    metrics: Arc<crate::metrics::DestinationMetrics>,
 }
 
-impl Puller {
+impl HubSide {
+    /// Connects to the hub for destination `name`'s pull.
+    pub async fn connect(
+        opts: &ConnectOptions,
+        name: &str,
+        tables: &[String],
+    ) -> Result<HubSide, Error> {
+        let client = crate::hub::connect(opts, &format!("tributary-worker pull {name}")).await?;
+        client
+            .batch_execute(&crate::hub::session_settings_sql(false))
+            .await
+            .context("pull: session settings")?;
+        Ok(HubSide {
+            client,
+            name: name.to_string(),
+            tables: tables.to_vec(),
+            columns: HashMap::new(),
+        })
+    }
+
+    /// Whether the hub connection is lost.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Rolls back what a failed round left open.
+    pub async fn reset(&self) {
+        let _ = self.client.batch_execute("ROLLBACK").await;
+    }
+
+
     async fn columns(&mut self, hub: &str) -> Result<Columns, Error> {
         if let Some(c) = self.columns.get(hub) {
             return Ok(c.clone());
@@ -539,17 +570,12 @@ impl Puller {
         Ok((ready, vec![]))
     }
 
-    /// One round: read, apply per table, clean up. Returns how many outbox
-    /// rows were handled.
-    async fn round(&mut self) -> Result<usize, Error> {
-        let path = self.path.clone();
-        let batch = tokio::task::spawn_blocking(move || read_outbox(&path))
-            .await
-            .map_err(|e| Error::bug(format!("pull task: {e}")))??;
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        // Per table, in the order the tables were first written.
+    /// Sends `batch` (edits of any tables, oldest first) to the hub, per
+    /// table in the order the tables were first written. Returns each edit
+    /// with what the hub made of it: applied, a conflict, parked, or
+    /// refused (an edit of a table out of scope, or one `sync_apply`
+    /// refuses alone).
+    pub async fn send(&mut self, batch: Vec<Entry>) -> Result<Vec<(Entry, Outcome)>, Error> {
         let mut order: Vec<String> = vec![];
         let mut groups: HashMap<String, Vec<Entry>> = HashMap::new();
         for e in &batch {
@@ -613,6 +639,29 @@ impl Puller {
                 }
             }
         }
+        Ok(sent)
+    }
+}
+
+/// The SQLite peer's pull: its outbox, through [`HubSide`].
+struct Puller {
+    hub: HubSide,
+    path: PathBuf,
+    metrics: Arc<crate::metrics::DestinationMetrics>,
+}
+
+impl Puller {
+    /// One round: read, apply per table, clean up. Returns how many outbox
+    /// rows were handled.
+    async fn round(&mut self) -> Result<usize, Error> {
+        let path = self.path.clone();
+        let batch = tokio::task::spawn_blocking(move || read_outbox(&path))
+            .await
+            .map_err(|e| Error::bug(format!("pull task: {e}")))??;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let sent = self.hub.send(batch).await?;
         let n = sent.len();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || finish(&path, sent))
@@ -637,11 +686,31 @@ pub async fn supervise(
     metrics: Arc<crate::metrics::DestinationMetrics>,
     stop: CancellationToken,
 ) -> Result<(), Error> {
+    keep_pulling(&name, &metrics, &stop, || {
+        run(&opts, (&name, &path, &tables), interval, &metrics, &stop)
+    })
+    .await
+}
+
+/// Runs a peer's pull (`run`, which returns when `stop` fires or on an
+/// error) again and again: an error that concerns only this peer, or
+/// that a retry can fix, pauses it with a backoff; the peer's push and
+/// the other destinations go on. An error the policy stops for is
+/// returned.
+pub async fn keep_pulling<F, Fut>(
+    name: &str,
+    metrics: &crate::metrics::DestinationMetrics,
+    stop: &CancellationToken,
+    mut run: F,
+) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        let r = run(&opts, (&name, &path, &tables), interval, &metrics, &stop).await;
-        let e = match r {
+        let e = match run().await {
             Ok(()) => return Ok(()),
             Err(e) if e.action() == Action::Stop => return Err(e),
             Err(e) => e,
@@ -669,17 +738,9 @@ async fn run(
     metrics: &Arc<crate::metrics::DestinationMetrics>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
-    let client = crate::hub::connect(opts, &format!("tributary-worker pull {name}")).await?;
-    client
-        .batch_execute(&crate::hub::session_settings_sql(false))
-        .await
-        .context("pull: session settings")?;
     let mut p = Puller {
-        client,
-        name: name.to_string(),
+        hub: HubSide::connect(opts, name, tables).await?,
         path: path.to_path_buf(),
-        tables: tables.to_vec(),
-        columns: HashMap::new(),
         metrics: metrics.clone(),
     };
     loop {
@@ -702,10 +763,10 @@ async fn run(
             // connection. A lost connection or a peer error ends the loop
             // (and `supervise` starts it again).
             Err(e @ Error::Postgres { .. })
-                if e.action() == Action::Retry && !p.client.is_closed() =>
+                if e.action() == Action::Retry && !p.hub.is_closed() =>
             {
-                tracing::warn!(destination = %p.name, error = %e, "pull round failed; retrying it");
-                let _ = p.client.batch_execute("ROLLBACK").await;
+                tracing::warn!(destination = %name, error = %e, "pull round failed; retrying it");
+                p.hub.reset().await;
                 p.metrics.errors.fetch_add(1, Relaxed);
                 0
             }

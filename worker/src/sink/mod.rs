@@ -15,6 +15,7 @@
 //! Implementations: [`queue`] (rows in `tributary.queue_<name>`),
 //! [`sqlite`] (a peer file) and [`nats`] (messages in a JetStream stream).
 
+pub mod mssql;
 pub mod nats;
 pub mod poison;
 pub mod queue;

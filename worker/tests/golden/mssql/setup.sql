@@ -68,9 +68,10 @@ GO
 IF OBJECT_ID(N'[dbo].[_tributary_versions]', N'U') IS NULL
 CREATE TABLE [dbo].[_tributary_versions] (
     [tbl] nvarchar(256) NOT NULL,
-    [pk] nvarchar(450) NOT NULL,
+    [pk_hash] binary(32) NOT NULL,
+    [pk] nvarchar(max) NOT NULL,
     [version] bigint NOT NULL,
-    PRIMARY KEY ([tbl], [pk])
+    PRIMARY KEY ([tbl], [pk_hash])
 );
 GO
 -- snapshot isolation, for reading CHANGETABLE consistently

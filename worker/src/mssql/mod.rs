@@ -15,6 +15,13 @@
 
 use serde::Deserialize;
 
+pub mod conn;
+pub mod pull;
+pub mod sql;
+pub mod value;
+
+pub use sql::{PeerColumn, PeerTable};
+
 /// `name` as a T-SQL identifier: `[name]`, `]` doubled.
 pub fn ident(name: &str) -> String {
     format!("[{}]", name.replace(']', "]]"))
@@ -47,6 +54,30 @@ pub struct HubColumn {
 }
 
 impl HubTable {
+    /// The table as the peer `schema` holds it.
+    pub fn peer_table(&self, schema: &str) -> PeerTable {
+        PeerTable {
+            schema: schema.to_string(),
+            name: self.peer_name(),
+            hub: tributary_core::quote::qualified(&self.schema, &self.name),
+            columns: self
+                .columns
+                .iter()
+                .filter(|c| !c.generated && !tributary_core::tracking::is_tracking_column(&c.name))
+                .map(|c| {
+                    let key = self.primary_key.contains(&c.name);
+                    PeerColumn {
+                        name: c.name.clone(),
+                        oid: c.type_oid,
+                        sql: map_type(c.type_oid, &c.type_name, key).sql,
+                        key,
+                        nullable: c.nullable && !key,
+                    }
+                })
+                .collect(),
+        }
+    }
+
     /// The SQL Server table's name, in the destination's one schema: a
     /// table of `public` keeps its name, others are `<hub schema>.<table>`
     /// (a dot inside the brackets: `[dbo].[sales.orders]`). Two hub tables
@@ -57,6 +88,49 @@ impl HubTable {
         } else {
             format!("{}.{}", self.schema, self.name)
         }
+    }
+}
+
+/// A stream table (its relation) as the peer `schema` holds it: the same
+/// mapping as the setup script's, from the relation's type modifiers.
+pub fn peer_table_of(t: &crate::transaction::Table, schema: &str) -> PeerTable {
+    let hub = HubTable {
+        schema: t.schema.clone(),
+        name: t.name.clone(),
+        primary_key: vec![],
+        columns: vec![],
+    };
+    PeerTable {
+        schema: schema.to_string(),
+        name: hub.peer_name(),
+        hub: tributary_core::quote::qualified(&t.schema, &t.name),
+        columns: t
+            .relation
+            .columns
+            .iter()
+            .filter(|c| !tributary_core::tracking::is_tracking_column(&c.name))
+            .map(|c| PeerColumn {
+                name: c.name.clone(),
+                oid: c.type_oid,
+                sql: map_type(c.type_oid, &modifier_text(c.type_oid, c.type_modifier), c.key).sql,
+                key: c.key,
+                nullable: !c.key,
+            })
+            .collect(),
+    }
+}
+
+/// A type modifier as `format_type` writes it, for [`map_type`]:
+/// `(20)` for varchar(20), `(10,2)` for numeric(10,2), empty for none.
+fn modifier_text(oid: u32, typmod: i32) -> String {
+    if typmod < 4 {
+        return String::new();
+    }
+    let m = typmod - 4;
+    match oid {
+        1043 | 1042 => format!("({m})"),
+        1700 => format!("({},{})", (m >> 16) & 0xffff, m & 0xffff),
+        _ => String::new(),
     }
 }
 
@@ -209,27 +283,37 @@ pub fn setup_script(
 
 /// `CREATE TABLE` for a hub table (if missing), in the schema `s` (quoted).
 fn create_table(s: &str, t: &HubTable) -> String {
-    let name = format!("{s}.{}", ident(&t.peer_name()));
+    let mut p = t.peer_table("");
+    for c in &mut p.columns {
+        c.nullable = !c.key
+            && t
+                .columns
+                .iter()
+                .any(|h| h.name == c.name && h.nullable);
+    }
+    format!(
+        "-- the hub's {}.{}\n{}",
+        sanitize_comment(&t.schema),
+        sanitize_comment(&t.name),
+        create_peer_table(s, &p)
+    )
+}
+
+/// `CREATE TABLE` for a peer table (if missing), in the schema `s`
+/// (quoted): one batch, `GO` after it.
+pub fn create_peer_table(s: &str, t: &PeerTable) -> String {
+    let name = format!("{s}.{}", ident(&t.name));
     let cols: Vec<String> = t
         .columns
         .iter()
-        .filter(|c| !c.generated)
         .map(|c| {
-            let key = t.primary_key.contains(&c.name);
-            let m = map_type(c.type_oid, &c.type_name, key);
-            let null = if c.nullable && !key {
-                "NULL"
-            } else {
-                "NOT NULL"
-            };
-            format!("    {} {} {null}", ident(&c.name), m.sql)
+            let null = if c.nullable { "NULL" } else { "NOT NULL" };
+            format!("    {} {} {null}", ident(&c.name), c.sql)
         })
         .collect();
-    let pk: Vec<String> = t.primary_key.iter().map(|k| ident(k)).collect();
+    let pk: Vec<String> = t.columns.iter().filter(|c| c.key).map(|c| ident(&c.name)).collect();
     format!(
-        "-- the hub's {}.{}\nIF OBJECT_ID({}, N'U') IS NULL\nCREATE TABLE {name} (\n{},\n    PRIMARY KEY ({})\n);\nGO\n",
-        sanitize_comment(&t.schema),
-        sanitize_comment(&t.name),
+        "IF OBJECT_ID({}, N'U') IS NULL\nCREATE TABLE {name} (\n{},\n    PRIMARY KEY ({})\n);\nGO\n",
         literal(&name),
         cols.join(",\n"),
         pk.join(", ")
@@ -264,8 +348,8 @@ fn tributary_tables(s: &str) -> String {
         made(
             "the hub revision of each row, the base of the peer's own edits",
             "_tributary_versions",
-            "    [tbl] nvarchar(256) NOT NULL,\n    [pk] nvarchar(450) NOT NULL,\n    \
-             [version] bigint NOT NULL,\n    PRIMARY KEY ([tbl], [pk])",
+            "    [tbl] nvarchar(256) NOT NULL,\n    [pk_hash] binary(32) NOT NULL,\n    \
+             [pk] nvarchar(max) NOT NULL,\n    [version] bigint NOT NULL,\n    PRIMARY KEY ([tbl], [pk_hash])",
         ),
     ]
     .concat()
@@ -282,14 +366,47 @@ fn change_tracking(s: &str, tables: &[HubTable]) -> String {
          ALTER DATABASE CURRENT SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 7 DAYS, AUTO_CLEANUP = ON);\nGO\n",
     );
     for t in tables {
-        let name = format!("{s}.{}", ident(&t.peer_name()));
-        out.push_str(&format!(
-            "IF NOT EXISTS (SELECT 1 FROM sys.change_tracking_tables WHERE object_id = OBJECT_ID({}))\n    \
-             ALTER TABLE {name} ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = ON);\nGO\n",
-            literal(&name)
-        ));
+        out.push_str(&track_table(s, &t.peer_name()));
     }
     out
+}
+
+/// Change Tracking on the peer table `name`, in the schema `s` (quoted).
+pub fn track_table(s: &str, name: &str) -> String {
+    let name = format!("{s}.{}", ident(name));
+    format!(
+        "IF NOT EXISTS (SELECT 1 FROM sys.change_tracking_tables WHERE object_id = OBJECT_ID({}))\n    \
+         ALTER TABLE {name} ENABLE CHANGE_TRACKING WITH (TRACK_COLUMNS_UPDATED = ON);\nGO\n",
+        literal(&name)
+    )
+}
+
+/// One statement that answers 1 when the peer is set up for `tables` in
+/// `schema`: Tributary's tables there, Change Tracking on every table and
+/// on the database, snapshot isolation allowed. `run` applies the setup
+/// script only when it is not.
+pub fn setup_done(schema: &str, tables: &[String]) -> String {
+    let s = ident(schema);
+    let own: Vec<String> = ["_tributary_state", "_tributary_errors", "_tributary_versions"]
+        .iter()
+        .map(|t| format!("OBJECT_ID({}, N'U') IS NOT NULL", literal(&format!("{s}.{}", ident(t)))))
+        .collect();
+    let tracked: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "EXISTS (SELECT 1 FROM sys.change_tracking_tables WHERE object_id = OBJECT_ID({}))",
+                literal(&format!("{s}.{}", ident(t)))
+            )
+        })
+        .collect();
+    format!(
+        "SELECT CASE WHEN {}\n    AND {}\n    AND EXISTS (SELECT 1 FROM sys.change_tracking_databases WHERE database_id = DB_ID())\n    \
+         AND EXISTS (SELECT 1 FROM sys.databases WHERE database_id = DB_ID() AND snapshot_isolation_state = 1)\n    \
+         THEN 1 ELSE 0 END;",
+        own.join("\n    AND "),
+        if tracked.is_empty() { "1 = 1".to_string() } else { tracked.join("\n    AND ") }
+    )
 }
 
 /// `tributary-worker mssql-setup`: the setup script of destination `name`
@@ -299,7 +416,7 @@ pub async fn setup_from_hub(
     config: &crate::config::Config,
     name: &str,
 ) -> Result<String, crate::error::Error> {
-    use crate::error::{Cause, Context, Error};
+    use crate::error::{Cause, Error};
     let d = config
         .destinations
         .iter()
@@ -317,6 +434,21 @@ pub async fn setup_from_hub(
     )?;
     let client = crate::hub::connect(&opts, "tributary-worker mssql-setup").await?;
     crate::hub::check_extension(&client).await?;
+    let tables = hub_tables(&client, d).await?;
+    setup_script(name, d.schema.as_deref().unwrap_or("dbo"), &tables).map_err(|m| Error::Definite {
+        message: format!("destination {name:?}: {m}"),
+        hint: "Fix the destination's tables.".into(),
+        cause: Cause::Config,
+    })
+}
+
+/// The hub's tables that destination `d` takes (`sync_schema()`, read as
+/// the worker's role). None is an error: the peer would get nothing.
+pub async fn hub_tables(
+    client: &tokio_postgres::Client,
+    d: &crate::config::Destination,
+) -> Result<Vec<HubTable>, crate::error::Error> {
+    use crate::error::{Cause, Context, Error};
     let schema: String = client
         .query_one("SELECT sync_schema()::text", &[])
         .await
@@ -339,18 +471,14 @@ pub async fn setup_from_hub(
     if tables.is_empty() {
         return Err(Error::Definite {
             message: format!(
-                "destination {name:?}: no tracked table the worker's role may read matches {:?}",
-                d.tables
+                "destination {:?}: no tracked table the worker's role may read matches {:?}",
+                d.name, d.tables
             ),
             hint: "Track the tables (SELECT sync_track('t')) and grant the worker's role (SELECT sync_worker_grant('<role>')), or fix tables.".into(),
             cause: Cause::Config,
         });
     }
-    setup_script(name, d.schema.as_deref().unwrap_or("dbo"), &tables).map_err(|m| Error::Definite {
-        message: format!("destination {name:?}: {m}"),
-        hint: "Fix the destination's tables.".into(),
-        cause: Cause::Config,
-    })
+    Ok(tables)
 }
 
 /// A name in a `--` comment: no line breaks.
@@ -374,7 +502,7 @@ mod tests {
     }
 
     /// Every mapped type, and hostile names.
-    fn tables() -> Vec<HubTable> {
+    pub(super) fn tables() -> Vec<HubTable> {
         vec![
             HubTable {
                 schema: "public".into(),
@@ -419,7 +547,7 @@ mod tests {
         ]
     }
 
-    fn golden(name: &str, got: &str) {
+    pub(super) fn golden(name: &str, got: &str) {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden/mssql")
             .join(name);

@@ -1,0 +1,571 @@
+//! The SQL Server peer destination, push side: the hub's changes into a
+//! SQL Server database through tiberius, per destination transaction,
+//! exactly once. Every statement comes from [`crate::mssql::sql`].
+//!
+//! ```text
+//!  begin   (the peer lock: the pull waits)  BEGIN TRANSACTION; _tributary_state still where we left it?
+//!  write   net change per key, per table, in memory (values checked: what SQL Server cannot hold is a dead letter)
+//!  commit  per table: stage (one JSON parameter) -> guard -> MERGE under CHANGE_TRACKING_CONTEXT -> versions
+//!          dead letters (hub, then the peer's _tributary_errors); _tributary_state = end LSN; COMMIT
+//! ```
+//!
+//! The guard keeps a hub change from overwriting a row the app changed
+//! since the last pull: the pull sends that edit, the hub resolves it, and
+//! its result comes back as a write-back. The peer lock keeps the pull's
+//! position and the write-back in order: the push never runs between the
+//! hub's commit of a pull and the peer's record of it.
+//!
+//! Every failure is the peer's: it is detached and probed, and the other
+//! destinations go on ([`crate::mssql::conn::peer_err`]).
+
+use super::poison::{DeadLetter, Isolating};
+use super::{Done, Sink};
+use crate::error::{Cause, Error};
+use crate::lsn::Lsn;
+use crate::metrics::DestinationMetrics;
+use crate::mssql::conn::{self, Peer};
+use crate::mssql::{sql, value, PeerTable};
+use crate::pgoutput::Value;
+use crate::transaction::{text, Change, Op, Table};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Buffered rows after which the open transaction's changes are sent.
+const FLUSH_ROWS: usize = 10_000;
+
+/// One key's net change in the open transaction.
+struct Row {
+    op: &'static str,
+    version: Option<i64>,
+    values: Vec<Json>,
+    /// Columns whose value did not change and was not sent (TOAST).
+    keep: Vec<bool>,
+}
+
+/// A table's pending changes.
+struct Group {
+    peer: PeerTable,
+    /// A TRUNCATE (or an initial copy) empties the table first.
+    empty_first: bool,
+    order: Vec<String>,
+    rows: HashMap<String, Row>,
+}
+
+pub struct MssqlSink {
+    peer: Peer,
+    name: String,
+    slot: String,
+    hub: String,
+    schema: String,
+    progress: Lsn,
+    /// The pull's position, as read at `begin` (the guard's start).
+    pulled: Option<i64>,
+    /// The peer table of each hub relation seen, and its relation.
+    known: HashMap<u32, (Arc<Table>, PeerTable)>,
+    groups: Vec<Group>,
+    rows: usize,
+    lock: Arc<Mutex<()>>,
+    held: Option<OwnedMutexGuard<()>>,
+    metrics: Arc<DestinationMetrics>,
+    /// Changes with a value SQL Server cannot hold, set aside.
+    dead: Isolating,
+}
+
+/// The stream change's columns (less the tracking columns) with their
+/// values, in the peer table's order.
+fn values_of<'a>(
+    t: &'a PeerTable,
+    cols: impl Iterator<Item = (&'a crate::pgoutput::Column, &'a Value)>,
+) -> Vec<(&'a crate::mssql::PeerColumn, &'a Value)> {
+    let mut defs = t.columns.iter();
+    cols.filter_map(|(col, v)| {
+        let d = defs.find(|d| d.name == col.name)?;
+        Some((d, v))
+    })
+    .collect()
+}
+
+/// A peer failure while doing `what`.
+fn pe<'a>(name: &'a str, what: &'a str) -> impl FnOnce(tiberius::error::Error) -> Error + 'a {
+    move |e| conn::peer_err(name, what, e)
+}
+
+/// The change as a staged row (or why SQL Server cannot hold a value).
+fn row_of(t: &PeerTable, c: &Change) -> Result<Row, String> {
+    let (op, cols) = match c.op {
+        Op::Delete => ("D", values_of(t, c.key_columns())),
+        _ => ("U", values_of(t, c.data_columns())),
+    };
+    let mut values = vec![Json::Null; t.columns.len()];
+    let mut keep = vec![false; t.columns.len()];
+    for (col, v) in cols {
+        let i = t
+            .columns
+            .iter()
+            .position(|x| x.name == col.name)
+            .unwrap_or_default();
+        if matches!(v, Value::UnchangedToast) {
+            keep[i] = true;
+            continue;
+        }
+        let txt = text(v).map(String::from_utf8_lossy);
+        values[i] = value::to_peer(col.oid, &col.sql, txt.as_deref())
+            .map_err(|e| format!("column {}: {e}", col.name))?;
+    }
+    Ok(Row {
+        op,
+        version: c.version,
+        values,
+        keep,
+    })
+}
+
+impl Group {
+    /// Adds a change: the key's net change so far, and this one after it.
+    fn add(&mut self, key: String, mut row: Row) {
+        match self.rows.get(&key) {
+            Some(prev) if row.op != "D" && prev.op != "D" => {
+                // Values not sent now are the ones sent before.
+                for i in 0..row.keep.len() {
+                    if row.keep[i] && !prev.keep[i] {
+                        row.keep[i] = false;
+                        row.values[i] = prev.values[i].clone();
+                    }
+                }
+            }
+            Some(_) => {}
+            None => self.order.push(key.clone()),
+        }
+        self.rows.insert(key, row);
+    }
+
+    /// The staged rows, one JSON parameter: `[[op, version, keep, values…], …]`.
+    fn staged(&self) -> String {
+        let rows: Vec<Json> = self
+            .order
+            .iter()
+            .map(|k| {
+                let r = &self.rows[k];
+                let keep = r
+                    .keep
+                    .iter()
+                    .any(|k| *k)
+                    .then(|| r.keep.iter().map(|k| if *k { '1' } else { '0' }).collect::<String>());
+                let mut a = vec![Json::from(r.op), Json::from(r.version), Json::from(keep)];
+                a.extend(r.values.iter().cloned());
+                Json::Array(a)
+            })
+            .collect();
+        Json::Array(rows).to_string()
+    }
+}
+
+impl MssqlSink {
+    /// Connects, applies the setup script when the peer lacks it (and the
+    /// login may), and reads the position. A position in another hub's
+    /// WAL is forgotten: the peer is copied anew.
+    pub async fn open(
+        dest: &crate::config::Destination,
+        (slot, hub): (&str, &str),
+        setup: &(String, Vec<String>),
+        opts: crate::source::ConnectOptions,
+        lock: Arc<Mutex<()>>,
+        metrics: Arc<DestinationMetrics>,
+    ) -> Result<MssqlSink, Error> {
+        let name = dest.name.clone();
+        let schema = dest.schema.clone().unwrap_or_else(|| "dbo".into());
+        let mut peer = conn::connect(&name, dest.url.as_deref().unwrap_or_default()).await?;
+        let (script, tables) = setup;
+        let done = peer
+            .query(crate::mssql::setup_done(&schema, tables), &[])
+            .await
+            .map_err(|e| conn::peer_err(&name, "checking the setup", e))?
+            .into_row()
+            .await
+            .map_err(|e| conn::peer_err(&name, "checking the setup", e))?
+            .and_then(|r| r.get::<i32, _>(0))
+            == Some(1);
+        if !done {
+            apply_setup(&mut peer, &name, script).await?;
+        }
+        let row = peer
+            .query(sql::read_position(&schema), &[&slot])
+            .await
+            .map_err(|e| conn::peer_err(&name, "reading _tributary_state", e))?
+            .into_row()
+            .await
+            .map_err(|e| conn::peer_err(&name, "reading _tributary_state", e))?;
+        let (lsn, at_hub) = match &row {
+            Some(r) => (
+                r.get::<&str, _>(0).unwrap_or("0/0").to_string(),
+                r.get::<&str, _>(1).map(str::to_string),
+            ),
+            None => ("0/0".to_string(), None),
+        };
+        let mut progress: Lsn = lsn.parse().map_err(|e| Error::Peer {
+            message: format!("destination {name}: _tributary_state holds {e}"),
+            cause: Cause::PeerBroken,
+        })?;
+        if at_hub.as_deref().is_some_and(|h| h != hub) && progress != Lsn(0) {
+            tracing::warn!(destination = %name, peer_hub = ?at_hub, hub = %hub,
+                "the peer's position is in another hub's WAL (a restored hub): copying it anew");
+            peer.execute(sql::forget_position(&schema), &[&slot])
+                .await
+                .map_err(|e| conn::peer_err(&name, "forgetting the position", e))?;
+            progress = Lsn(0);
+        }
+        let attempts = dest.max_attempts();
+        Ok(MssqlSink {
+            peer,
+            name,
+            slot: slot.to_string(),
+            hub: hub.to_string(),
+            schema,
+            progress,
+            pulled: None,
+            known: HashMap::new(),
+            groups: Vec::new(),
+            rows: 0,
+            lock,
+            held: None,
+            metrics,
+            dead: Isolating::new(opts, attempts),
+        })
+    }
+
+    /// The peer table of `t`, created at the peer if missing and widened
+    /// with the columns the hub added.
+    async fn known(&mut self, t: &Arc<Table>) -> Result<PeerTable, Error> {
+        if let Some((seen, p)) = self.known.get(&t.id) {
+            if Arc::ptr_eq(seen, t) {
+                return Ok(p.clone());
+            }
+        }
+        let p = crate::mssql::peer_table_of(t, &self.schema);
+        let name = p.qualified();
+        let rows = self
+            .peer
+            .query(sql::columns_of(), &[&name.as_str()])
+            .await
+            .map_err(|e| conn::peer_err(&self.name, "reading the table's columns", e))?
+            .into_first_result()
+            .await
+            .map_err(|e| conn::peer_err(&self.name, "reading the table's columns", e))?;
+        let have: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get::<&str, _>(0).map(str::to_string))
+            .collect();
+        if have.is_empty() {
+            tracing::info!(destination = %self.name, table = %name, "creating the peer table");
+            let s = crate::mssql::ident(&self.schema);
+            for batch in [
+                crate::mssql::create_peer_table(&s, &p),
+                crate::mssql::track_table(&s, &p.name),
+            ] {
+                let stmt = batch.trim_end().trim_end_matches("GO").to_string();
+                self.peer
+                    .simple_query(stmt)
+                    .await
+                    .map_err(|e| conn::peer_err(&self.name, "creating the peer table", e))?
+                    .into_results()
+                    .await
+                    .map_err(|e| conn::peer_err(&self.name, "creating the peer table", e))?;
+            }
+        } else {
+            for c in p.columns.iter().filter(|c| !have.contains(&c.name)) {
+                tracing::info!(destination = %self.name, table = %name, column = %c.name, "adding the column the hub added");
+                self.peer
+                    .simple_query(sql::add_column(&p, c))
+                    .await
+                    .map_err(|e| conn::peer_err(&self.name, "adding a column", e))?
+                    .into_results()
+                    .await
+                    .map_err(|e| conn::peer_err(&self.name, "adding a column", e))?;
+            }
+        }
+        self.known.insert(t.id, (t.clone(), p.clone()));
+        Ok(p)
+    }
+
+    /// The pending group of `t` (the last one, when it is `t`'s).
+    async fn group(&mut self, t: &Arc<Table>) -> Result<&mut Group, Error> {
+        let p = self.known(t).await?;
+        let last_is_it = self.groups.last().is_some_and(|g| g.peer == p);
+        if !last_is_it {
+            if let Some(i) = self.groups.iter().position(|g| g.peer == p) {
+                let g = self.groups.remove(i);
+                self.groups.push(g);
+            } else {
+                self.groups.push(Group {
+                    peer: p,
+                    empty_first: false,
+                    order: vec![],
+                    rows: HashMap::new(),
+                });
+            }
+        }
+        Ok(self.groups.last_mut().expect("pushed above"))
+    }
+
+    /// Sends the pending changes, table by table, inside the open
+    /// transaction.
+    async fn flush(&mut self) -> Result<(), Error> {
+        let groups = std::mem::take(&mut self.groups);
+        self.rows = 0;
+        let mut applied = 0u64;
+        for g in groups {
+            let t = &g.peer;
+            if g.empty_first {
+                self.peer
+                    .execute(sql::empty(t), &[&sql::CONTEXT, &t.name.as_str()])
+                    .await
+                    .map_err(pe(&self.name, "emptying a table"))?;
+            }
+            if g.order.is_empty() {
+                continue;
+            }
+            self.peer
+                .simple_query(sql::stage_create(t))
+                .await
+                .map_err(pe(&self.name, "creating the staging table"))?
+                .into_results()
+                .await
+                .map_err(pe(&self.name, "creating the staging table"))?;
+            let staged = g.staged();
+            self.peer
+                .execute(sql::stage_insert(t), &[&staged.as_str()])
+                .await
+                .map_err(pe(&self.name, "staging rows"))?;
+            let waiting: i64 = self
+                .peer
+                .query(sql::guard(t), &[&sql::CONTEXT, &self.pulled])
+                .await
+                .map_err(pe(&self.name, "checking for unpulled edits"))?
+                .into_row()
+                .await
+                .map_err(pe(&self.name, "checking for unpulled edits"))?
+                .and_then(|r| r.get::<i32, _>(0))
+                .map(i64::from)
+                .unwrap_or(0);
+            if waiting > 0 {
+                tracing::info!(destination = %self.name, table = %t.qualified(), waiting,
+                    "hub changes of rows the app changed since the last pull wait: the pull sends the app's edits, and the hub's resolution comes back");
+            }
+            let merged = self
+                .peer
+                .execute(sql::merge(t), &[&sql::CONTEXT])
+                .await
+                .map_err(pe(&self.name, "merging rows"))?;
+            applied += merged.total();
+            self.peer
+                .execute(sql::merge_versions(t), &[&t.name.as_str()])
+                .await
+                .map_err(pe(&self.name, "keeping _tributary_versions"))?;
+        }
+        self.metrics.applied.fetch_add(applied, Relaxed);
+        Ok(())
+    }
+
+    /// Sets `c` aside: SQL Server cannot hold one of its values.
+    fn set_aside(&mut self, commit: Lsn, c: &Change, why: String) {
+        tracing::warn!(destination = %self.name, table = %c.table.display, error = %why,
+            "a hub change SQL Server cannot hold is set aside as a dead letter");
+        self.dead.pending.push(DeadLetter::new(commit, c, why));
+    }
+
+    /// The dead letters in the peer's `_tributary_errors`.
+    async fn record_dead(&mut self) -> Result<(), Error> {
+        if self.dead.pending.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Json> = self
+            .dead
+            .pending
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "tbl": d.tbl, "pk": d.pk.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                    "op": d.op, "outcome": "DEAD_LETTER", "detail": d.error,
+                    "hub_row": d.data.as_ref().map(|p| p.to_string()),
+                })
+            })
+            .collect();
+        let rows = Json::Array(rows).to_string();
+        self.peer
+            .execute(sql::record_outcomes(&self.schema), &[&rows.as_str()])
+            .await
+            .map_err(pe(&self.name, "recording dead letters"))?;
+        Ok(())
+    }
+}
+
+/// Applies the setup script (`run` does, when the peer lacks it), batch
+/// by batch. A refusal stops the worker
+/// with a hint naming `mssql-setup`: the peer is not ready, and someone
+/// who may must run the script.
+async fn apply_setup(peer: &mut Peer, name: &str, script: &str) -> Result<(), Error> {
+    for batch in script.split("\nGO\n") {
+        let batch: String = batch
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if batch.trim().is_empty() || batch.trim() == "GO" {
+            continue;
+        }
+        let r = match peer.simple_query(batch.clone()).await {
+            Ok(s) => s.into_results().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            return Err(Error::Definite {
+                message: format!(
+                    "destination {name}: the peer is not set up, and applying the setup script failed: {e}"
+                ),
+                hint: format!(
+                    "Run `tributary-worker mssql-setup --config FILE --destination {name}` and have a user who may create tables and alter the database run its script, then start the worker again."
+                ),
+                cause: Cause::Config,
+            });
+        }
+    }
+    tracing::info!(destination = %name, "applied the setup script to the peer");
+    Ok(())
+}
+
+impl Sink for MssqlSink {
+    fn progress(&self) -> Lsn {
+        self.progress
+    }
+
+    async fn begin(&mut self) -> Result<(), Error> {
+        self.held = Some(self.lock.clone().lock_owned().await);
+        self.peer
+            .simple_query(sql::begin())
+            .await
+            .map_err(pe(&self.name, "BEGIN"))?
+            .into_results()
+            .await
+            .map_err(pe(&self.name, "BEGIN"))?;
+        let row = self
+            .peer
+            .query(sql::read_position(&self.schema), &[&self.slot.as_str()])
+            .await
+            .map_err(pe(&self.name, "reading _tributary_state"))?
+            .into_row()
+            .await
+            .map_err(pe(&self.name, "reading _tributary_state"))?;
+        let (at, pulled) = match &row {
+            Some(r) => (
+                r.get::<&str, _>(0).and_then(|l| l.parse::<Lsn>().ok()),
+                r.get::<i64, _>(2),
+            ),
+            None => (None, None),
+        };
+        if at.unwrap_or_default() != self.progress {
+            return Err(Error::Peer {
+                message: format!(
+                    "destination {}: the peer's position is {} where the worker left {}: it was restored or changed under the worker; reopening it",
+                    self.name,
+                    at.map_or_else(|| "none".into(), |l| l.to_string()),
+                    self.progress
+                ),
+                cause: Cause::PeerUnavailable,
+            });
+        }
+        self.pulled = pulled;
+        Ok(())
+    }
+
+    async fn prepare(&mut self, table: Arc<Table>, _epoch: Option<i64>) -> Result<(), Error> {
+        let g = self.group(&table).await?;
+        g.empty_first = true;
+        g.order.clear();
+        g.rows.clear();
+        Ok(())
+    }
+
+    async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
+        for c in &changes {
+            match c.op {
+                Op::Schema => {
+                    tracing::warn!(destination = %self.name, table = %c.table.display,
+                        "the hub changed this table's shape: a SQL Server peer gains added columns by itself; a rename, a dropped column, a new type or key must be made at the peer by its DBA");
+                }
+                Op::Truncate => {
+                    let g = self.group(&c.table).await?;
+                    g.empty_first = true;
+                    g.order.clear();
+                    g.rows.clear();
+                }
+                Op::Insert | Op::Update | Op::Delete => {
+                    let p = self.known(&c.table).await?;
+                    match row_of(&p, c) {
+                        Ok(row) => {
+                            let key = c.pk_json().unwrap_or_default();
+                            self.group(&c.table).await?.add(key, row);
+                            self.rows += 1;
+                        }
+                        Err(why) => self.set_aside(commit.0, c, why),
+                    }
+                }
+            }
+        }
+        if self.rows >= FLUSH_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, d: &Done) -> Result<(), Error> {
+        self.flush().await?;
+        // At the hub first: a crash before the peer's commit records them
+        // again, once (keyed by their place in the stream).
+        self.dead.record(&self.name).await?;
+        self.record_dead().await?;
+        let end = d.end.to_string();
+        self.peer
+            .execute(
+                sql::save_position(&self.schema),
+                &[&self.slot.as_str(), &end.as_str(), &self.hub.as_str()],
+            )
+            .await
+            .map_err(pe(&self.name, "storing the position"))?;
+        crate::failpoint::hit("mssql.before_commit");
+        self.peer
+            .simple_query(sql::commit())
+            .await
+            .map_err(pe(&self.name, "COMMIT"))?
+            .into_results()
+            .await
+            .map_err(pe(&self.name, "COMMIT"))?;
+        self.held = None;
+        self.progress = d.end;
+        self.metrics.broken_streak.store(0, Relaxed);
+        let n = self.dead.pending.len() as u64;
+        self.dead.pending.clear();
+        self.metrics.dead_letters.fetch_add(n, Relaxed);
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        if let Ok(s) = self.peer.simple_query(sql::rollback()).await {
+            let _ = s.into_results().await;
+        }
+        self.groups.clear();
+        self.rows = 0;
+        self.dead.pending.clear();
+        self.held = None;
+    }
+}
+
+/// Whether the peer of `dest` answers (for a detached destination's probe).
+pub async fn reachable(dest: &crate::config::Destination) -> bool {
+    match conn::connect(&dest.name, dest.url.as_deref().unwrap_or_default()).await {
+        Ok(mut p) => p.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
