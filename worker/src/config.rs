@@ -168,6 +168,7 @@ impl Destination {
                     "destination {name:?}: kind mssql needs url (server=tcp:host,1433;database=…;user=…)"
                 ));
             }
+            crate::mssql::conn::check_url(name, self.url.as_deref().unwrap_or_default())?;
             if self
                 .schema
                 .as_deref()
@@ -623,11 +624,16 @@ path = "/var/lib/tributary/edge1.db"
         let cases = [
             (mssql(""), "kind mssql needs url"),
             (
-                mssql("url = \"server=x\"\nschema = \"\"\n"),
+                mssql("url = \"server=x;user=t\"\nschema = \"\"\n"),
                 "schema must be 1 to 128",
             ),
             (
-                mssql("url = \"server=x\"\nstream = \"S\"\n"),
+                mssql("url = \"server=x;user=t;pwd=secret\"\n"),
+                "holds a password; remove it and set env TRIBUTARY_MSSQL_PASSWORD_ERP",
+            ),
+            (mssql("url = \"server=x\"\n"), "names no user"),
+            (
+                mssql("url = \"server=x;user=t\"\nstream = \"S\"\n"),
                 "stream is a setting of kind nats only",
             ),
             (

@@ -36,7 +36,7 @@ pub mod mssql;
 pub mod pgoutput;
 pub mod pipeline;
 mod progress;
-mod pull;
+pub mod pull;
 mod router;
 mod sink;
 mod snapshot;

@@ -397,7 +397,7 @@ impl Destinations {
             m.clone(),
         )
         .await;
-        let sink = match sink {
+        let mut sink = match sink {
             Ok(sink) => sink,
             Err(e) if e.action() == Action::Detach => {
                 tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
@@ -408,6 +408,14 @@ impl Destinations {
             }
             Err(e) => return Err(e),
         };
+        // Behind the hub's record: restored from an older backup.
+        let recorded = crate::progress::load(admin, &config.source.slot, &dest.name).await?;
+        sink.check_recorded(recorded).await?;
+        self.files.push(Watched {
+            index: i,
+            name: dest.name.clone(),
+            recorded: recorded.unwrap_or_default(),
+        });
         let pull = crate::mssql::pull::supervise(opts.clone(), pull, self.stop_pull.clone());
         self.pulls.spawn(async move { (i, pull.await) });
         m.detached.store(false, Relaxed);

@@ -214,7 +214,6 @@ impl HubSide {
         let _ = self.client.batch_execute("ROLLBACK").await;
     }
 
-
     async fn columns(&mut self, hub: &str) -> Result<Columns, Error> {
         if let Some(c) = self.columns.get(hub) {
             return Ok(c.clone());

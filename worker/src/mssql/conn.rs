@@ -101,16 +101,19 @@ pub async fn connect(name: &str, url: &str) -> Result<Peer, Error> {
     config.authentication(AuthMethod::sql_server(user.unwrap_or_default(), password));
     config.application_name(format!("tributary-worker {name}"));
     let addr = config.get_addr();
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(&addr))
-        .await
-        .map_err(|_| Error::Peer {
-            message: format!("destination {name}: SQL Server at {addr} did not answer in 10 s"),
-            cause: Cause::PeerUnavailable,
-        })?
-        .map_err(|e| Error::Peer {
-            message: format!("destination {name}: cannot reach SQL Server at {addr}: {e}"),
-            cause: Cause::PeerUnavailable,
-        })?;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        TcpStream::connect(&addr),
+    )
+    .await
+    .map_err(|_| Error::Peer {
+        message: format!("destination {name}: SQL Server at {addr} did not answer in 10 s"),
+        cause: Cause::PeerUnavailable,
+    })?
+    .map_err(|e| Error::Peer {
+        message: format!("destination {name}: cannot reach SQL Server at {addr}: {e}"),
+        cause: Cause::PeerUnavailable,
+    })?;
     tcp.set_nodelay(true).ok();
     Client::connect(config, tcp.compat_write())
         .await

@@ -112,7 +112,12 @@ pub fn peer_table_of(t: &crate::transaction::Table, schema: &str) -> PeerTable {
             .map(|c| PeerColumn {
                 name: c.name.clone(),
                 oid: c.type_oid,
-                sql: map_type(c.type_oid, &modifier_text(c.type_oid, c.type_modifier), c.key).sql,
+                sql: map_type(
+                    c.type_oid,
+                    &modifier_text(c.type_oid, c.type_modifier),
+                    c.key,
+                )
+                .sql,
                 key: c.key,
                 nullable: !c.key,
             })
@@ -285,11 +290,7 @@ pub fn setup_script(
 fn create_table(s: &str, t: &HubTable) -> String {
     let mut p = t.peer_table("");
     for c in &mut p.columns {
-        c.nullable = !c.key
-            && t
-                .columns
-                .iter()
-                .any(|h| h.name == c.name && h.nullable);
+        c.nullable = !c.key && t.columns.iter().any(|h| h.name == c.name && h.nullable);
     }
     format!(
         "-- the hub's {}.{}\n{}",
@@ -311,7 +312,12 @@ pub fn create_peer_table(s: &str, t: &PeerTable) -> String {
             format!("    {} {} {null}", ident(&c.name), c.sql)
         })
         .collect();
-    let pk: Vec<String> = t.columns.iter().filter(|c| c.key).map(|c| ident(&c.name)).collect();
+    let pk: Vec<String> = t
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| ident(&c.name))
+        .collect();
     format!(
         "IF OBJECT_ID({}, N'U') IS NULL\nCREATE TABLE {name} (\n{},\n    PRIMARY KEY ({})\n);\nGO\n",
         literal(&name),
@@ -387,10 +393,19 @@ pub fn track_table(s: &str, name: &str) -> String {
 /// script only when it is not.
 pub fn setup_done(schema: &str, tables: &[String]) -> String {
     let s = ident(schema);
-    let own: Vec<String> = ["_tributary_state", "_tributary_errors", "_tributary_versions"]
-        .iter()
-        .map(|t| format!("OBJECT_ID({}, N'U') IS NOT NULL", literal(&format!("{s}.{}", ident(t)))))
-        .collect();
+    let own: Vec<String> = [
+        "_tributary_state",
+        "_tributary_errors",
+        "_tributary_versions",
+    ]
+    .iter()
+    .map(|t| {
+        format!(
+            "OBJECT_ID({}, N'U') IS NOT NULL",
+            literal(&format!("{s}.{}", ident(t)))
+        )
+    })
+    .collect();
     let tracked: Vec<String> = tables
         .iter()
         .map(|t| {

@@ -58,7 +58,8 @@ pub fn entry_of(
     let mut pk = serde_json::Map::new();
     let mut data = serde_json::Map::new();
     for (c, v) in t.columns.iter().zip(values) {
-        let j = value::to_hub(c.oid, v.as_deref()).map_err(|e| format!("column {}: {e}", c.name))?;
+        let j =
+            value::to_hub(c.oid, v.as_deref()).map_err(|e| format!("column {}: {e}", c.name))?;
         if c.key {
             pk.insert(c.name.clone(), j.clone());
         }
@@ -94,7 +95,12 @@ pub fn entry_of(
 }
 
 /// A row read back that could not become an edit: refused at the peer.
-fn refused_here(t: &PeerTable, op: &str, values: &[Option<String>], why: String) -> (Entry, Outcome) {
+fn refused_here(
+    t: &PeerTable,
+    op: &str,
+    values: &[Option<String>],
+    why: String,
+) -> (Entry, Outcome) {
     let pk: serde_json::Map<String, Json> = t
         .columns
         .iter()
@@ -274,7 +280,11 @@ impl Pull {
     async fn run(&self, opts: &ConnectOptions, stop: &CancellationToken) -> Result<(), Error> {
         let interval = Duration::from_millis(self.dest.pull_interval_ms.unwrap_or(200));
         let mut hub = HubSide::connect(opts, &self.dest.name, &self.dest.tables).await?;
-        let mut peer = conn::connect(&self.dest.name, self.dest.url.as_deref().unwrap_or_default()).await?;
+        let mut peer = conn::connect(
+            &self.dest.name,
+            self.dest.url.as_deref().unwrap_or_default(),
+        )
+        .await?;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -316,4 +326,80 @@ pub async fn supervise(
 /// The peer tables of `tables` in `schema`.
 pub fn peer_tables(schema: &str, tables: &[HubTable]) -> Vec<PeerTable> {
     tables.iter().map(|t| t.peer_table(schema)).collect()
+}
+
+/// The peer tables that destination `dest` takes, read from the hub's
+/// `sync_schema()` as the worker's role.
+pub async fn peer_tables_from_hub(
+    opts: &ConnectOptions,
+    dest: &crate::config::Destination,
+) -> Result<Vec<PeerTable>, Error> {
+    let client = crate::hub::connect(opts, "tributary-worker mssql tables").await?;
+    let tables = super::hub_tables(&client, dest).await?;
+    Ok(peer_tables(
+        dest.schema.as_deref().unwrap_or("dbo"),
+        &tables,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> PeerTable {
+        super::super::tests::tables()[0].peer_table("dbo")
+    }
+
+    #[test]
+    fn a_changed_row_becomes_the_edit_sync_apply_takes() {
+        let t = table();
+        let mut values: Vec<Option<String>> = vec![None; t.columns.len()];
+        let set = |values: &mut Vec<Option<String>>, name: &str, v: &str| {
+            let i = t.columns.iter().position(|c| c.name == name).unwrap();
+            values[i] = Some(v.to_string());
+        };
+        set(&mut values, "id", "7");
+        set(&mut values, "name", "it's ]");
+        set(&mut values, "flag", "1");
+        set(&mut values, "raw", "0x00FF");
+        set(&mut values, "doc", "{\"a\":[1,2]}");
+        let nonkey = t.columns.len() - 1;
+        let mut changed = vec![false; nonkey];
+        changed[0] = true; // name
+        changed[2] = true; // flag
+        let e = entry_of(&t, "U", Some(4), &values, &changed, 99).unwrap();
+        assert_eq!(e.hub, "\"public\".\"customers\"");
+        assert_eq!(e.pk, r#"{"id":7}"#);
+        let c = e.change();
+        assert_eq!(c["op"], "U");
+        assert_eq!(c["version"], 5, "the base revision plus one");
+        assert_eq!(c["changed"], serde_json::json!(["name", "flag"]));
+        assert_eq!(c["data"]["name"], "it's ]");
+        assert_eq!(c["data"]["flag"], true);
+        assert_eq!(c["data"]["raw"], "\\x00ff");
+        assert_eq!(c["data"]["doc"], serde_json::json!({"a": [1, 2]}));
+        assert_eq!(c["data"]["small"], serde_json::Value::Null);
+        // A delete carries its key alone; a new row has no base.
+        let d = entry_of(&t, "D", Some(4), &values, &changed, 99).unwrap();
+        assert!(d.data.is_none() && d.changed.is_none());
+        let i = entry_of(&t, "I", None, &values, &changed, 99).unwrap();
+        assert_eq!(i.change()["version"], 1);
+        assert!(i.changed.is_none(), "an insert sets every column");
+    }
+
+    #[test]
+    fn a_row_that_is_not_of_its_hub_types_is_refused_at_the_peer() {
+        let t = table();
+        let mut values: Vec<Option<String>> = vec![None; t.columns.len()];
+        values[0] = Some("7".into());
+        let doc = t.columns.iter().position(|c| c.name == "doc").unwrap();
+        values[doc] = Some("{not json".into());
+        let e = entry_of(&t, "U", None, &values, &[], 0).unwrap_err();
+        assert!(e.contains("column doc") && e.contains("not JSON"), "{e}");
+        let (entry, o) = refused_here(&t, "U", &values, e);
+        assert_eq!(entry.pk, r#"{"id":"7"}"#);
+        assert_eq!(o.outcome, "REJECTED");
+        assert!(o.detail.unwrap().contains("SQLSTATE 22P02"));
+        assert!(entry_of(&t, "X", None, &values, &[], 0).is_err());
+    }
 }

@@ -238,7 +238,10 @@ pub fn merge(t: &PeerTable) -> String {
     let update = if set.is_empty() {
         String::new()
     } else {
-        format!("WHEN MATCHED THEN UPDATE SET\n    {}\n", set.join(",\n    "))
+        format!(
+            "WHEN MATCHED THEN UPDATE SET\n    {}\n",
+            set.join(",\n    ")
+        )
     };
     format!(
         "WITH CHANGE_TRACKING_CONTEXT (@P1)\n\
@@ -378,7 +381,11 @@ pub fn changes(t: &PeerTable) -> String {
 /// changed): the same columns as [`changes`], each row an update of all
 /// its columns (`@P1`: the peer table's name).
 pub fn all_rows(t: &PeerTable) -> String {
-    let mut select = vec!["N'U'".to_string(), "v.[version]".to_string(), "1".to_string()];
+    let mut select = vec![
+        "N'U'".to_string(),
+        "v.[version]".to_string(),
+        "1".to_string(),
+    ];
     select.extend(t.columns.iter().map(|c| rendered(c, "t")));
     for _ in t.columns.iter().filter(|c| !c.key) {
         select.push("1".into());
@@ -490,6 +497,9 @@ mod tests {
         };
         let m = merge(&t);
         assert!(!m.contains("UPDATE SET"), "{m}");
-        assert!(m.contains("THEN DELETE") && m.contains("INSERT ([tag])"), "{m}");
+        assert!(
+            m.contains("THEN DELETE") && m.contains("INSERT ([tag])"),
+            "{m}"
+        );
     }
 }

@@ -31,7 +31,9 @@ pub fn to_peer(oid: u32, sql: &str, text: Option<&str>) -> Result<Json, String> 
             Some(hex) if hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(Json::String(format!("0x{hex}")))
             }
-            _ => Err("bytea not in hex output (set bytea_output = 'hex' for the worker's role)".into()),
+            _ => Err(
+                "bytea not in hex output (set bytea_output = 'hex' for the worker's role)".into(),
+            ),
         },
         700 | 701 if matches!(t, "NaN" | "Infinity" | "-Infinity") => Err(format!(
             "{t} has no SQL Server float (it holds finite numbers only)"
@@ -44,17 +46,23 @@ pub fn to_peer(oid: u32, sql: &str, text: Option<&str>) -> Result<Json, String> 
                 return Err(format!("{t} has no SQL Server date or time"));
             }
             if t.ends_with(" BC") {
-                return Err(format!("{t} is before year 1, which SQL Server cannot hold"));
+                return Err(format!(
+                    "{t} is before year 1, which SQL Server cannot hold"
+                ));
             }
             if t.split('-').next().is_some_and(|y| y.len() > 4) {
-                return Err(format!("{t} is after year 9999, which SQL Server cannot hold"));
+                return Err(format!(
+                    "{t} is after year 9999, which SQL Server cannot hold"
+                ));
             }
             if oid == 1184 {
                 return offset_form(t).map(Json::String);
             }
             s(t)
         }
-        1083 if t.starts_with("24:") => Err(format!("{t} has no SQL Server time (it ends at 23:59:59.9999999)")),
+        1083 if t.starts_with("24:") => Err(format!(
+            "{t} has no SQL Server time (it ends at 23:59:59.9999999)"
+        )),
         _ => s(t),
     }
 }
@@ -145,9 +153,16 @@ mod tests {
         assert_eq!(p(1082, "date", "2024-02-29"), Ok(json!("2024-02-29")));
         assert!(p(701, "float", "NaN").is_err());
         assert!(p(1700, "decimal(10,2)", "NaN").is_err());
-        assert_eq!(p(1700, "nvarchar(100)", "NaN"), Ok(json!("NaN")), "kept as text");
+        assert_eq!(
+            p(1700, "nvarchar(100)", "NaN"),
+            Ok(json!("NaN")),
+            "kept as text"
+        );
         assert!(p(1083, "time(6)", "24:00:00").is_err());
-        assert_eq!(p(25, "nvarchar(max)", "tab'le ]\""), Ok(json!("tab'le ]\"")));
+        assert_eq!(
+            p(25, "nvarchar(max)", "tab'le ]\""),
+            Ok(json!("tab'le ]\""))
+        );
         assert_eq!(to_peer(23, "int", None), Ok(Json::Null));
     }
 

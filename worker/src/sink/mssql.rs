@@ -74,46 +74,34 @@ pub struct MssqlSink {
     dead: Isolating,
 }
 
-/// The stream change's columns (less the tracking columns) with their
-/// values, in the peer table's order.
-fn values_of<'a>(
-    t: &'a PeerTable,
-    cols: impl Iterator<Item = (&'a crate::pgoutput::Column, &'a Value)>,
-) -> Vec<(&'a crate::mssql::PeerColumn, &'a Value)> {
-    let mut defs = t.columns.iter();
-    cols.filter_map(|(col, v)| {
-        let d = defs.find(|d| d.name == col.name)?;
-        Some((d, v))
-    })
-    .collect()
-}
-
 /// A peer failure while doing `what`.
 fn pe<'a>(name: &'a str, what: &'a str) -> impl FnOnce(tiberius::error::Error) -> Error + 'a {
     move |e| conn::peer_err(name, what, e)
 }
 
-/// The change as a staged row (or why SQL Server cannot hold a value).
+/// The change as a staged row (or why SQL Server cannot hold a value):
+/// every column of the peer table, a delete's non-key columns NULL, and
+/// an unchanged TOASTed value marked to keep.
 fn row_of(t: &PeerTable, c: &Change) -> Result<Row, String> {
-    let (op, cols) = match c.op {
-        Op::Delete => ("D", values_of(t, c.key_columns())),
-        _ => ("U", values_of(t, c.data_columns())),
-    };
+    let op = if c.op == Op::Delete { "D" } else { "U" };
     let mut values = vec![Json::Null; t.columns.len()];
     let mut keep = vec![false; t.columns.len()];
-    for (col, v) in cols {
-        let i = t
-            .columns
-            .iter()
-            .position(|x| x.name == col.name)
-            .unwrap_or_default();
+    let tuple = c.tuple.as_ref().map(|t| t.0.as_slice()).unwrap_or(&[]);
+    for (col, v) in c.table.relation.columns.iter().zip(tuple) {
+        let Some(i) = t.columns.iter().position(|x| x.name == col.name) else {
+            continue; // a tracking column
+        };
+        let pc = &t.columns[i];
+        if op == "D" && !pc.key {
+            continue;
+        }
         if matches!(v, Value::UnchangedToast) {
             keep[i] = true;
             continue;
         }
         let txt = text(v).map(String::from_utf8_lossy);
-        values[i] = value::to_peer(col.oid, &col.sql, txt.as_deref())
-            .map_err(|e| format!("column {}: {e}", col.name))?;
+        values[i] = value::to_peer(pc.oid, &pc.sql, txt.as_deref())
+            .map_err(|e| format!("column {}: {e}", pc.name))?;
     }
     Ok(Row {
         op,
@@ -149,11 +137,12 @@ impl Group {
             .iter()
             .map(|k| {
                 let r = &self.rows[k];
-                let keep = r
-                    .keep
-                    .iter()
-                    .any(|k| *k)
-                    .then(|| r.keep.iter().map(|k| if *k { '1' } else { '0' }).collect::<String>());
+                let keep = r.keep.iter().any(|k| *k).then(|| {
+                    r.keep
+                        .iter()
+                        .map(|k| if *k { '1' } else { '0' })
+                        .collect::<String>()
+                });
                 let mut a = vec![Json::from(r.op), Json::from(r.version), Json::from(keep)];
                 a.extend(r.values.iter().cloned());
                 Json::Array(a)
@@ -234,6 +223,25 @@ impl MssqlSink {
             metrics,
             dead: Isolating::new(opts, attempts),
         })
+    }
+
+    /// Compares the peer's position with the one the hub `recorded` for
+    /// it ([`crate::progress`]). Below it, the database went back (restored
+    /// from an older backup): the changes between are not in it and the
+    /// slot may be confirmed past them, so it is copied anew.
+    pub async fn check_recorded(&mut self, recorded: Option<Lsn>) -> Result<(), Error> {
+        if !crate::progress::went_back(self.progress, recorded) {
+            return Ok(());
+        }
+        tracing::warn!(destination = %self.name, peer_position = %self.progress,
+            recorded = %recorded.unwrap_or_default(),
+            "the peer's position is below the one the hub recorded for it: it was restored from an older backup; copying it anew");
+        self.peer
+            .execute(sql::forget_position(&self.schema), &[&self.slot.as_str()])
+            .await
+            .map_err(pe(&self.name, "forgetting the position"))?;
+        self.progress = Lsn(0);
+        Ok(())
     }
 
     /// The peer table of `t`, created at the peer if missing and widened
@@ -567,5 +575,119 @@ pub async fn reachable(dest: &crate::config::Destination) -> bool {
     match conn::connect(&dest.name, dest.url.as_deref().unwrap_or_default()).await {
         Ok(mut p) => p.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgoutput::{Column, Relation, Tuple};
+
+    fn table() -> Arc<Table> {
+        let col = |name: &str, oid, key| Column {
+            key,
+            name: name.into(),
+            type_oid: oid,
+            type_modifier: -1,
+        };
+        Arc::new(Table::new(Relation {
+            id: 1,
+            namespace: "public".into(),
+            name: "tab'le]".into(),
+            replica_identity: b'd',
+            columns: vec![
+                col("id", 23, true),
+                col("n\"ote", 25, false),
+                col("flag", 16, false),
+                col("sync_version", 20, false),
+            ],
+        }))
+    }
+
+    fn change(op: Op, values: Vec<Value>, version: Option<i64>) -> Change {
+        Change {
+            table: table(),
+            op,
+            ord: 0,
+            tuple: Some(Tuple(values)),
+            version,
+            origin: None,
+            only_for: None,
+            schema: None,
+        }
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn changes_become_net_staged_rows_per_key() {
+        let p = crate::mssql::peer_table_of(&table(), "dbo");
+        assert_eq!(p.name, "tab'le]");
+        assert_eq!(p.columns.len(), 3, "no tracking column: {p:?}");
+        let mut g = Group {
+            peer: p.clone(),
+            empty_first: false,
+            order: vec![],
+            rows: HashMap::new(),
+        };
+        let ins = change(
+            Op::Insert,
+            vec![t("1"), t("it's ]"), t("t"), t("1")],
+            Some(1),
+        );
+        let upd = change(
+            Op::Update,
+            vec![t("1"), Value::UnchangedToast, t("f"), t("2")],
+            Some(2),
+        );
+        let other = change(
+            Op::Update,
+            vec![t("2"), Value::UnchangedToast, Value::Null, t("5")],
+            Some(5),
+        );
+        let del = change(
+            Op::Delete,
+            vec![t("3"), Value::Null, Value::Null, Value::Null],
+            None,
+        );
+        for c in [&ins, &upd, &other, &del] {
+            g.add(c.pk_json().unwrap(), row_of(&p, c).unwrap());
+        }
+        // Key 1: the insert's text, the update's flag and revision; key 2
+        // keeps its unsent text; key 3 is a delete of its key alone.
+        assert_eq!(
+            g.staged(),
+            r#"[["U",2,null,"1","it's ]","0"],["U",5,"010","2",null,null],["D",null,null,"3",null,null]]"#
+        );
+        // A delete after an update of the same key is the delete.
+        let del1 = change(
+            Op::Delete,
+            vec![t("1"), Value::Null, Value::Null, Value::Null],
+            None,
+        );
+        g.add(del1.pk_json().unwrap(), row_of(&p, &del1).unwrap());
+        assert!(
+            g.staged().starts_with(r#"[["D",null,null,"1",null,null]"#),
+            "{}",
+            g.staged()
+        );
+        assert_eq!(g.order.len(), 3);
+    }
+
+    #[test]
+    fn a_value_sql_server_cannot_hold_is_refused_with_its_column() {
+        let p = crate::mssql::peer_table_of(&table(), "dbo");
+        let bad = change(
+            Op::Insert,
+            vec![t("1"), t("x"), t("maybe"), t("1")],
+            Some(1),
+        );
+        let e = row_of(&p, &bad).err().unwrap();
+        assert!(
+            e.contains("column flag") && e.contains("not a boolean"),
+            "{e}"
+        );
     }
 }
