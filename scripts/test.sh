@@ -34,7 +34,15 @@ say "SQL Server peer: every golden T-SQL file parsed with sqlglot (read=tsql)"
 target/tools-venv/bin/python scripts/check_tsql.py worker/tests/golden/mssql/*.sql
 
 say "end-to-end tests and pg_regress (throwaway clusters)"
-cargo test -p tributary-e2e -- --test-threads=2 2>&1 | tee -a "$LOG"
+cargo test -p tributary-e2e -- --test-threads=2 --skip live_ 2>&1 | tee -a "$LOG"
+
+# Against a live SQL Server, one test at a time (they alter its database).
+# Without TRIBUTARY_MSSQL_URL each says plainly that it is skipped.
+say "SQL Server peer: live tests (TRIBUTARY_MSSQL_URL ${TRIBUTARY_MSSQL_URL:+is set}${TRIBUTARY_MSSQL_URL:-is not set: skipped})"
+cargo test -p tributary-e2e --test mssql_live -- --test-threads=1 --nocapture 2>&1 | tee -a "$LOG"
 
 # One closing line over every runner above.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "all tiers: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$LOG"
+# A live SQL Server test without a server passes without checking: it is
+# counted as skipped, not passed.
+awk '/^test result:/ { p += $4; f += $6 } / SKIPPED live_/ { s += 1 }
+     END { printf "all tiers: %d passed, %d failed, %d skipped (no live SQL Server)\n", p - s, f, s; exit (f > 0 || p - s <= 0) }' "$LOG"

@@ -163,11 +163,18 @@ impl Pull {
             let (current, min_valid) = v
                 .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
                 .unwrap_or((None, None));
-            let (Some(current), Some(min_valid)) = (current, min_valid) else {
+            let Some(current) = current else {
                 return Err(Error::Peer {
-                    message: format!("destination {name}: Change Tracking is off for {q} (or the database): run the script `tributary-worker mssql-setup` prints"),
+                    message: format!("destination {name}: Change Tracking is off for the database: run the script `tributary-worker mssql-setup` prints"),
                     cause: crate::error::Cause::PeerBroken,
                 });
+            };
+            // Not tracked (yet): a table the hub began to track after the
+            // setup, which the push creates and tracks when its first
+            // change comes.
+            let Some(min_valid) = min_valid else {
+                tracing::debug!(destination = %name, table = %q, "not change-tracked at the peer yet: nothing to pull");
+                continue;
             };
             next = next.max(current);
             let rows = if pulled < min_valid {

@@ -347,9 +347,12 @@ impl MssqlSink {
                 .execute(sql::stage_insert(t), &[&staged.as_str()])
                 .await
                 .map_err(pe(&self.name, "staging rows"))?;
+            // After emptying the table (a copy, a TRUNCATE) there is no
+            // app edit left to protect: the copy replaces the peer's rows.
+            let since = if g.empty_first { None } else { self.pulled };
             let waiting: i64 = self
                 .peer
-                .query(sql::guard(t), &[&sql::CONTEXT, &self.pulled])
+                .query(sql::guard(t), &[&sql::CONTEXT, &since])
                 .await
                 .map_err(pe(&self.name, "checking for unpulled edits"))?
                 .into_row()
