@@ -121,6 +121,34 @@ fn hub_tables(c: &mut Client) {
     .unwrap();
 }
 
+/// The hub's tables and roles, the peer `erp` registered, a schema of
+/// the test's own at the peer, an app's connection and the worker's
+/// configuration.
+fn prepare(
+    cluster: &Cluster,
+    db: &Db,
+    c: &mut Client,
+    (url, pw): (&str, &str),
+    test: &str,
+) -> (String, App, String) {
+    hub_tables(c);
+    setup_worker_role(db, &["audit"]);
+    c.batch_execute("SELECT sync_set_peer('erp', 100, 'worker')")
+        .unwrap();
+    let s = schema(test);
+    let app = App::connect(url, pw);
+    let cfg = erp_config(cluster, db, url, &s);
+    (s, app, cfg)
+}
+
+/// Waits until the peer table `t` exists and holds `n` rows.
+fn until_rows(w: &mut WorkerProc, app: &mut App, t: &str, n: i64) {
+    w.until(T, &format!("{n} rows in {t}"), || {
+        app.query(&format!("SELECT CONVERT(nvarchar(20), OBJECT_ID(N'{t}'))"))[0][0].is_some()
+            && app.count(&format!("SELECT count(*) FROM {t}")) == n
+    });
+}
+
 fn start(cfg: &str, password: &str) -> WorkerProc {
     WorkerProc::start(cfg, &[("TRIBUTARY_MSSQL_PASSWORD_ERP", password)])
 }
@@ -135,19 +163,10 @@ fn live_push_copies_then_streams_every_change() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
-    hub_tables(&mut c);
-    setup_worker_role(&db, &["audit"]);
-    c.batch_execute("SELECT sync_set_peer('erp', 100, 'worker')")
-        .unwrap();
-    let s = schema("push");
-    let mut app = App::connect(&url, &pw);
-    let cfg = erp_config(&cluster, &db, &url, &s);
+    let (s, mut app, cfg) = prepare(&cluster, &db, &mut c, (&url, &pw), "push");
     let mut w = start(&cfg, &pw);
     let t = format!("[{s}].[customers]");
-    w.until(T, "the copy", || {
-        app.query(&format!("SELECT CONVERT(nvarchar(20), OBJECT_ID(N'{t}'))"))[0][0].is_some()
-            && app.count(&format!("SELECT count(*) FROM {t}")) == 3
-    });
+    until_rows(&mut w, &mut app, &t, 3);
     let row = app.query(&format!(
         "SELECT [name], CONVERT(nvarchar(40), [price]), CONVERT(nvarchar(40), [at], 126), CONVERT(nvarchar(1), [flag]),
                 CONVERT(nvarchar(40), [raw], 1), [doc] FROM {t} WHERE [id] = 1"
@@ -227,19 +246,10 @@ fn live_pull_sends_the_apps_edits_once_and_converges() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
-    hub_tables(&mut c);
-    setup_worker_role(&db, &["audit"]);
-    c.batch_execute("SELECT sync_set_peer('erp', 100, 'worker')")
-        .unwrap();
-    let s = schema("pull");
-    let mut app = App::connect(&url, &pw);
-    let cfg = erp_config(&cluster, &db, &url, &s);
+    let (s, mut app, cfg) = prepare(&cluster, &db, &mut c, (&url, &pw), "pull");
     let mut w = start(&cfg, &pw);
     let t = format!("[{s}].[customers]");
-    w.until(T, "the copy", || {
-        app.query(&format!("SELECT CONVERT(nvarchar(20), OBJECT_ID(N'{t}'))"))[0][0].is_some()
-            && app.count(&format!("SELECT count(*) FROM {t}")) == 3
-    });
+    until_rows(&mut w, &mut app, &t, 3);
     let queued_before: i64 = c
         .query_one("SELECT count(*) FROM tributary.queue_audit", &[])
         .unwrap()
@@ -318,11 +328,7 @@ fn live_kill9_loses_and_repeats_nothing() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
-    hub_tables(&mut c);
-    setup_worker_role(&db, &["audit"]);
-    let s = schema("kill");
-    let mut app = App::connect(&url, &pw);
-    let cfg = erp_config(&cluster, &db, &url, &s);
+    let (s, mut app, cfg) = prepare(&cluster, &db, &mut c, (&url, &pw), "kill");
     let mut w = start(&cfg, &pw);
     w.until_slot(&mut c, "w");
     for round in 0..5 {
@@ -339,9 +345,7 @@ fn live_kill9_loses_and_repeats_nothing() {
         w.spawn(&[("TRIBUTARY_MSSQL_PASSWORD_ERP", pw.as_str())]);
     }
     let t = format!("[{s}].[customers]");
-    w.until(T, "every row", || {
-        app.count(&format!("SELECT count(*) FROM {t}")) == 103
-    });
+    until_rows(&mut w, &mut app, &t, 103);
     assert_eq!(
         app.count(&format!(
             "SELECT count(*) FROM {t} WHERE [id] >= 100 AND [name] LIKE N'r_+'"
@@ -363,11 +367,7 @@ fn live_a_peer_that_refuses_the_login_is_detached_then_catches_up() {
     let cluster = Cluster::start();
     let db = cluster.db();
     let mut c = db.connect();
-    hub_tables(&mut c);
-    setup_worker_role(&db, &["audit"]);
-    let s = schema("down");
-    let mut app = App::connect(&url, &pw);
-    let cfg = erp_config(&cluster, &db, &url, &s);
+    let (s, mut app, cfg) = prepare(&cluster, &db, &mut c, (&url, &pw), "down");
     let listen = http_listen(&cfg);
     let mut w = start(&cfg, "not the password");
     w.until_slot(&mut c, "w");
@@ -392,9 +392,6 @@ fn live_a_peer_that_refuses_the_login_is_detached_then_catches_up() {
     w.sigterm(T);
     let mut w = start(&cfg, &pw);
     let t = format!("[{s}].[customers]");
-    w.until(T, "the peer caught up", || {
-        app.query(&format!("SELECT CONVERT(nvarchar(20), OBJECT_ID(N'{t}'))"))[0][0].is_some()
-            && app.count(&format!("SELECT count(*) FROM {t}")) == 4
-    });
+    until_rows(&mut w, &mut app, &t, 4);
     w.sigterm(T);
 }

@@ -327,6 +327,24 @@ impl Destinations {
         Ok(d)
     }
 
+    /// A destination that failed to open with `e`: detached and probed
+    /// (Ok(false): not attached) when the policy says so, else the error.
+    fn unavailable_at_open(
+        &mut self,
+        dest: &crate::config::Destination,
+        e: Error,
+        m: &crate::metrics::DestinationMetrics,
+    ) -> Result<bool, Error> {
+        if e.action() != Action::Detach {
+            return Err(e);
+        }
+        tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
+        m.errors.fetch_add(1, Relaxed);
+        m.detached.store(true, Relaxed);
+        self.probes.spawn(probe(dest.clone(), detach_wait(&e, m)));
+        Ok(false)
+    }
+
     /// A NATS destination: its sink, unless NATS cannot take messages now
     /// (then it starts detached, and is probed). Returns whether it is
     /// attached.
@@ -346,14 +364,7 @@ impl Destinations {
                     .spawn(async move { (i, sink::drive(sink, rx, m).await) });
                 Ok(true)
             }
-            Err(e) if e.action() == Action::Detach => {
-                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
-                m.errors.fetch_add(1, Relaxed);
-                m.detached.store(true, Relaxed);
-                self.probes.spawn(probe(dest.clone(), detach_wait(&e, &m)));
-                Ok(false)
-            }
-            Err(e) => Err(e),
+            Err(e) => self.unavailable_at_open(dest, e, &m),
         }
     }
 
@@ -372,13 +383,7 @@ impl Destinations {
         let dest = &config.destinations[i];
         let schema = dest.schema.clone().unwrap_or_else(|| "dbo".into());
         let tables = crate::mssql::hub_tables(admin, dest).await?;
-        let script = crate::mssql::setup_script(&dest.name, &schema, &tables).map_err(|m| {
-            Error::Definite {
-                message: format!("destination {:?}: {m}", dest.name),
-                hint: "Fix the destination's tables.".into(),
-                cause: Cause::Config,
-            }
-        })?;
+        let script = crate::mssql::setup_of(dest, &tables)?;
         let names: Vec<String> = tables.iter().map(|t| t.peer_name()).collect();
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let pull = crate::mssql::pull::Pull {
@@ -399,14 +404,7 @@ impl Destinations {
         .await;
         let mut sink = match sink {
             Ok(sink) => sink,
-            Err(e) if e.action() == Action::Detach => {
-                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
-                m.errors.fetch_add(1, Relaxed);
-                m.detached.store(true, Relaxed);
-                self.probes.spawn(probe(dest.clone(), detach_wait(&e, &m)));
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
+            Err(e) => return self.unavailable_at_open(dest, e, &m),
         };
         // Behind the hub's record: restored from an older backup.
         let recorded = crate::progress::load(admin, &config.source.slot, &dest.name).await?;
@@ -456,23 +454,11 @@ impl Destinations {
             name: dest.name.clone(),
             recorded: recorded.unwrap_or_default(),
         });
-        let mut sink = match SqliteSink::open(
-            &path,
-            &config.source.slot,
-            &dest.name,
-            hub,
-            m.clone(),
-        ) {
-            Ok(sink) => sink,
-            Err(e) if e.action() == Action::Detach => {
-                tracing::warn!(destination = %dest.name, error = %e, hint = e.cause().hint(), "destination unavailable: detached; the other destinations go on");
-                m.errors.fetch_add(1, Relaxed);
-                m.detached.store(true, Relaxed);
-                self.probes.spawn(probe(dest.clone(), detach_wait(&e, &m)));
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
-        };
+        let mut sink =
+            match SqliteSink::open(&path, &config.source.slot, &dest.name, hub, m.clone()) {
+                Ok(sink) => sink,
+                Err(e) => return self.unavailable_at_open(dest, e, &m),
+            };
         // Behind the hub's record: restored from an older backup.
         sink.check_recorded(recorded)?;
         // Refused a write again and again: set aside what it refuses.

@@ -89,6 +89,18 @@ pub fn peer_err(name: &str, what: &str, e: tiberius::error::Error) -> Error {
     }
 }
 
+/// Runs `sql` (statements without parameters) to its end, results
+/// dropped: a failure is the peer's, while doing `what`.
+pub async fn batch(
+    peer: &mut Peer,
+    name: &str,
+    what: &str,
+    sql: impl Into<String>,
+) -> Result<(), Error> {
+    let run = async { peer.simple_query(sql.into()).await?.into_results().await };
+    run.await.map(|_| ()).map_err(|e| peer_err(name, what, e))
+}
+
 /// Connects to the peer of destination `name` at `url`.
 pub async fn connect(name: &str, url: &str) -> Result<Peer, Error> {
     // tiberius takes the process's provider: ring, as for the hub.

@@ -431,7 +431,7 @@ pub async fn setup_from_hub(
     config: &crate::config::Config,
     name: &str,
 ) -> Result<String, crate::error::Error> {
-    use crate::error::{Cause, Error};
+    use crate::error::Error;
     let d = config
         .destinations
         .iter()
@@ -450,10 +450,20 @@ pub async fn setup_from_hub(
     let client = crate::hub::connect(&opts, "tributary-worker mssql-setup").await?;
     crate::hub::check_extension(&client).await?;
     let tables = hub_tables(&client, d).await?;
-    setup_script(name, d.schema.as_deref().unwrap_or("dbo"), &tables).map_err(|m| Error::Definite {
-        message: format!("destination {name:?}: {m}"),
+    setup_of(d, &tables)
+}
+
+/// The setup script of destination `d` for the hub's `tables`; tables
+/// that cannot be set up are a configuration error.
+pub fn setup_of(
+    d: &crate::config::Destination,
+    tables: &[HubTable],
+) -> Result<String, crate::error::Error> {
+    let schema = d.schema.as_deref().unwrap_or("dbo");
+    setup_script(&d.name, schema, tables).map_err(|m| crate::error::Error::Definite {
+        message: format!("destination {:?}: {m}", d.name),
         hint: "Fix the destination's tables.".into(),
-        cause: Cause::Config,
+        cause: crate::error::Cause::Config,
     })
 }
 

@@ -140,12 +140,13 @@ impl Pull {
         pulled: i64,
     ) -> Result<(Vec<Entry>, Vec<(Entry, Outcome)>, i64), Error> {
         let name = self.dest.name.as_str();
-        peer.simple_query(sql::pull_begin())
-            .await
-            .map_err(pe(name, "starting a snapshot transaction"))?
-            .into_results()
-            .await
-            .map_err(pe(name, "starting a snapshot transaction"))?;
+        conn::batch(
+            peer,
+            name,
+            "starting a snapshot transaction",
+            sql::pull_begin(),
+        )
+        .await?;
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -210,12 +211,13 @@ impl Pull {
                 }
             }
         }
-        peer.simple_query(sql::pull_end())
-            .await
-            .map_err(pe(name, "ending the snapshot transaction"))?
-            .into_results()
-            .await
-            .map_err(pe(name, "ending the snapshot transaction"))?;
+        conn::batch(
+            peer,
+            name,
+            "ending the snapshot transaction",
+            sql::pull_end(),
+        )
+        .await?;
         Ok((send, refused, next))
     }
 
@@ -255,12 +257,7 @@ impl Pull {
                 })
             })
             .collect();
-        peer.simple_query(sql::begin())
-            .await
-            .map_err(pe(name, "BEGIN"))?
-            .into_results()
-            .await
-            .map_err(pe(name, "BEGIN"))?;
+        conn::batch(peer, name, "BEGIN", sql::begin()).await?;
         if !reports.is_empty() {
             let rows = Json::Array(reports).to_string();
             peer.execute(sql::record_outcomes(schema), &[&rows.as_str()])
@@ -273,12 +270,7 @@ impl Pull {
         )
         .await
         .map_err(pe(name, "storing the pull's position"))?;
-        peer.simple_query(sql::commit())
-            .await
-            .map_err(pe(name, "COMMIT"))?
-            .into_results()
-            .await
-            .map_err(pe(name, "COMMIT"))?;
+        conn::batch(peer, name, "COMMIT", sql::commit()).await?;
         self.metrics.pulled.fetch_add(done.len() as u64, Relaxed);
         Ok(done.len())
     }
@@ -303,9 +295,8 @@ impl Pull {
                 {
                     tracing::warn!(destination = %self.dest.name, error = %e, "pull round failed; retrying it");
                     hub.reset().await;
-                    if let Ok(s) = peer.simple_query(sql::rollback()).await {
-                        let _ = s.into_results().await;
-                    }
+                    let _ =
+                        conn::batch(&mut peer, &self.dest.name, "ROLLBACK", sql::rollback()).await;
                     self.metrics.errors.fetch_add(1, Relaxed);
                 }
                 Err(e) => return Err(e),

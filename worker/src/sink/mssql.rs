@@ -274,24 +274,18 @@ impl MssqlSink {
                 crate::mssql::track_table(&s, &p.name),
             ] {
                 let stmt = batch.trim_end().trim_end_matches("GO").to_string();
-                self.peer
-                    .simple_query(stmt)
-                    .await
-                    .map_err(|e| conn::peer_err(&self.name, "creating the peer table", e))?
-                    .into_results()
-                    .await
-                    .map_err(|e| conn::peer_err(&self.name, "creating the peer table", e))?;
+                conn::batch(&mut self.peer, &self.name, "creating the peer table", stmt).await?;
             }
         } else {
             for c in p.columns.iter().filter(|c| !have.contains(&c.name)) {
                 tracing::info!(destination = %self.name, table = %name, column = %c.name, "adding the column the hub added");
-                self.peer
-                    .simple_query(sql::add_column(&p, c))
-                    .await
-                    .map_err(|e| conn::peer_err(&self.name, "adding a column", e))?
-                    .into_results()
-                    .await
-                    .map_err(|e| conn::peer_err(&self.name, "adding a column", e))?;
+                conn::batch(
+                    &mut self.peer,
+                    &self.name,
+                    "adding a column",
+                    sql::add_column(&p, c),
+                )
+                .await?;
             }
         }
         self.known.insert(t.id, (t.clone(), p.clone()));
@@ -335,13 +329,13 @@ impl MssqlSink {
             if g.order.is_empty() {
                 continue;
             }
-            self.peer
-                .simple_query(sql::stage_create(t))
-                .await
-                .map_err(pe(&self.name, "creating the staging table"))?
-                .into_results()
-                .await
-                .map_err(pe(&self.name, "creating the staging table"))?;
+            conn::batch(
+                &mut self.peer,
+                &self.name,
+                "creating the staging table",
+                sql::stage_create(t),
+            )
+            .await?;
             let staged = g.staged();
             self.peer
                 .execute(sql::stage_insert(t), &[&staged.as_str()])
@@ -427,15 +421,9 @@ async fn apply_setup(peer: &mut Peer, name: &str, script: &str) -> Result<(), Er
         if batch.trim().is_empty() || batch.trim() == "GO" {
             continue;
         }
-        let r = match peer.simple_query(batch.clone()).await {
-            Ok(s) => s.into_results().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = r {
+        if let Err(e) = conn::batch(peer, name, "applying the setup script", batch).await {
             return Err(Error::Definite {
-                message: format!(
-                    "destination {name}: the peer is not set up, and applying the setup script failed: {e}"
-                ),
+                message: format!("the peer is not set up: {e}"),
                 hint: format!(
                     "Run `tributary-worker mssql-setup --config FILE --destination {name}` and have a user who may create tables and alter the database run its script, then start the worker again."
                 ),
@@ -454,13 +442,7 @@ impl Sink for MssqlSink {
 
     async fn begin(&mut self) -> Result<(), Error> {
         self.held = Some(self.lock.clone().lock_owned().await);
-        self.peer
-            .simple_query(sql::begin())
-            .await
-            .map_err(pe(&self.name, "BEGIN"))?
-            .into_results()
-            .await
-            .map_err(pe(&self.name, "BEGIN"))?;
+        conn::batch(&mut self.peer, &self.name, "BEGIN", sql::begin()).await?;
         let row = self
             .peer
             .query(sql::read_position(&self.schema), &[&self.slot.as_str()])
@@ -546,13 +528,7 @@ impl Sink for MssqlSink {
             .await
             .map_err(pe(&self.name, "storing the position"))?;
         crate::failpoint::hit("mssql.before_commit");
-        self.peer
-            .simple_query(sql::commit())
-            .await
-            .map_err(pe(&self.name, "COMMIT"))?
-            .into_results()
-            .await
-            .map_err(pe(&self.name, "COMMIT"))?;
+        conn::batch(&mut self.peer, &self.name, "COMMIT", sql::commit()).await?;
         self.held = None;
         self.progress = d.end;
         self.metrics.broken_streak.store(0, Relaxed);
@@ -563,9 +539,7 @@ impl Sink for MssqlSink {
     }
 
     async fn rollback(&mut self) {
-        if let Ok(s) = self.peer.simple_query(sql::rollback()).await {
-            let _ = s.into_results().await;
-        }
+        let _ = conn::batch(&mut self.peer, &self.name, "ROLLBACK", sql::rollback()).await;
         self.groups.clear();
         self.rows = 0;
         self.dead.pending.clear();
@@ -576,7 +550,9 @@ impl Sink for MssqlSink {
 /// Whether the peer of `dest` answers (for a detached destination's probe).
 pub async fn reachable(dest: &crate::config::Destination) -> bool {
     match conn::connect(&dest.name, dest.url.as_deref().unwrap_or_default()).await {
-        Ok(mut p) => p.simple_query("SELECT 1").await.is_ok(),
+        Ok(mut p) => conn::batch(&mut p, &dest.name, "probing", "SELECT 1")
+            .await
+            .is_ok(),
         Err(_) => false,
     }
 }
