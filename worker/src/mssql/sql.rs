@@ -307,6 +307,39 @@ pub fn add_column(t: &PeerTable, c: &PeerColumn) -> String {
     )
 }
 
+/// Follows a hub table's rename: the peer table `old` in `schema`
+/// becomes `new` (sp_rename takes the new name unquoted, as a literal).
+pub fn rename_table(schema: &str, old: &str, new: &str) -> String {
+    format!(
+        "EXEC sp_rename {}, {};",
+        literal(&schema_table(schema, old)),
+        literal(new)
+    )
+}
+
+/// Follows a hub column's rename.
+pub fn rename_column(t: &PeerTable, old: &str, new: &str) -> String {
+    format!(
+        "EXEC sp_rename {}, {}, N'COLUMN';",
+        literal(&format!("{}.{}", t.qualified(), ident(old))),
+        literal(new)
+    )
+}
+
+/// Follows a column the hub dropped.
+pub fn drop_column(t: &PeerTable, name: &str) -> String {
+    format!("ALTER TABLE {} DROP COLUMN {};", t.qualified(), ident(name))
+}
+
+/// The revisions of a renamed table move with it (`@P1` old, `@P2` new
+/// peer name).
+pub fn rename_versions(schema: &str) -> String {
+    format!(
+        "UPDATE {} SET [tbl] = @P2 WHERE [tbl] = @P1;",
+        schema_table(schema, "_tributary_versions")
+    )
+}
+
 /// Pull: reads the peer's changes consistently.
 pub fn pull_begin() -> &'static str {
     "SET TRANSACTION ISOLATION LEVEL SNAPSHOT;\nBEGIN TRANSACTION;"
@@ -475,6 +508,16 @@ mod tests {
             add("merge_versions", &merge_versions(t));
             add("empty", &empty(t));
             add("add_column", &add_column(t, t.columns.last().unwrap()));
+            add(
+                "rename_table",
+                &rename_table(&t.schema, "old ]'name", &t.name),
+            );
+            add(
+                "rename_column",
+                &rename_column(t, "old ]'col", &t.columns[0].name),
+            );
+            add("drop_column", &drop_column(t, &t.columns[0].name));
+            add("rename_versions", &rename_versions(&t.schema));
             add("changes", &changes(t));
             add("all_rows", &all_rows(t));
         }

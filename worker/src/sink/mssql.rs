@@ -254,18 +254,7 @@ impl MssqlSink {
         }
         let p = crate::mssql::peer_table_of(t, &self.schema);
         let name = p.qualified();
-        let rows = self
-            .peer
-            .query(sql::columns_of(), &[&name.as_str()])
-            .await
-            .map_err(|e| conn::peer_err(&self.name, "reading the table's columns", e))?
-            .into_first_result()
-            .await
-            .map_err(|e| conn::peer_err(&self.name, "reading the table's columns", e))?;
-        let have: Vec<String> = rows
-            .iter()
-            .filter_map(|r| r.get::<&str, _>(0).map(str::to_string))
-            .collect();
+        let have = self.peer_columns(&name).await?;
         if have.is_empty() {
             tracing::info!(destination = %self.name, table = %name, "creating the peer table");
             let s = crate::mssql::ident(&self.schema);
@@ -290,6 +279,106 @@ impl MssqlSink {
         }
         self.known.insert(t.id, (t.clone(), p.clone()));
         Ok(p)
+    }
+
+    /// The peer table's columns (none: there is no such table).
+    async fn peer_columns(&mut self, qualified: &str) -> Result<Vec<String>, Error> {
+        let rows = self
+            .peer
+            .query(sql::columns_of(), &[&qualified])
+            .await
+            .map_err(pe(&self.name, "reading the table's columns"))?
+            .into_first_result()
+            .await
+            .map_err(pe(&self.name, "reading the table's columns"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<&str, _>(0).map(str::to_string))
+            .collect())
+    }
+
+    /// Makes the peer follow a change of a hub table's shape, at its
+    /// place in the stream, where it can: a renamed table or column is
+    /// renamed (its rows and revisions kept), a dropped column is dropped.
+    /// A new type or key is not followed (SQL Server cannot change a
+    /// change-tracked key in place): logged, for the peer's DBA.
+    async fn follow(&mut self, c: &Change) -> Result<(), Error> {
+        let Some(s) = &c.schema else {
+            return Ok(());
+        };
+        self.flush().await?;
+        let name = |(schema, table): &(String, String)| {
+            crate::mssql::HubTable {
+                schema: schema.clone(),
+                name: table.clone(),
+                primary_key: vec![],
+                columns: vec![],
+            }
+            .peer_name()
+        };
+        let (old, new) = (name(&s.from), name(&s.to));
+        let sch = crate::mssql::ident(&self.schema);
+        let q = |t: &str| format!("{sch}.{}", crate::mssql::ident(t));
+        if old != new {
+            let (had, has) = (
+                self.peer_columns(&q(&old)).await?,
+                self.peer_columns(&q(&new)).await?,
+            );
+            if !had.is_empty() && has.is_empty() {
+                tracing::info!(destination = %self.name, from = %old, to = %new, "following the hub's rename of the table");
+                conn::batch(
+                    &mut self.peer,
+                    &self.name,
+                    "renaming a table",
+                    sql::rename_table(&self.schema, &old, &new),
+                )
+                .await?;
+                self.peer
+                    .execute(
+                        sql::rename_versions(&self.schema),
+                        &[&old.as_str(), &new.as_str()],
+                    )
+                    .await
+                    .map_err(pe(&self.name, "renaming a table's revisions"))?;
+            }
+        }
+        let p = crate::mssql::peer_table_of(&c.table, &self.schema);
+        let mut cols = self.peer_columns(&p.qualified()).await?;
+        for (from, to) in &s.renamed {
+            if p.columns.iter().any(|k| k.key && &k.name == to) {
+                // Change Tracking keys rows by their primary key: it is
+                // not renamed in place.
+                tracing::warn!(destination = %self.name, table = %p.qualified(), from = %from, to = %to,
+                    "the hub renamed a key column: a SQL Server peer does not follow that; its DBA makes the same change");
+                continue;
+            }
+            if cols.contains(from) && !cols.contains(to) {
+                conn::batch(
+                    &mut self.peer,
+                    &self.name,
+                    "renaming a column",
+                    sql::rename_column(&p, from, to),
+                )
+                .await?;
+                cols.retain(|x| x != from);
+                cols.push(to.clone());
+            }
+        }
+        for d in s.dropped.iter().filter(|d| cols.contains(d)) {
+            conn::batch(
+                &mut self.peer,
+                &self.name,
+                "dropping a column",
+                sql::drop_column(&p, d),
+            )
+            .await?;
+        }
+        if s.rekeyed || !s.retyped.is_empty() {
+            tracing::warn!(destination = %self.name, table = %p.qualified(), retyped = ?s.retyped, rekeyed = s.rekeyed,
+                "the hub changed a column's type or the table's key: a SQL Server peer does not follow that; its DBA makes the same change");
+        }
+        self.known.remove(&s.oid);
+        Ok(())
     }
 
     /// The pending group of `t` (the last one, when it is `t`'s).
@@ -484,10 +573,7 @@ impl Sink for MssqlSink {
     async fn write(&mut self, commit: (Lsn, i64), changes: Vec<Arc<Change>>) -> Result<(), Error> {
         for c in &changes {
             match c.op {
-                Op::Schema => {
-                    tracing::warn!(destination = %self.name, table = %c.table.display,
-                        "the hub changed this table's shape: a SQL Server peer gains added columns by itself; a rename, a dropped column, a new type or key must be made at the peer by its DBA");
-                }
+                Op::Schema => self.follow(c).await?,
                 Op::Truncate => {
                     let g = self.group(&c.table).await?;
                     g.empty_first = true;

@@ -222,6 +222,18 @@ GO
 -- add_column
 ALTER TABLE [dbo].[customers] ADD [tags] nvarchar(max) NULL;
 GO
+-- rename_table
+EXEC sp_rename N'[dbo].[old ]]''name]', N'customers';
+GO
+-- rename_column
+EXEC sp_rename N'[dbo].[customers].[old ]]''col]', N'id', N'COLUMN';
+GO
+-- drop_column
+ALTER TABLE [dbo].[customers] DROP COLUMN [id];
+GO
+-- rename_versions
+UPDATE [dbo].[_tributary_versions] SET [tbl] = @P2 WHERE [tbl] = @P1;
+GO
 -- changes
 SELECT ct.[SYS_CHANGE_OPERATION],
        v.[version],
@@ -372,6 +384,18 @@ DELETE FROM [my]]sch'ema].[_tributary_versions] WHERE [tbl] = @P2;
 GO
 -- add_column
 ALTER TABLE [my]]sch'ema].[sa.les.tab'le]]] ADD [va'l] nvarchar(max) NULL;
+GO
+-- rename_table
+EXEC sp_rename N'[my]]sch''ema].[old ]]''name]', N'sa.les.tab''le]';
+GO
+-- rename_column
+EXEC sp_rename N'[my]]sch''ema].[sa.les.tab''le]]].[old ]]''col]', N'k"ey', N'COLUMN';
+GO
+-- drop_column
+ALTER TABLE [my]]sch'ema].[sa.les.tab'le]]] DROP COLUMN [k"ey];
+GO
+-- rename_versions
+UPDATE [my]]sch'ema].[_tributary_versions] SET [tbl] = @P2 WHERE [tbl] = @P1;
 GO
 -- changes
 SELECT ct.[SYS_CHANGE_OPERATION],
