@@ -395,3 +395,49 @@ fn live_a_peer_that_refuses_the_login_is_detached_then_catches_up() {
     until_rows(&mut w, &mut app, &t, 4);
     w.sigterm(T);
 }
+
+/// Changes of shape at the hub while the worker runs: an added column, a
+/// renamed column, a dropped column and a renamed table are followed at
+/// the peer, its rows kept.
+#[test]
+fn live_schema_changes_are_followed() {
+    let Some((url, pw)) = live("live_schema_changes_are_followed") else {
+        return;
+    };
+    let cluster = Cluster::start();
+    let db = cluster.db();
+    let mut c = db.connect();
+    let (s, mut app, cfg) = prepare(&cluster, &db, &mut c, (&url, &pw), "shape");
+    let mut w = start(&cfg, &pw);
+    until_rows(&mut w, &mut app, &format!("[{s}].[customers]"), 3);
+    c.batch_execute(
+        "ALTER TABLE customers ADD COLUMN note text;
+         ALTER TABLE customers RENAME COLUMN price TO amount;
+         ALTER TABLE customers DROP COLUMN doc;
+         ALTER TABLE customers RENAME TO clients;
+         INSERT INTO clients (id, name, amount, note) VALUES (5, 'five', 5.5, 'new ]''');",
+    )
+    .unwrap();
+    let t = format!("[{s}].[clients]");
+    until_rows(&mut w, &mut app, &t, 4);
+    let row = app.query(&format!(
+        "SELECT CONVERT(nvarchar(40), [amount]), [note] FROM {t} WHERE [id] = 5"
+    ));
+    assert_eq!(row[0], vec![Some("5.50".into()), Some("new ]'".into())]);
+    assert_eq!(
+        app.query(&format!(
+            "SELECT CONVERT(nvarchar(40), [amount]) FROM {t} WHERE [id] = 1"
+        ))[0][0]
+            .as_deref(),
+        Some("1.50"),
+        "the renamed column kept its values"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM sys.columns WHERE object_id = OBJECT_ID(N'{t}') AND name = N'doc'"
+        )),
+        0,
+        "the dropped column is gone"
+    );
+    w.sigterm(T);
+}
