@@ -204,6 +204,11 @@ impl HubSide {
         })
     }
 
+    /// The hub connection (the worker's role).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Whether the hub connection is lost.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()

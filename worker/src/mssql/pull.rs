@@ -35,12 +35,16 @@ use tributary_sqlite::outbox::Entry;
 pub struct Pull {
     pub dest: crate::config::Destination,
     pub slot: String,
-    /// The peer tables, from the hub's tables the destination takes.
+    /// The peer tables, from the hub's tables the destination takes (as
+    /// at the start; the pull reads them again every few seconds).
     pub tables: Vec<PeerTable>,
     /// Held for a whole round; the push holds it for a transaction.
     pub lock: Arc<Mutex<()>>,
     pub metrics: Arc<crate::metrics::DestinationMetrics>,
 }
+
+/// How often the pull reads the hub's tables again.
+const TABLES_EVERY: Duration = Duration::from_secs(5);
 
 fn pe<'a>(name: &'a str, what: &'a str) -> impl FnOnce(tiberius::error::Error) -> Error + 'a {
     move |e| conn::peer_err(name, what, e)
@@ -137,6 +141,7 @@ impl Pull {
     async fn read(
         &self,
         peer: &mut Peer,
+        tables: &[PeerTable],
         pulled: i64,
     ) -> Result<(Vec<Entry>, Vec<(Entry, Outcome)>, i64), Error> {
         let name = self.dest.name.as_str();
@@ -152,7 +157,7 @@ impl Pull {
             .map(|d| d.as_micros() as i64)
             .unwrap_or_default();
         let (mut send, mut refused, mut next) = (vec![], vec![], pulled);
-        for t in &self.tables {
+        for t in tables {
             let q = t.qualified();
             let v = peer
                 .query(sql::versions(), &[&q.as_str()])
@@ -222,7 +227,12 @@ impl Pull {
     }
 
     /// One round. Returns how many edits were handled.
-    async fn round(&self, peer: &mut Peer, hub: &mut HubSide) -> Result<usize, Error> {
+    async fn round(
+        &self,
+        peer: &mut Peer,
+        hub: &mut HubSide,
+        tables: &[PeerTable],
+    ) -> Result<usize, Error> {
         let _held = self.lock.lock().await;
         let name = self.dest.name.as_str();
         let schema = self.dest.schema.as_deref().unwrap_or("dbo");
@@ -238,7 +248,7 @@ impl Pull {
         let Some(pulled) = pulled else {
             return Ok(0);
         };
-        let (send, refused, next) = self.read(peer, pulled).await?;
+        let (send, refused, next) = self.read(peer, tables, pulled).await?;
         if send.is_empty() && refused.is_empty() && next == pulled {
             return Ok(0);
         }
@@ -284,11 +294,20 @@ impl Pull {
             self.dest.url.as_deref().unwrap_or_default(),
         )
         .await?;
+        let mut tables = self.tables.clone();
+        let mut read_at = std::time::Instant::now();
         loop {
             if stop.is_cancelled() {
                 return Ok(());
             }
-            match self.round(&mut peer, &mut hub).await {
+            // The hub's tables change while the worker runs (a table
+            // renamed, tracked, given a column): read them again now and then.
+            if read_at.elapsed() >= TABLES_EVERY {
+                let schema = self.dest.schema.as_deref().unwrap_or("dbo");
+                tables = peer_tables(schema, &super::hub_tables(hub.client(), &self.dest).await?);
+                read_at = std::time::Instant::now();
+            }
+            match self.round(&mut peer, &mut hub, &tables).await {
                 Ok(_) => self.metrics.pull_failing.store(false, Relaxed),
                 Err(e @ Error::Postgres { .. })
                     if e.action() == Action::Retry && !hub.is_closed() =>
