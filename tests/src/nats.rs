@@ -98,6 +98,7 @@ impl Nats {
     }
 
     async fn connect_async(url: String, ca: Option<PathBuf>) -> Result<async_nats::Client, String> {
+        tributary_worker::tls::install_ring();
         match ca {
             Some(ca) => async_nats::ConnectOptions::new()
                 .add_root_certificates(ca)

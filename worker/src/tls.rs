@@ -441,6 +441,14 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// Makes ring the process's rustls provider. Both ring and aws-lc-rs are
+/// built in (tiberius needs the latter's feature), so libraries that ask
+/// rustls for the process default (async-nats, tiberius) would otherwise
+/// find none and panic. Safe to call more than once.
+pub fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

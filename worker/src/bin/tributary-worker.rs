@@ -205,6 +205,7 @@ fn try_main() -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
+    tributary_worker::tls::install_ring();
     match try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

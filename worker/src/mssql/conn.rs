@@ -104,7 +104,7 @@ pub async fn batch(
 /// Connects to the peer of destination `name` at `url`.
 pub async fn connect(name: &str, url: &str) -> Result<Peer, Error> {
     // tiberius takes the process's provider: ring, as for the hub.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_ring();
     check_url(name, url).map_err(Error::Config)?;
     let mut config = Config::from_ado_string(url)
         .map_err(|e| Error::Config(format!("destination {name:?}: {e}")))?;
