@@ -204,14 +204,20 @@ pub fn stage_insert(t: &PeerTable) -> String {
 /// since the last pull (`@P2`, NULL before the first): the hub's change
 /// must not overwrite an edit the hub has not seen. The pull sends that
 /// edit; the hub resolves it and writes the result back. `@P1` is the
-/// worker's context marker. Answers how many rows wait.
+/// worker's context marker. The staged keys' rows are locked first
+/// (`UPDLOCK, HOLDLOCK`, until the commit), so an app's edit either
+/// committed before the check, and is seen, or waits for the merge.
+/// Answers, in its last result, how many rows wait.
 pub fn guard(t: &PeerTable) -> String {
     format!(
-        "DELETE s FROM {STAGE} AS s\n\
+        "SELECT COUNT(*) FROM {} AS t WITH (UPDLOCK, HOLDLOCK) JOIN {STAGE} AS s ON {};\n\
+         DELETE s FROM {STAGE} AS s\n\
          WHERE @P2 IS NOT NULL AND EXISTS (\n    \
          SELECT 1 FROM CHANGETABLE(CHANGES {}, @P2) AS ct\n    \
          WHERE {} AND (ct.[SYS_CHANGE_CONTEXT] IS NULL OR ct.[SYS_CHANGE_CONTEXT] <> @P1));\n\
          SELECT @@ROWCOUNT;",
+        t.qualified(),
+        t.key_match("t", "s"),
         t.qualified(),
         t.key_match("ct", "s")
     )

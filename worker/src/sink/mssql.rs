@@ -438,9 +438,11 @@ impl MssqlSink {
                 .query(sql::guard(t), &[&sql::CONTEXT, &since])
                 .await
                 .map_err(pe(&self.name, "checking for unpulled edits"))?
-                .into_row()
+                .into_results()
                 .await
                 .map_err(pe(&self.name, "checking for unpulled edits"))?
+                .last()
+                .and_then(|rows| rows.first())
                 .and_then(|r| r.get::<i32, _>(0))
                 .map(i64::from)
                 .unwrap_or(0);

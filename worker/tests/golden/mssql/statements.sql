@@ -169,6 +169,7 @@ FROM OPENJSON(@P1) WITH (
 ) AS j;
 GO
 -- guard
+SELECT COUNT(*) FROM [dbo].[customers] AS t WITH (UPDLOCK, HOLDLOCK) JOIN #tributary_stage AS s ON t.[id] = s.[id];
 DELETE s FROM #tributary_stage AS s
 WHERE @P2 IS NOT NULL AND EXISTS (
     SELECT 1 FROM CHANGETABLE(CHANGES [dbo].[customers], @P2) AS ct
@@ -349,6 +350,7 @@ FROM OPENJSON(@P1) WITH (
 ) AS j;
 GO
 -- guard
+SELECT COUNT(*) FROM [my]]sch'ema].[sa.les.tab'le]]] AS t WITH (UPDLOCK, HOLDLOCK) JOIN #tributary_stage AS s ON t.[k"ey] = s.[k"ey] AND t.[]]] = s.[]]];
 DELETE s FROM #tributary_stage AS s
 WHERE @P2 IS NOT NULL AND EXISTS (
     SELECT 1 FROM CHANGETABLE(CHANGES [my]]sch'ema].[sa.les.tab'le]]], @P2) AS ct
