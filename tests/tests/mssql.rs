@@ -99,6 +99,7 @@ fn mssql_setup_prints_the_destinations_tables_as_t_sql_a_parser_accepts() {
         "CREATE TABLE [dbo].[_tributary_state]",
         "CREATE TABLE [dbo].[_tributary_errors]",
         "CREATE TABLE [dbo].[_tributary_versions]",
+        "CREATE TABLE [dbo].[_tributary_tables]",
     ] {
         assert!(sql.contains(want), "missing {want:?} in:\n{sql}");
     }

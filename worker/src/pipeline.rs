@@ -250,6 +250,28 @@ fn detach_wait(e: &Error, m: &crate::metrics::DestinationMetrics) -> Duration {
     (Duration::from_secs(5) * 2u32.pow(streak)).min(Duration::from_secs(300))
 }
 
+/// Whether a peer that holds the copies `held` (hub table → tracking
+/// epoch) lacks one: a table it takes that it has no copy of (tracked
+/// after its copy), or whose copy is of an older tracking epoch (untracked
+/// and tracked again). The stream alone cannot bring it up to date, so it
+/// is copied anew.
+async fn lacks_a_copy(
+    admin: &tokio_postgres::Client,
+    config: &Config,
+    dest: &crate::config::Destination,
+    held: std::collections::HashMap<String, Option<i64>>,
+) -> Result<bool, Error> {
+    let held = crate::snapshot::follow_renames(admin, held).await?;
+    let wanted = crate::snapshot::wanted_tables(admin, &config.source.publication, dest).await?;
+    match wanted.iter().find(|(t, e)| held.get(t) != Some(e)) {
+        Some((t, _)) => {
+            tracing::warn!(destination = %dest.name, table = %t, "the peer's copy of this table is missing or of an older epoch: copying it anew");
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Waits `first`, then until a detached destination takes writes again: a
 /// peer file can be opened and written, a NATS stream answers and has room.
 async fn probe(dest: crate::config::Destination, first: Duration) {
@@ -409,6 +431,11 @@ impl Destinations {
         // Behind the hub's record: restored from an older backup.
         let recorded = crate::progress::load(admin, &config.source.slot, &dest.name).await?;
         sink.check_recorded(recorded).await?;
+        if sink.progress() != Lsn(0)
+            && lacks_a_copy(admin, config, dest, sink.copied_tables().await?).await?
+        {
+            sink.forget_position().await?;
+        }
         self.files.push(Watched {
             index: i,
             name: dest.name.clone(),
@@ -466,17 +493,10 @@ impl Destinations {
         if streak >= dest.max_attempts() {
             sink.isolate(opts.clone(), streak);
         }
-        if sink.progress() != Lsn(0) {
-            // A table it takes that it has no copy of (tracked after its
-            // copy), or whose copy is of an older tracking epoch (untracked
-            // and tracked again): the stream alone cannot bring it up to date.
-            let held = crate::snapshot::follow_renames(admin, sink.copied_tables()?).await?;
-            let wanted =
-                crate::snapshot::wanted_tables(admin, &config.source.publication, dest).await?;
-            if let Some((t, _)) = wanted.iter().find(|(t, e)| held.get(t) != Some(e)) {
-                tracing::warn!(destination = %dest.name, table = %t, "the peer's copy of this table is missing or of an older epoch: copying it anew");
-                sink.forget_position()?;
-            }
+        if sink.progress() != Lsn(0)
+            && lacks_a_copy(admin, config, dest, sink.copied_tables()?).await?
+        {
+            sink.forget_position()?;
         }
         m.detached.store(false, Relaxed);
         if sink.progress() == Lsn(0) {

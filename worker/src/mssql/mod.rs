@@ -352,6 +352,11 @@ fn tributary_tables(s: &str) -> String {
              [conflict_id] bigint NULL,\n    [at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()",
         ),
         made(
+            "the hub tables copied here, with the tracking epoch of each copy",
+            "_tributary_tables",
+            "    [hub] nvarchar(300) NOT NULL PRIMARY KEY,\n    [epoch] bigint NULL",
+        ),
+        made(
             "the hub revision of each row, the base of the peer's own edits",
             "_tributary_versions",
             "    [tbl] nvarchar(256) NOT NULL,\n    [pk_hash] binary(32) NOT NULL,\n    \

@@ -146,6 +146,26 @@ pub fn forget_position(schema: &str) -> String {
     )
 }
 
+/// Records that the hub table `@P1` (quoted) is copied here, of the
+/// tracking epoch `@P2`, in the copy's transaction.
+pub fn record_copy(schema: &str) -> String {
+    format!(
+        "MERGE {} WITH (HOLDLOCK) AS c\n\
+         USING (SELECT @P1 AS [hub], @P2 AS [epoch]) AS s ON c.[hub] = s.[hub]\n\
+         WHEN MATCHED THEN UPDATE SET c.[epoch] = s.[epoch]\n\
+         WHEN NOT MATCHED THEN INSERT ([hub], [epoch]) VALUES (s.[hub], s.[epoch]);",
+        schema_table(schema, "_tributary_tables")
+    )
+}
+
+/// The hub tables copied here, with their epochs.
+pub fn copied_tables(schema: &str) -> String {
+    format!(
+        "SELECT [hub], [epoch] FROM {};",
+        schema_table(schema, "_tributary_tables")
+    )
+}
+
 /// The staging table for `t`'s changes: its own columns, then the data
 /// columns with the table's types, all nullable (a delete stages its key
 /// alone).
@@ -501,6 +521,8 @@ mod tests {
             add("record_outcomes", &record_outcomes(schema));
             add("save_pulled", &save_pulled(schema));
             add("read_pulled", &read_pulled(schema));
+            add("record_copy", &record_copy(schema));
+            add("copied_tables", &copied_tables(schema));
             add(
                 "setup_done",
                 &super::super::setup_done(schema, &["customers".into(), "sa.les.tab'le]".into()]),

@@ -225,6 +225,33 @@ impl MssqlSink {
         })
     }
 
+    /// The hub tables the peer holds a copy of, with the tracking epoch of
+    /// that copy.
+    pub async fn copied_tables(&mut self) -> Result<HashMap<String, Option<i64>>, Error> {
+        let rows = self
+            .peer
+            .query(sql::copied_tables(&self.schema), &[])
+            .await
+            .map_err(pe(&self.name, "reading _tributary_tables"))?
+            .into_first_result()
+            .await
+            .map_err(pe(&self.name, "reading _tributary_tables"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get::<&str, _>(0)?.to_string(), r.get::<i64, _>(1))))
+            .collect())
+    }
+
+    /// Forgets the position: the next session copies the peer anew.
+    pub async fn forget_position(&mut self) -> Result<(), Error> {
+        self.peer
+            .execute(sql::forget_position(&self.schema), &[&self.slot.as_str()])
+            .await
+            .map_err(pe(&self.name, "forgetting the position"))?;
+        self.progress = Lsn(0);
+        Ok(())
+    }
+
     /// Compares the peer's position with the one the hub `recorded` for
     /// it ([`crate::progress`]). Below it, the database went back (restored
     /// from an older backup): the changes between are not in it and the
@@ -236,12 +263,7 @@ impl MssqlSink {
         tracing::warn!(destination = %self.name, peer_position = %self.progress,
             recorded = %recorded.unwrap_or_default(),
             "the peer's position is below the one the hub recorded for it: it was restored from an older backup; copying it anew");
-        self.peer
-            .execute(sql::forget_position(&self.schema), &[&self.slot.as_str()])
-            .await
-            .map_err(pe(&self.name, "forgetting the position"))?;
-        self.progress = Lsn(0);
-        Ok(())
+        self.forget_position().await
     }
 
     /// The peer table of `t`, created at the peer if missing and widened
@@ -564,7 +586,12 @@ impl Sink for MssqlSink {
         Ok(())
     }
 
-    async fn prepare(&mut self, table: Arc<Table>, _epoch: Option<i64>) -> Result<(), Error> {
+    async fn prepare(&mut self, table: Arc<Table>, epoch: Option<i64>) -> Result<(), Error> {
+        let hub = tributary_core::quote::qualified(&table.schema, &table.name);
+        self.peer
+            .execute(sql::record_copy(&self.schema), &[&hub.as_str(), &epoch])
+            .await
+            .map_err(pe(&self.name, "recording the copy"))?;
         let g = self.group(&table).await?;
         g.empty_first = true;
         g.order.clear();

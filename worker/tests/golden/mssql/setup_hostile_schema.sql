@@ -39,6 +39,13 @@ CREATE TABLE [my]]sch'ema].[_tributary_errors] (
     [at] datetime2(6) NOT NULL DEFAULT SYSUTCDATETIME()
 );
 GO
+-- the hub tables copied here, with the tracking epoch of each copy
+IF OBJECT_ID(N'[my]]sch''ema].[_tributary_tables]', N'U') IS NULL
+CREATE TABLE [my]]sch'ema].[_tributary_tables] (
+    [hub] nvarchar(300) NOT NULL PRIMARY KEY,
+    [epoch] bigint NULL
+);
+GO
 -- the hub revision of each row, the base of the peer's own edits
 IF OBJECT_ID(N'[my]]sch''ema].[_tributary_versions]', N'U') IS NULL
 CREATE TABLE [my]]sch'ema].[_tributary_versions] (

@@ -57,6 +57,15 @@ GO
 -- read_pulled
 SELECT [pulled_version] FROM [dbo].[_tributary_state] WHERE [slot] = @P1;
 GO
+-- record_copy
+MERGE [dbo].[_tributary_tables] WITH (HOLDLOCK) AS c
+USING (SELECT @P1 AS [hub], @P2 AS [epoch]) AS s ON c.[hub] = s.[hub]
+WHEN MATCHED THEN UPDATE SET c.[epoch] = s.[epoch]
+WHEN NOT MATCHED THEN INSERT ([hub], [epoch]) VALUES (s.[hub], s.[epoch]);
+GO
+-- copied_tables
+SELECT [hub], [epoch] FROM [dbo].[_tributary_tables];
+GO
 -- setup_done
 SELECT CASE WHEN OBJECT_ID(N'[dbo].[_tributary_state]', N'U') IS NOT NULL
     AND OBJECT_ID(N'[dbo].[_tributary_errors]', N'U') IS NOT NULL
@@ -102,6 +111,15 @@ WHERE [slot] = @P1 AND [pulled_version] = @P3;
 GO
 -- read_pulled
 SELECT [pulled_version] FROM [my]]sch'ema].[_tributary_state] WHERE [slot] = @P1;
+GO
+-- record_copy
+MERGE [my]]sch'ema].[_tributary_tables] WITH (HOLDLOCK) AS c
+USING (SELECT @P1 AS [hub], @P2 AS [epoch]) AS s ON c.[hub] = s.[hub]
+WHEN MATCHED THEN UPDATE SET c.[epoch] = s.[epoch]
+WHEN NOT MATCHED THEN INSERT ([hub], [epoch]) VALUES (s.[hub], s.[epoch]);
+GO
+-- copied_tables
+SELECT [hub], [epoch] FROM [my]]sch'ema].[_tributary_tables];
 GO
 -- setup_done
 SELECT CASE WHEN OBJECT_ID(N'[my]]sch''ema].[_tributary_state]', N'U') IS NOT NULL
