@@ -47,7 +47,9 @@ struct Row {
 
 /// A table's pending changes.
 struct Group {
-    peer: PeerTable,
+    /// The hub table's id (its oid).
+    id: u32,
+    peer: Arc<PeerTable>,
     /// A TRUNCATE (or an initial copy) empties the table first.
     empty_first: bool,
     order: Vec<String>,
@@ -64,7 +66,7 @@ pub struct MssqlSink {
     /// The pull's position, as read at `begin` (the guard's start).
     pulled: Option<i64>,
     /// The peer table of each hub relation seen, and its relation.
-    known: HashMap<u32, (Arc<Table>, PeerTable)>,
+    known: HashMap<u32, (Arc<Table>, Arc<PeerTable>)>,
     groups: Vec<Group>,
     rows: usize,
     lock: Arc<Mutex<()>>,
@@ -268,13 +270,20 @@ impl MssqlSink {
 
     /// The peer table of `t`, created at the peer if missing and widened
     /// with the columns the hub added.
-    async fn known(&mut self, t: &Arc<Table>) -> Result<PeerTable, Error> {
+    async fn known(&mut self, t: &Arc<Table>) -> Result<Arc<PeerTable>, Error> {
         if let Some((seen, p)) = self.known.get(&t.id) {
             if Arc::ptr_eq(seen, t) {
                 return Ok(p.clone());
             }
         }
         let p = crate::mssql::peer_table_of(t, &self.schema);
+        // The same shape under another description (a write-back's): the
+        // peer table is as it was.
+        if let Some((_, known)) = self.known.get(&t.id) {
+            if **known == p {
+                return Ok(known.clone());
+            }
+        }
         let name = p.qualified();
         let have = self.peer_columns(&name).await?;
         if have.is_empty() {
@@ -299,6 +308,7 @@ impl MssqlSink {
                 .await?;
             }
         }
+        let p = Arc::new(p);
         self.known.insert(t.id, (t.clone(), p.clone()));
         Ok(p)
     }
@@ -403,24 +413,30 @@ impl MssqlSink {
         Ok(())
     }
 
-    /// The pending group of `t` (the last one, when it is `t`'s).
+    /// The pending group of `t`: the table's last group when it has the
+    /// same shape, else a new one after it (so that a key's changes are
+    /// sent in their order).
     async fn group(&mut self, t: &Arc<Table>) -> Result<&mut Group, Error> {
         let p = self.known(t).await?;
-        let last_is_it = self.groups.last().is_some_and(|g| g.peer == p);
-        if !last_is_it {
-            if let Some(i) = self.groups.iter().position(|g| g.peer == p) {
-                let g = self.groups.remove(i);
-                self.groups.push(g);
-            } else {
+        let at = self
+            .groups
+            .iter()
+            .rposition(|g| g.id == t.id)
+            .filter(|&i| Arc::ptr_eq(&self.groups[i].peer, &p));
+        let i = match at {
+            Some(i) => i,
+            None => {
                 self.groups.push(Group {
+                    id: t.id,
                     peer: p,
                     empty_first: false,
                     order: vec![],
                     rows: HashMap::new(),
                 });
+                self.groups.len() - 1
             }
-        }
-        Ok(self.groups.last_mut().expect("pushed above"))
+        };
+        Ok(&mut self.groups[i])
     }
 
     /// Sends the pending changes, table by table, inside the open
@@ -721,7 +737,8 @@ mod tests {
         assert_eq!(p.name, "tab'le]");
         assert_eq!(p.columns.len(), 3, "no tracking column: {p:?}");
         let mut g = Group {
-            peer: p.clone(),
+            id: 1,
+            peer: Arc::new(p.clone()),
             empty_first: false,
             order: vec![],
             rows: HashMap::new(),
