@@ -196,20 +196,12 @@ impl MssqlSink {
             ),
             None => ("0/0".to_string(), None),
         };
-        let mut progress: Lsn = lsn.parse().map_err(|e| Error::Peer {
+        let progress: Lsn = lsn.parse().map_err(|e| Error::Peer {
             message: format!("destination {name}: _tributary_state holds {e}"),
             cause: Cause::PeerBroken,
         })?;
-        if at_hub.as_deref().is_some_and(|h| h != hub) && progress != Lsn(0) {
-            tracing::warn!(destination = %name, peer_hub = ?at_hub, hub = %hub,
-                "the peer's position is in another hub's WAL (a restored hub): copying it anew");
-            peer.execute(sql::forget_position(&schema), &[&slot])
-                .await
-                .map_err(|e| conn::peer_err(&name, "forgetting the position", e))?;
-            progress = Lsn(0);
-        }
         let attempts = dest.max_attempts();
-        Ok(MssqlSink {
+        let mut sink = MssqlSink {
             peer,
             name,
             slot: slot.to_string(),
@@ -224,7 +216,13 @@ impl MssqlSink {
             held: None,
             metrics,
             dead: Isolating::new(opts, attempts),
-        })
+        };
+        if at_hub.as_deref().is_some_and(|h| h != hub) && progress != Lsn(0) {
+            tracing::warn!(destination = %sink.name, peer_hub = ?at_hub, hub = %hub,
+                "the peer's position is in another hub's WAL (a restored hub): copying it anew");
+            sink.forget_position().await?;
+        }
+        Ok(sink)
     }
 
     /// The hub tables the peer holds a copy of, with the tracking epoch of
